@@ -1,0 +1,3 @@
+"""unicomp: one pretrained sequence model as a universal computation engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,161 @@
+"""Dataclass configs. Each field's ``help`` becomes its CLI flag's help; a run saves its
+resolved config as ``config.yaml`` and can be re-run from it (``--config``).
+
+Resolution order, later wins: field defaults < the task's ``default_train`` < ``--config``
+YAML < explicit CLI flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from unicomp.errors import UnicompError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, dict | list):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop's settings, shared by every model and task."""
+
+    steps: int = _f(1000, "optimizer steps")
+    batch_size: int = _f(32, "examples per optimizer step (split over --grad-accum micro-batches)")
+    grad_accum: int = _f(1, "micro-batches per step")
+    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = _f(0.0, "AdamW weight decay on matrices (not biases or norms)")
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    schedule: str = _f("constant", "after warm-up: constant | cosine | linear",
+                       choices=("constant", "cosine", "linear"))
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+    precision: str = _f("bf16", "bf16 (autocast) | fp32", choices=("bf16", "fp32"))
+    eval_every: int = _f(100, "evaluate on the validation split and checkpoint every N steps")
+    eval_batch_size: int = _f(256, "batch size for evaluation")
+    seed: int = _f(0, "seed for initialisation, sampling and dropout")
+    target_accuracy: float = _f(0.99, "record the first step whose validation accuracy reaches this")
+    stop_at_target: bool = _f(False, "stop training once validation accuracy reaches the target")
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N")
+    progress: bool = _f(True, "show a progress bar")
+
+
+@dataclass
+class FPTConfig:
+    """A Frozen Pretrained Transformer run."""
+
+    task: str = _f("bit-xor", "task name (unicomp list)")
+    backbone: str = _f("minilm-l6", "backbone name, random:<name>, hub id or local folder")
+    freeze: str = _f("paper", "freeze policy (unicomp list)")
+    readout: str = _f("last", "classification readout: last real token | masked mean",
+                      choices=("last", "mean"))
+    backbone_dropout: float | None = _f(None, "dropout inside the backbone (default: its own)")
+    attn_implementation: str | None = _f(None, "eager | sdpa (default: transformers' choice)")
+    task_args: dict = _f({}, "task constructor arguments, KEY=VALUE (repeatable)")
+    out: str | None = _f(None, "run folder (default runs/<task>-<backbone>-<freeze>-s<seed>)")
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build a config dataclass, rejecting unknown keys with a message naming them."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise UnicompError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                           f"expected some of {', '.join(names)}")
+    kwargs = dict(data)
+    if "train" in kwargs:
+        kwargs["train"] = from_dict(TrainConfig, kwargs["train"] or {}, f"{where}: train")
+    return cls(**kwargs)
+
+
+def save_yaml(cfg: Any, path: Path) -> None:
+    from unicomp.files import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UnicompError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise UnicompError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise UnicompError(f"config file {path}: expected a mapping at the top level")
+    return data
+
+
+# --- CLI generation ------------------------------------------------------------------------------
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)  # numbers, booleans and null as YAML reads them
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field (nested TrainConfig fields flattened); every default is None so
+    that only flags the user typed override the lower layers."""
+    for f in dataclasses.fields(cls):
+        if f.name == "train":
+            add_dataclass_args(parser, TrainConfig)
+            continue
+        help_text = f.metadata.get("help", "")
+        if f.name == "task_args":
+            parser.add_argument("--task-arg", dest="task_args", action="append", default=None,
+                                metavar="KEY=VALUE", help=help_text)
+        elif f.type in ("bool", bool):
+            parser.add_argument(_flag(f.name), dest=f.name, default=None,
+                                action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            if str(f.type).startswith("float |"):
+                kind = float
+            parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None,
+                                choices=f.metadata.get("choices"),
+                                help=f"{help_text} [default: {f.default}]"
+                                if f.default is not dataclasses.MISSING else help_text)
+
+
+def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
+    """Build the resolved config from the layers described in the module docstring.
+    ``task_defaults(task_name) -> dict`` gives the task's TrainConfig overrides."""
+    data: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        data = load_yaml(args.config)
+        train = data.pop("train", None) or {}
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in vars(args).items():
+        if value is None or key in ("config", "func", "command", "sub", "resume"):
+            continue
+        if key == "task_args":
+            pairs = {}
+            for item in value:
+                k, sep, v = item.partition("=")
+                if not sep:
+                    raise UnicompError(f"--task-arg {item!r}: expected KEY=VALUE")
+                pairs[k] = _parse_value(v)
+            data["task_args"] = {**data.get("task_args", {}), **pairs}
+        elif key in train_fields:
+            train[key] = value
+        else:
+            data[key] = value
+    task = data.get("task", cls().task)
+    data["train"] = {**task_defaults(task), **train}
+    return from_dict(cls, data)

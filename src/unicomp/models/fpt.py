@@ -1,0 +1,72 @@
+"""The Frozen Pretrained Transformer (Lu et al. 2021, arXiv 2103.05247, sec. 2).
+
+    tokens -> embed_in -> (+ pos, only if the backbone has no learned table) -> frozen backbone
+           -> readout -> head -> logits
+
+What trains is decided by a freeze policy (unicomp.freezing); the paper's policy trains
+``embed_in``, ``head``, the positional embeddings and the norms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unicomp.backbones.hf import HFBackbone
+from unicomp.tasks.base import TaskSpec
+
+READOUTS = ("last", "mean")
+
+
+class FPT(nn.Module):
+    """forward(x, mask) -> logits.
+
+    x: (B, T, d_in) float vector tokens, or (B, T) long token ids (0 = padding).
+    mask: (B, T) with 1 for real tokens; None means all real.
+    Returns (B, d_out) for classification, or (B, n_out_tokens, d_out) for sequence outputs.
+    """
+
+    def __init__(self, backbone: HFBackbone, spec: TaskSpec, readout: str = "last"):
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"unknown readout {readout!r}; choices: {', '.join(READOUTS)}")
+        hidden = backbone.hidden_size
+        self.spec, self.readout = spec, readout
+        if spec.vocab_size is not None:
+            self.embed_in = nn.Embedding(spec.vocab_size, hidden)
+        else:
+            self.embed_in = nn.Linear(spec.d_in, hidden)
+        self.backbone = backbone
+        if backbone.position_table() is not None:
+            backbone.trim_positions(spec.max_len)
+            self.pos = None
+            self.positions = "the backbone's learned table (first max_len rows)"
+        else:
+            # Rotary or no positions (SmolLM2/Llama): add a learned table at the input so the
+            # FPT recipe (trainable positions) still applies; see DESIGN.md.
+            self.pos = nn.Embedding(spec.max_len, hidden)
+            nn.init.normal_(self.pos.weight, std=0.02)
+            self.positions = "a learned table added at the input (backbone has none)"
+        self.head = nn.Linear(hidden, spec.d_out)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, T = x.shape[:2]
+        if mask is None:
+            mask = torch.ones(B, T, dtype=torch.long, device=x.device)
+        h = self.embed_in(x)  # (B, T, H)
+        if self.pos is not None:
+            h = h + self.pos(torch.arange(T, device=x.device))  # (T, H) broadcast
+        h = self.backbone(h, mask)  # (B, T, H)
+        if self.spec.n_out_tokens:
+            # Sequence outputs: one read position per output token, the last n of the input.
+            return self.head(h[:, -self.spec.n_out_tokens :])  # (B, n_out, d_out)
+        if self.readout == "mean":
+            m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+            pooled = (h * m).sum(1) / m.sum(1).clamp_min(1)
+        else:
+            # The last real token: with right padding, padding is never read. For a decoder it
+            # is the only position that has seen the whole input; for an encoder every
+            # position has, and we keep the same rule (documented choice).
+            last = mask.long().sum(1).clamp_min(1) - 1  # (B,)
+            pooled = h[torch.arange(B, device=h.device), last]  # (B, H)
+        return self.head(pooled)  # (B, d_out)

@@ -1,0 +1,108 @@
+"""What every task provides to the model builders and the one training loop.
+
+A task is data + the shape of its inputs and outputs + its metric. Two kinds of data:
+
+* generated tasks (bit memory, bit XOR) draw each training batch from a generator seeded by
+  (seed, step), so a resumed run sees exactly the batches it would have seen;
+* fixed data sets (``TensorTask``) walk seeded epoch permutations, again a pure function of
+  (seed, step).
+
+Validation and test splits are fixed, held-out tensors evaluated in full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor  # (B, T, d_in) float for vector tokens, (B, T) long for discrete tokens
+    y: torch.Tensor  # (B,) class ids, or (B, N) per-output-element class ids
+    mask: torch.Tensor | None = None  # (B, T) 1 for real tokens, 0 for padding; None = all real
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        mask = None if self.mask is None else self.mask.to(device)
+        return Batch(self.x.to(device), self.y.to(device), mask)
+
+
+@dataclass
+class TaskSpec:
+    """Sizes that the model builders read."""
+
+    max_len: int  # tokens per input
+    d_out: int  # outputs per read position (classes, or bits x classes for sequence outputs)
+    n_classes: int  # classes per predicted element; logits reshape to (..., n_classes)
+    d_in: int | None = None  # vector tokens: values per token
+    vocab_size: int | None = None  # discrete tokens: vocabulary size (padding id 0)
+    n_out_tokens: int | None = None  # sequence outputs: read the last n positions; None = one
+
+
+def batch_generator(seed: int, step: int) -> torch.Generator:
+    """A generator for (seed, step): makes sampling a pure function of the step."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+class Task:
+    """Base class. Subclasses set ``spec`` and ``data_source`` and implement the methods."""
+
+    name: str = ""
+    spec: TaskSpec
+    data_source: str = ""  # which data a run really used, recorded in metrics.json
+    default_train: dict = {}  # TrainConfig overrides that suit the task (e.g. steps, lr)
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
+        raise NotImplementedError
+
+    def split(self, name: str) -> Batch:
+        """The whole held-out split ``val`` or ``test`` as one Batch (evaluated in chunks)."""
+        raise NotImplementedError
+
+    def split_sizes(self) -> dict[str, int]:
+        return {s: len(self.split(s)) for s in ("val", "test")}
+
+    # --- metric: cross-entropy and accuracy over every predicted element -----------------
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, self.spec.n_classes).float(), y.reshape(-1))
+
+    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int, int, int]:
+        """(correct elements, elements, fully correct examples, examples)."""
+        pred = logits.reshape(y.shape[0], -1, self.spec.n_classes).argmax(-1)
+        hit = pred == y.reshape(y.shape[0], -1)
+        return int(hit.sum()), hit.numel(), int(hit.all(1).sum()), y.shape[0]
+
+
+def iter_chunks(batch: Batch, size: int) -> Iterator[Batch]:
+    for i in range(0, len(batch), size):
+        mask = None if batch.mask is None else batch.mask[i : i + size]
+        yield Batch(batch.x[i : i + size], batch.y[i : i + size], mask)
+
+
+class TensorTask(Task):
+    """A task over fixed tensors: ``self.data[split] = Batch`` for train, val and test."""
+
+    data: dict[str, Batch]
+
+    def split(self, name: str) -> Batch:
+        return self.data[name]
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
+        train = self.data["train"]
+        n = len(train)
+        # Global sample positions of this step; each epoch is a fresh seeded permutation.
+        pos = torch.arange(step * batch_size, (step + 1) * batch_size)
+        epochs, offsets = pos // n, pos % n
+        idx = torch.empty_like(pos)
+        for epoch in epochs.unique().tolist():
+            perm = torch.randperm(n, generator=batch_generator(seed, -1 - epoch))
+            sel = epochs == epoch
+            idx[sel] = perm[offsets[sel]]
+        mask = None if train.mask is None else train.mask[idx]
+        return Batch(train.x[idx], train.y[idx], mask)
