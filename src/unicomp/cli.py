@@ -18,8 +18,11 @@ from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    for title, registry in (("tasks", TASKS), ("backbones", BACKBONES),
-                            ("freeze policies", FREEZE_POLICIES)):
+    for title, registry in (
+        ("tasks", TASKS),
+        ("backbones", BACKBONES),
+        ("freeze policies", FREEZE_POLICIES),
+    ):
         print(f"{title}:")
         for entry in registry:
             extra = ""
@@ -39,8 +42,18 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
         args.config = args.config or str(Path(args.out) / "config.yaml")
     cfg = resolve(FPTConfig, args, task_defaults)
     metrics = run_fpt(cfg, resume=args.resume)
-    keys = ("task", "backbone", "freeze", "test_accuracy", "steps", "steps_to_target",
-            "trainable_params", "total_params", "train_seconds", "backbone_source")
+    keys = (
+        "task",
+        "backbone",
+        "freeze",
+        "test_accuracy",
+        "steps",
+        "steps_to_target",
+        "trainable_params",
+        "total_params",
+        "train_seconds",
+        "backbone_source",
+    )
     print(json.dumps({k: metrics[k] for k in keys}, indent=2))
     print(f"run folder: {cfg.out}")
 
@@ -65,9 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     fpt = sub.add_parser("fpt", help="Frozen Pretrained Transformer").add_subparsers(
-        dest="sub", required=True)
-    p = fpt.add_parser("train", help="train an FPT on a task; writes a run folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        dest="sub", required=True
+    )
+    p = fpt.add_parser(
+        "train",
+        help="train an FPT on a task; writes a run folder",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_dataclass_args(p, FPTConfig)

@@ -34,14 +34,17 @@ class TrainConfig:
     lr: float = _f(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.0, "AdamW weight decay on matrices (not biases or norms)")
     warmup_steps: int = _f(0, "linear warm-up steps")
-    schedule: str = _f("constant", "after warm-up: constant | cosine | linear",
-                       choices=("constant", "cosine", "linear"))
+    schedule: str = _f(
+        "constant",
+        "after warm-up: constant | cosine | linear",
+        choices=("constant", "cosine", "linear"),
+    )
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
     precision: str = _f("bf16", "bf16 (autocast) | fp32", choices=("bf16", "fp32"))
     eval_every: int = _f(100, "evaluate on the validation split and checkpoint every N steps")
     eval_batch_size: int = _f(256, "batch size for evaluation")
     seed: int = _f(0, "seed for initialisation, sampling and dropout")
-    target_accuracy: float = _f(0.99, "record the first step whose validation accuracy reaches this")
+    target_accuracy: float = _f(0.99, "note the first step with validation accuracy >= this")
     stop_at_target: bool = _f(False, "stop training once validation accuracy reaches the target")
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     progress: bool = _f(True, "show a progress bar")
@@ -54,9 +57,13 @@ class FPTConfig:
     task: str = _f("bit-xor", "task name (unicomp list)")
     backbone: str = _f("minilm-l6", "backbone name, random:<name>, hub id or local folder")
     freeze: str = _f("paper", "freeze policy (unicomp list)")
-    readout: str = _f("last", "classification readout: last real token | masked mean",
-                      choices=("last", "mean"))
-    backbone_dropout: float | None = _f(None, "dropout inside the backbone (default: its own)")
+    readout: str = _f(
+        "last", "classification readout: last real token | masked mean", choices=("last", "mean")
+    )
+    # Departure from the official code, which kept GPT-2's dropout of 0.1 in the frozen
+    # layers: noise in fixed features only slows learning (bit XOR on minilm-l6 reached 99.8%
+    # validation accuracy at step 400 without it, 76% at step 1250 with it). Set 0.1 to match.
+    backbone_dropout: float | None = _f(0.0, "dropout inside the backbone (None: its own)")
     attn_implementation: str | None = _f(None, "eager | sdpa (default: transformers' choice)")
     task_args: dict = _f({}, "task constructor arguments, KEY=VALUE (repeatable)")
     out: str | None = _f(None, "run folder (default runs/<task>-<backbone>-<freeze>-s<seed>)")
@@ -72,8 +79,9 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise UnicompError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                           f"expected some of {', '.join(names)}")
+        raise UnicompError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(names)}"
+        )
     kwargs = dict(data)
     if "train" in kwargs:
         kwargs["train"] = from_dict(TrainConfig, kwargs["train"] or {}, f"{where}: train")
@@ -117,19 +125,36 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         help_text = f.metadata.get("help", "")
         if f.name == "task_args":
-            parser.add_argument("--task-arg", dest="task_args", action="append", default=None,
-                                metavar="KEY=VALUE", help=help_text)
+            parser.add_argument(
+                "--task-arg",
+                dest="task_args",
+                action="append",
+                default=None,
+                metavar="KEY=VALUE",
+                help=help_text,
+            )
         elif f.type in ("bool", bool):
-            parser.add_argument(_flag(f.name), dest=f.name, default=None,
-                                action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             if str(f.type).startswith("float |"):
                 kind = float
-            parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=None,
-                                choices=f.metadata.get("choices"),
-                                help=f"{help_text} [default: {f.default}]"
-                                if f.default is not dataclasses.MISSING else help_text)
+            parser.add_argument(
+                _flag(f.name),
+                dest=f.name,
+                type=kind,
+                default=None,
+                choices=f.metadata.get("choices"),
+                help=f"{help_text} [default: {f.default}]"
+                if f.default is not dataclasses.MISSING
+                else help_text,
+            )
 
 
 def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:

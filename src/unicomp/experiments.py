@@ -42,16 +42,24 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
     """The FPT model with its freeze policy applied, and a summary of what was built."""
     FREEZE_POLICIES.entry(cfg.freeze)  # fail on a bad name before loading any weights
     torch.manual_seed(cfg.train.seed)  # new layers (and random:<name> backbones) are seeded
-    backbone = load_backbone(cfg.backbone, dropout=cfg.backbone_dropout,
-                             attn_implementation=cfg.attn_implementation, seed=cfg.train.seed)
+    backbone = load_backbone(
+        cfg.backbone,
+        dropout=cfg.backbone_dropout,
+        attn_implementation=cfg.attn_implementation,
+        seed=cfg.train.seed,
+    )
     model = FPT(backbone, task.spec, readout=cfg.readout)
     groups = apply_freeze_policy(model, cfg.freeze)
     trainable, total = count_parameters(model)
     summary = {
-        "backbone_source": backbone.source, "backbone_type": backbone.model_type,
-        "backbone_is_decoder": backbone.is_decoder, "positions": model.positions,
-        "trainable_params": trainable, "total_params": total,
-        "trainable_fraction": trainable / total, "trainable_by_group": groups,
+        "backbone_source": backbone.source,
+        "backbone_type": backbone.model_type,
+        "backbone_is_decoder": backbone.is_decoder,
+        "positions": model.positions,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": trainable / total,
+        "trainable_by_group": groups,
     }
     return model, summary
 
@@ -72,10 +80,17 @@ def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
     t0 = time.perf_counter()
     result = train(model, task, cfg.train, out, resume=resume)
     metrics = {
-        "task": cfg.task, "backbone": cfg.backbone, "freeze": cfg.freeze, "seed": cfg.train.seed,
-        **result, **summary, "data_source": task.data_source, "split_sizes": task.split_sizes(),
+        "task": cfg.task,
+        "backbone": cfg.backbone,
+        "freeze": cfg.freeze,
+        "seed": cfg.train.seed,
+        **result,
+        **summary,
+        "data_source": task.data_source,
+        "split_sizes": task.split_sizes(),
         "wall_seconds": round(time.perf_counter() - t0, 2),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
         "machine": platform.machine(),
     }
     atomic_write_json(out / "metrics.json", metrics)

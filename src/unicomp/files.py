@@ -28,8 +28,10 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        raise UnicompError(f"could not write {path}: {err.strerror or err}; "
-                           f"the previous version, if any, is intact") from err
+        raise UnicompError(
+            f"could not write {path}: {err.strerror or err}; "
+            f"the previous version, if any, is intact"
+        ) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -32,8 +32,7 @@ from unicomp.errors import TrainingDivergedError, UnicompError
 from unicomp.files import atomic_write, atomic_write_text
 from unicomp.tasks.base import Batch, Task, iter_chunks
 
-CURVE_FIELDS = ["step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                "seconds"]
+CURVE_FIELDS = ["step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -57,7 +56,8 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     if set(state) != expected:
         raise UnicompError(
             f"checkpoint does not fit this model: missing {sorted(expected - set(state))[:3]}, "
-            f"unexpected {sorted(set(state) - expected)[:3]}")
+            f"unexpected {sorted(set(state) - expected)[:3]}"
+        )
     model.load_state_dict(state, strict=False)
 
 
@@ -81,14 +81,17 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         raise UnicompError("nothing to train: the freeze policy left no trainable parameter")
     decay = [p for p in params if p.ndim >= 2]
     rest = [p for p in params if p.ndim < 2]  # biases and norm gains: no weight decay
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": rest, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": rest, "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, split: Batch, cfg: TrainConfig,
-             device: torch.device) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, task: Task, split: Batch, cfg: TrainConfig, device: torch.device
+) -> dict[str, float]:
     """Loss and accuracy on a whole split (every example, in chunks)."""
     model.eval()
     hits = total = seq_hits = n = 0
@@ -100,8 +103,11 @@ def evaluate(model: nn.Module, task: Task, split: Batch, cfg: TrainConfig,
         loss_sum += float(task.loss(logits, chunk.y)) * len(chunk)
         h, t, sh, sn = task.correct(logits, chunk.y)
         hits, total, seq_hits, n = hits + h, total + t, seq_hits + sh, n + sn
-    return {"loss": loss_sum / max(n, 1), "accuracy": hits / max(total, 1),
-            "sequence_accuracy": seq_hits / max(n, 1)}
+    return {
+        "loss": loss_sum / max(n, 1),
+        "accuracy": hits / max(total, 1),
+        "sequence_accuracy": seq_hits / max(n, 1),
+    }
 
 
 @dataclass
@@ -115,22 +121,30 @@ class _State:
 
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-            "numpy_pos": int(np_state[2])}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
 
 
 def _set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
-    np.random.set_state(("MT19937", s["numpy_keys"].numpy().astype(np.uint32), s["numpy_pos"],
-                         0, 0.0))
+    np.random.set_state(
+        ("MT19937", s["numpy_keys"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0)
+    )
 
 
 def _save_checkpoint(path: Path, model, opt, sched, state: _State) -> None:
-    payload = {"model": trainable_state(model), "optimizer": opt.state_dict(),
-               "scheduler": sched.state_dict(), "state": vars(state).copy(),
-               "rng": _rng_state()}
+    payload = {
+        "model": trainable_state(model),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "state": vars(state).copy(),
+        "rng": _rng_state(),
+    }
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
@@ -141,8 +155,9 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, truncated files, refused globals
-        raise UnicompError(f"checkpoint {path} could not be loaded safely: "
-                           f"{str(err).splitlines()[0]}") from None
+        raise UnicompError(
+            f"checkpoint {path} could not be loaded safely: {str(err).splitlines()[0]}"
+        ) from None
 
 
 def _write_curve(path: Path, rows: list[dict]) -> None:
@@ -161,8 +176,7 @@ def _read_curve(path: Path, upto: int) -> list[dict]:
     return [{**r, "step": int(r["step"])} for r in rows if r["step"] <= upto]
 
 
-def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path,
-          resume: bool = False) -> dict:
+def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
     """Train ``model`` on ``task``; return metrics of the validation-selected checkpoint.
 
     Writes into ``out``: checkpoint.pt (resume state), best.safetensors (trainable weights of
@@ -172,12 +186,16 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path,
     model.to(device)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    ckpt_path, best_path, curve_path = out / "checkpoint.pt", out / "best.safetensors", \
-        out / "curve.csv"
+    ckpt_path, best_path, curve_path = (
+        out / "checkpoint.pt",
+        out / "best.safetensors",
+        out / "curve.csv",
+    )
     state = _State()
     if ckpt_path.exists() and not resume:
-        raise UnicompError(f"{out} already holds a run; pass --resume to continue it or "
-                           f"choose another --out")
+        raise UnicompError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
     if resume:
         if not ckpt_path.exists():
             raise UnicompError(f"nothing to resume: {ckpt_path} does not exist")
@@ -191,14 +209,21 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path,
         torch.manual_seed(cfg.seed)  # dropout stream
     rows = _read_curve(curve_path, state.step) if resume else []
     if cfg.batch_size % cfg.grad_accum:
-        raise UnicompError(f"batch_size {cfg.batch_size} is not divisible by grad_accum "
-                           f"{cfg.grad_accum}")
+        raise UnicompError(
+            f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}"
+        )
     micro = cfg.batch_size // cfg.grad_accum
     val_split = task.split("val")
     run_loss = run_hits = run_total = 0.0
     started = time.perf_counter() - state.seconds
-    bar = tqdm(total=cfg.steps, initial=state.step, disable=not cfg.progress, desc=task.name,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=cfg.steps,
+        initial=state.step,
+        disable=not cfg.progress,
+        desc=task.name,
+        dynamic_ncols=True,
+        leave=False,
+    )
     step = state.step
     while step < cfg.steps:
         model.train()
@@ -211,14 +236,16 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path,
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"loss became {float(loss)} at step {step}; the last good checkpoint "
-                    f"(step {state.step}) is kept in {ckpt_path}; lower --lr or set --grad-clip")
+                    f"(step {state.step}) is kept in {ckpt_path}; lower --lr or set --grad-clip"
+                )
             (loss / cfg.grad_accum).backward()
             h, t, _, _ = task.correct(logits.detach(), chunk.y)
             run_loss += float(loss.detach()) / cfg.grad_accum
             run_hits, run_total = run_hits + h, run_total + t
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
+            )
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -227,14 +254,22 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path,
         if step % cfg.eval_every == 0 or step == cfg.steps:
             val = evaluate(model, task, val_split, cfg, device)
             since = step - (rows[-1]["step"] if rows else 0)  # steps in the running means
-            rows.append({"step": step, "train_loss": run_loss / since,
-                         "train_accuracy": run_hits / max(run_total, 1),
-                         "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-                         "lr": sched.get_last_lr()[0],
-                         "seconds": time.perf_counter() - started})
-            bar.set_postfix(loss=f"{run_loss / since:.4f}",
-                            acc=f"{run_hits / max(run_total, 1):.3f}",
-                            val=f"{val['accuracy']:.3f}")
+            rows.append(
+                {
+                    "step": step,
+                    "train_loss": run_loss / since,
+                    "train_accuracy": run_hits / max(run_total, 1),
+                    "val_loss": val["loss"],
+                    "val_accuracy": val["accuracy"],
+                    "lr": sched.get_last_lr()[0],
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+            bar.set_postfix(
+                loss=f"{run_loss / since:.4f}",
+                acc=f"{run_hits / max(run_total, 1):.3f}",
+                val=f"{val['accuracy']:.3f}",
+            )
             run_loss = run_hits = run_total = 0.0
             if val["accuracy"] > state.best_val:
                 state.best_val, state.best_step = val["accuracy"], step
@@ -251,10 +286,15 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path,
     load_trainable_state(model, load_file(best_path, device=str(device)))
     test = evaluate(model, task, task.split("test"), cfg, device)
     return {
-        "test_accuracy": test["accuracy"], "test_sequence_accuracy": test["sequence_accuracy"],
-        "test_loss": test["loss"], "val_accuracy": state.best_val, "best_step": state.best_step,
-        "steps": step, "steps_to_target": state.steps_to_target,
-        "target_accuracy": cfg.target_accuracy, "train_seconds": round(train_seconds, 2),
+        "test_accuracy": test["accuracy"],
+        "test_sequence_accuracy": test["sequence_accuracy"],
+        "test_loss": test["loss"],
+        "val_accuracy": state.best_val,
+        "best_step": state.best_step,
+        "steps": step,
+        "steps_to_target": state.steps_to_target,
+        "target_accuracy": cfg.target_accuracy,
+        "train_seconds": round(train_seconds, 2),
         "final_train_accuracy": float(rows[-1]["train_accuracy"]) if rows else None,
         "device": str(device),
     }

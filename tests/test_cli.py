@@ -1,0 +1,165 @@
+"""The command line as a user meets it: listing, errors, and a real (tiny) training run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unicomp.cli import main
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "unicomp.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_list_shows_every_registry(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in (
+        "bit-memory",
+        "bit-xor",
+        "minilm-l6",
+        "smollm2-135m",
+        "gpt2-xl",
+        "paper",
+        "output-only",
+        "no-norm",
+        "+ff",
+        "+attn",
+        "+ff+attn",
+        "full",
+    ):
+        assert name in out
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--task", "bit-nope", "unknown task 'bit-nope'; choices: bit-memory, bit-xor"),
+        ("--backbone", "gtp2", "unknown backbone 'gtp2'; choices: gpt2, gpt2-medium"),
+        ("--freeze", "lnn", "unknown freeze policy 'lnn'; choices: paper, output-only"),
+    ],
+)
+def test_unknown_names_are_one_line_errors(flag, value, expected, tmp_path):
+    proc = _run("fpt", "train", flag, value, "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+
+
+def test_missing_weights_is_a_one_line_error(tmp_path):
+    # gpt2 is not shipped by any package and the hub is offline in tests.
+    proc = _run("fpt", "train", "--backbone", "gpt2", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "no weights for backbone 'gpt2'" in lines[0]
+    assert "openai-community/gpt2" in lines[0] and "random:gpt2" in lines[0]
+
+
+def test_bad_task_arg_is_a_clear_error(tmp_path, tiny_gpt2, capsys):
+    code = main(
+        [
+            "fpt",
+            "train",
+            "--backbone",
+            tiny_gpt2,
+            "--task-arg",
+            "n_bitz=3",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 2
+    assert "bad --task-arg" in capsys.readouterr().err
+
+
+def test_train_writes_a_complete_run_folder(tmp_path, tiny_gpt2, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "fpt",
+            "train",
+            "--task",
+            "bit-xor",
+            "--backbone",
+            tiny_gpt2,
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--batch-size",
+            "8",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "test_accuracy",
+        "trainable_params",
+        "total_params",
+        "steps",
+        "train_seconds",
+        "backbone_source",
+    ):
+        assert key in metrics
+    assert metrics["steps"] == 4
+    assert metrics["backbone_source"].startswith("pretrained, local folder")
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    cfg = (out / "config.yaml").read_text()
+    assert "task: bit-xor" in cfg and "steps: 4" in cfg
+    curve = (out / "curve.csv").read_text().splitlines()
+    assert curve[0].startswith("step,train_loss") and len(curve) == 3  # header + 2 evals
+    # A second run into the same folder must not overwrite it silently.
+    code = main(
+        [
+            "fpt",
+            "train",
+            "--backbone",
+            tiny_gpt2,
+            "--steps",
+            "4",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2 and "already holds a run" in capsys.readouterr().err
+
+
+def test_config_file_round_trip(tmp_path, tiny_gpt2):
+    out = tmp_path / "a"
+    assert (
+        main(
+            [
+                "fpt",
+                "train",
+                "--backbone",
+                f"random:{tiny_gpt2}",
+                "--steps",
+                "2",
+                "--eval-every",
+                "2",
+                "--no-progress",
+                "--lr",
+                "0.003",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    again = tmp_path / "b"
+    assert main(["fpt", "train", "--config", str(out / "config.yaml"), "--out", str(again)]) == 0
+    a = json.loads((out / "metrics.json").read_text())
+    b = json.loads((again / "metrics.json").read_text())
+    assert (again / "config.yaml").read_text().count("lr: 0.003") == 1
+    assert a["test_accuracy"] == b["test_accuracy"] and a["val_accuracy"] == b["val_accuracy"]
