@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unicomp.errors import UnicompError, UnknownNameError, WeightsNotFoundError
+from unicomp.errors import UnknownNameError, WeightsNotFoundError
 from unicomp.registry import BACKBONES
 
 # Encoder families: bidirectional attention (recorded in the run summary).
@@ -87,25 +87,33 @@ class HFBackbone(nn.Module):
                     return mod, attr, table
         return None
 
-    def trim_positions(self, max_len: int) -> None:
-        """Keep only the first ``max_len`` rows of the learned position table.
+    def fit_positions(self, max_len: int) -> str:
+        """Resize the learned position table to exactly ``max_len`` rows; describe what was done.
 
-        Rows past the task's length never receive gradient; trimming makes the trainable
-        parameter count match the paper's accounting (64 x 768 for CIFAR-10 on GPT-2).
+        Shorter tasks keep the first ``max_len`` rows: the rest never receive gradient, and
+        trimming makes the trainable count match the paper's accounting (64 x 768 for CIFAR-10
+        on GPT-2). Longer tasks (e.g. 1024-pixel CIFAR-10 LRA on a 512-position BERT) get the
+        table repeated to length: a departure from any paper, recorded in the run summary.
         """
         found = self.position_table()
         if found is None:
-            return
+            return "none"
         parent, attr, table = found
-        if max_len > table.num_embeddings:
-            raise UnicompError(
-                f"backbone {self.name!r} has {table.num_embeddings} learned positions but the "
-                f"task needs {max_len} tokens; use a shorter task preset or another backbone"
-            )
-        new = nn.Embedding(max_len, table.embedding_dim, padding_idx=None)
-        new.weight.data.copy_(table.weight.data[:max_len])
+        old = table.num_embeddings
+        new = nn.Embedding(max_len, table.embedding_dim)
+        rows = torch.arange(max_len) % old
+        new.weight.data.copy_(table.weight.data[rows])
         new.weight.requires_grad_(table.weight.requires_grad)
         setattr(parent, attr, new)
+        ids = getattr(parent, "position_ids", None)  # BERT slices a buffer of max length
+        if isinstance(ids, torch.Tensor) and ids.shape[-1] < max_len:
+            parent.position_ids = torch.arange(max_len).expand((1, -1))
+            tt = getattr(parent, "token_type_ids", None)
+            if isinstance(tt, torch.Tensor):
+                parent.token_type_ids = torch.zeros_like(parent.position_ids)
+        if max_len <= old:
+            return f"the backbone's learned table (first {max_len} of {old} rows)"
+        return f"the backbone's learned table ({old} rows) repeated to {max_len} rows"
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}

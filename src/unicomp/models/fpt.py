@@ -38,9 +38,8 @@ class FPT(nn.Module):
             self.embed_in = nn.Linear(spec.d_in, hidden)
         self.backbone = backbone
         if backbone.position_table() is not None:
-            backbone.trim_positions(spec.max_len)
             self.pos = None
-            self.positions = "the backbone's learned table (first max_len rows)"
+            self.positions = backbone.fit_positions(spec.max_len)
         else:
             # Rotary or no positions (SmolLM2/Llama): add a learned table at the input so the
             # FPT recipe (trainable positions) still applies; see DESIGN.md.
