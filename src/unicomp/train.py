@@ -113,7 +113,7 @@ def evaluate(
 @dataclass
 class _State:
     step: int = 0
-    best_val: float = -1.0
+    best_val: float = -math.inf  # the selection score: accuracy, or minus the loss
     best_step: int = -1
     steps_to_target: int | None = None
     seconds: float = 0.0
@@ -271,8 +271,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
                 val=f"{val['accuracy']:.3f}",
             )
             run_loss = run_hits = run_total = 0.0
-            if val["accuracy"] > state.best_val:
-                state.best_val, state.best_step = val["accuracy"], step
+            score = val["accuracy"] if task.select_by == "accuracy" else -val["loss"]
+            if score > state.best_val:
+                state.best_val, state.best_step = score, step
                 atomic_write(best_path, lambda f: f.write(save(trainable_state(model))))
             if state.steps_to_target is None and val["accuracy"] >= cfg.target_accuracy:
                 state.steps_to_target = step
@@ -289,7 +290,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         "test_accuracy": test["accuracy"],
         "test_sequence_accuracy": test["sequence_accuracy"],
         "test_loss": test["loss"],
-        "val_accuracy": state.best_val,
+        "val_accuracy": float(_read_curve(curve_path, state.best_step)[-1]["val_accuracy"]),
         "best_step": state.best_step,
         "steps": step,
         "steps_to_target": state.steps_to_target,

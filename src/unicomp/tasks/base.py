@@ -18,19 +18,35 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+
+
+def _map(x: Inputs, fn) -> Inputs:
+    return {k: fn(v) for k, v in x.items()} if isinstance(x, dict) else fn(x)
+
 
 @dataclass
 class Batch:
-    x: torch.Tensor  # (B, T, d_in) float for vector tokens, (B, T) long for discrete tokens
-    y: torch.Tensor  # (B,) class ids, or (B, N) per-output-element class ids
-    mask: torch.Tensor | None = None  # (B, T) 1 for real tokens, 0 for padding; None = all real
+    """x: (B, T, d_in) float vector tokens, (B, T) long token ids, or a dict of such tensors
+    for models with several input streams (the Decision Transformer); the model is called as
+    ``model(x, mask)``. y: (B,) class ids, (B, N) per-element class ids, or regression targets.
+    mask: (B, T) 1 for real tokens, 0 for padding; None = all real."""
+
+    x: Inputs
+    y: torch.Tensor
+    mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.y.shape[0]
 
     def to(self, device: torch.device | str) -> Batch:
         mask = None if self.mask is None else self.mask.to(device)
-        return Batch(self.x.to(device), self.y.to(device), mask)
+        return Batch(_map(self.x, lambda t: t.to(device)), self.y.to(device), mask)
+
+    def __getitem__(self, idx) -> Batch:
+        """Select examples (a slice or an index tensor) from x, y and mask alike."""
+        mask = None if self.mask is None else self.mask[idx]
+        return Batch(_map(self.x, lambda t: t[idx]), self.y[idx], mask)
 
 
 @dataclass
@@ -57,6 +73,9 @@ class Task:
     spec: TaskSpec
     data_source: str = ""  # which data a run really used, recorded in metrics.json
     default_train: dict = {}  # TrainConfig overrides that suit the task (e.g. steps, lr)
+    # Validation score that picks the best checkpoint: "accuracy" (higher is better) or
+    # "loss" (lower is better; for regression tasks, whose ``correct`` may count nothing).
+    select_by: str = "accuracy"
 
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         raise NotImplementedError
@@ -81,8 +100,7 @@ class Task:
 
 def iter_chunks(batch: Batch, size: int) -> Iterator[Batch]:
     for i in range(0, len(batch), size):
-        mask = None if batch.mask is None else batch.mask[i : i + size]
-        yield Batch(batch.x[i : i + size], batch.y[i : i + size], mask)
+        yield batch[i : i + size]
 
 
 class TensorTask(Task):
@@ -104,5 +122,4 @@ class TensorTask(Task):
             perm = torch.randperm(n, generator=batch_generator(seed, -1 - epoch))
             sel = epochs == epoch
             idx[sel] = perm[offsets[sel]]
-        mask = None if train.mask is None else train.mask[idx]
-        return Batch(train.x[idx], train.y[idx], mask)
+        return train[idx]
