@@ -6,6 +6,7 @@ checkpoint.pt.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -75,7 +76,8 @@ def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
     task = build_task(cfg.task, cfg.task_args)
     model, summary = build_fpt(cfg, task)
     out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    if not resume and is_main:
         save_yaml(cfg, out / "config.yaml")
     t0 = time.perf_counter()
     result = train(model, task, cfg.train, out, resume=resume)
@@ -93,5 +95,6 @@ def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
     }
-    atomic_write_json(out / "metrics.json", metrics)
+    if is_main:
+        atomic_write_json(out / "metrics.json", metrics)
     return metrics

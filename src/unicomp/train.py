@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -88,12 +89,63 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+class Dist:
+    """Process-group facts for runs under ``torchrun`` (DistributedDataParallel).
+
+    Every rank draws the same global batch for a step and trains on its own slice, so a
+    2-process run follows a 1-process run with the same global batch. Only rank 0 writes
+    files; evaluation is sharded and summed across ranks.
+    """
+
+    def __init__(self, device: torch.device):
+        import torch.distributed as td
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not td.is_initialized():
+            td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.is_main = self.rank == 0
+
+    def shard(self, batch: Batch) -> Batch:
+        if not self.enabled:
+            return batch
+        if len(batch) % self.world:
+            raise UnicompError(
+                f"batch_size {len(batch)} is not divisible by the {self.world} processes"
+            )
+        per = len(batch) // self.world
+        return batch[self.rank * per : (self.rank + 1) * per]
+
+    def sum(self, values: list[float]) -> list[float]:
+        if not self.enabled:
+            return values
+        import torch.distributed as td
+
+        t = torch.tensor(values, dtype=torch.float64)
+        td.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as td
+
+            td.barrier()
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, task: Task, split: Batch, cfg: TrainConfig, device: torch.device
+    model: nn.Module,
+    task: Task,
+    split: Batch,
+    cfg: TrainConfig,
+    device: torch.device,
+    dist: Dist | None = None,
 ) -> dict[str, float]:
-    """Loss and accuracy on a whole split (every example, in chunks)."""
+    """Loss and accuracy on a whole split: every example once (sharded across ranks)."""
     model.eval()
+    if dist is not None and dist.enabled:
+        split = split[dist.rank :: dist.world]
     hits = total = seq_hits = n = 0
     loss_sum = 0.0
     for chunk in iter_chunks(split, cfg.eval_batch_size):
@@ -103,6 +155,8 @@ def evaluate(
         loss_sum += float(task.loss(logits, chunk.y)) * len(chunk)
         h, t, sh, sn = task.correct(logits, chunk.y)
         hits, total, seq_hits, n = hits + h, total + t, seq_hits + sh, n + sn
+    if dist is not None:
+        loss_sum, hits, total, seq_hits, n = dist.sum([loss_sum, hits, total, seq_hits, n])
     return {
         "loss": loss_sum / max(n, 1),
         "accuracy": hits / max(total, 1),
@@ -180,9 +234,13 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
     """Train ``model`` on ``task``; return metrics of the validation-selected checkpoint.
 
     Writes into ``out``: checkpoint.pt (resume state), best.safetensors (trainable weights of
-    the best validation step), curve.csv (the learning curve).
+    the best validation step), curve.csv (the learning curve). Under ``torchrun`` it trains
+    with DistributedDataParallel and rank 0 writes the files.
     """
     device = pick_device(cfg.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    dist = Dist(device)
     model.to(device)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
@@ -196,6 +254,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         raise UnicompError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
+    dist.barrier()  # no rank may see a checkpoint that rank 0 writes in this run
     if resume:
         if not ckpt_path.exists():
             raise UnicompError(f"nothing to resume: {ckpt_path} does not exist")
@@ -206,42 +265,55 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         state = _State(**ckpt["state"])
         _set_rng_state(ckpt["rng"])
     else:
-        torch.manual_seed(cfg.seed)  # dropout stream
-    rows = _read_curve(curve_path, state.step) if resume else []
-    if cfg.batch_size % cfg.grad_accum:
+        torch.manual_seed(cfg.seed + dist.rank)  # dropout stream, one per rank
+    if cfg.batch_size % (cfg.grad_accum * dist.world):
         raise UnicompError(
-            f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum}"
+            f"batch_size {cfg.batch_size} is not divisible by grad_accum {cfg.grad_accum} "
+            f"x {dist.world} process(es)"
         )
-    micro = cfg.batch_size // cfg.grad_accum
+    micro = cfg.batch_size // (cfg.grad_accum * dist.world)
+    net = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    rows = _read_curve(curve_path, state.step) if resume else []
     val_split = task.split("val")
     run_loss = run_hits = run_total = 0.0
     started = time.perf_counter() - state.seconds
     bar = tqdm(
         total=cfg.steps,
         initial=state.step,
-        disable=not cfg.progress,
+        disable=not (cfg.progress and dist.is_main),
         desc=task.name,
         dynamic_ncols=True,
         leave=False,
     )
     step = state.step
     while step < cfg.steps:
-        model.train()
-        batch = task.train_batch(step, cfg.batch_size, cfg.seed)
-        for chunk in iter_chunks(batch, micro):
+        net.train()
+        batch = dist.shard(task.train_batch(step, cfg.batch_size, cfg.seed))
+        for i, chunk in enumerate(iter_chunks(batch, micro)):
             chunk = chunk.to(device)
-            with autocast(device, cfg.precision):
-                logits = model(chunk.x, chunk.mask)
-            loss = task.loss(logits, chunk.y)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"loss became {float(loss)} at step {step}; the last good checkpoint "
-                    f"(step {state.step}) is kept in {ckpt_path}; lower --lr or set --grad-clip"
-                )
-            (loss / cfg.grad_accum).backward()
+            sync = contextlib.nullcontext()
+            if dist.enabled and i < cfg.grad_accum - 1:
+                sync = net.no_sync()  # all-reduce gradients once, after the last micro-batch
+            with sync:
+                with autocast(device, cfg.precision):
+                    logits = net(chunk.x, chunk.mask)
+                loss = task.loss(logits, chunk.y)
+                (loss / cfg.grad_accum).backward()
             h, t, _, _ = task.correct(logits.detach(), chunk.y)
-            run_loss += float(loss.detach()) / cfg.grad_accum
+            run_loss += float(loss.detach()) / cfg.grad_accum / dist.world
             run_hits, run_total = run_hits + h, run_total + t
+        finite = dist.sum([float(math.isfinite(run_loss))])[0] == dist.world
+        if not finite:
+            raise TrainingDivergedError(
+                f"loss became {run_loss} at step {step}; the last good checkpoint "
+                f"(step {state.step}) is kept in {ckpt_path}; lower --lr or set --grad-clip"
+            )
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
@@ -252,7 +324,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         step += 1
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            val = evaluate(model, task, val_split, cfg, device)
+            val = evaluate(model, task, val_split, cfg, device, dist)
+            run_loss, run_hits, run_total = dist.sum([run_loss, run_hits, run_total])
             since = step - (rows[-1]["step"] if rows else 0)  # steps in the running means
             rows.append(
                 {
@@ -274,23 +347,27 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
             score = val["accuracy"] if task.select_by == "accuracy" else -val["loss"]
             if score > state.best_val:
                 state.best_val, state.best_step = score, step
-                atomic_write(best_path, lambda f: f.write(save(trainable_state(model))))
+                if dist.is_main:
+                    atomic_write(best_path, lambda f: f.write(save(trainable_state(model))))
             if state.steps_to_target is None and val["accuracy"] >= cfg.target_accuracy:
                 state.steps_to_target = step
             state.step, state.seconds = step, time.perf_counter() - started
-            _write_curve(curve_path, rows)
-            _save_checkpoint(ckpt_path, model, opt, sched, state)
+            if dist.is_main:
+                _write_curve(curve_path, rows)
+                _save_checkpoint(ckpt_path, model, opt, sched, state)
             if cfg.stop_at_target and state.steps_to_target is not None:
                 break
     bar.close()
     train_seconds = time.perf_counter() - started
+    dist.barrier()  # best.safetensors is complete before any rank reads it
     load_trainable_state(model, load_file(best_path, device=str(device)))
-    test = evaluate(model, task, task.split("test"), cfg, device)
+    test = evaluate(model, task, task.split("test"), cfg, device, dist)
+    best_row = next(r for r in rows if r["step"] == state.best_step)
     return {
         "test_accuracy": test["accuracy"],
         "test_sequence_accuracy": test["sequence_accuracy"],
         "test_loss": test["loss"],
-        "val_accuracy": float(_read_curve(curve_path, state.best_step)[-1]["val_accuracy"]),
+        "val_accuracy": float(best_row["val_accuracy"]),
         "best_step": state.best_step,
         "steps": step,
         "steps_to_target": state.steps_to_target,
@@ -298,4 +375,5 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         "train_seconds": round(train_seconds, 2),
         "final_train_accuracy": float(rows[-1]["train_accuracy"]) if rows else None,
         "device": str(device),
+        "processes": dist.world,
     }
