@@ -163,3 +163,22 @@ def test_config_file_round_trip(tmp_path, tiny_gpt2):
     b = json.loads((again / "metrics.json").read_text())
     assert (again / "config.yaml").read_text().count("lr: 0.003") == 1
     assert a["test_accuracy"] == b["test_accuracy"] and a["val_accuracy"] == b["val_accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train: {steps: many}\n", "train: steps must be int, got 'many'"),
+        ("train: {precision: fp8}\n", "precision must be one of bf16, fp32"),
+        ("trian: {}\n", "unknown key(s) trian"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("task: [unclosed\n", "is not valid YAML"),
+        ("backbone_dropout: yes\n", "backbone_dropout must be float | None"),
+    ],
+)
+def test_bad_config_files_are_one_line_errors(tmp_path, text, expected, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["fpt", "train", "--config", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "unicomp: error:" in err[0], err

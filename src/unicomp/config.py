@@ -70,21 +70,85 @@ class FPTConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+@dataclass
+class PerceiverConfig:
+    """A Perceiver IO (or plain Perceiver) run; see unicomp.models.perceiver_io."""
+
+    task: str = _f("bit-xor", "task name (unicomp list)")
+    model: str = _f(
+        "perceiver-io",
+        "perceiver-io: query decoder | perceiver: mean of the latents -> linear head",
+        choices=("perceiver-io", "perceiver"),
+    )
+    pretrained: str | None = _f(
+        None,
+        "encoder + process from a transformers Perceiver checkpoint: language-perceiver, "
+        "vision-perceiver-learned, ..., a hub id or a local folder (sizes then come from it)",
+    )
+    freeze_pretrained: bool = _f(False, "keep the pretrained encoder + process frozen")
+    num_latents: int = _f(32, "latent array length N")
+    d_latent: int = _f(64, "latent channels D (also the input and query channels)")
+    num_blocks: int = _f(2, "repeats of the block of latent self-attention layers")
+    self_attends_per_block: int = _f(2, "latent self-attention layers per block")
+    num_heads: int = _f(4, "attention heads (self-attention, encoder and decoder)")
+    share_weights: bool = _f(True, "the block repeats share weights (Perceiver paper)")
+    widening: int = _f(1, "MLP widening factor of the latent self-attention layers")
+    queries: str = _f(
+        "auto",
+        "decoder queries: auto (single for classification, else learned) | learned | fourier "
+        "| single | inputs",
+        choices=("auto", "learned", "fourier", "single", "inputs"),
+    )
+    input_pos: str = _f(
+        "learned",
+        "input positions: a learned table (added) | fourier features (concatenated)",
+        choices=("learned", "fourier"),
+    )
+    dropout: float = _f(0.0, "dropout on attention probabilities")
+    task_args: dict = _f({}, "task constructor arguments, KEY=VALUE (repeatable)")
+    out: str | None = _f(None, "run folder (default runs/<task>-<model>-L<num_latents>-s<seed>)")
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
 def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+_SIMPLE = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "dict": (dict,)}
+
+
+def _checked(f: dataclasses.Field, value: Any, where: str) -> Any:
+    """Check a value against the field's declared type (``X | None`` allows null) and its
+    choices; ints are accepted where floats are declared."""
+    kind = str(f.type)
+    if value is None and kind.endswith("| None"):
+        return None
+    allowed = _SIMPLE.get(kind.split(" |")[0], (object,))
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise UnicompError(f"{where}: {f.name} must be {kind}, got {value!r}")
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise UnicompError(f"{where}: {f.name} must be one of {', '.join(choices)}, got {value!r}")
+    return float(value) if kind.startswith("float") else value
+
+
 def from_dict(cls: type, data: dict, where: str = "config") -> Any:
-    """Build a config dataclass, rejecting unknown keys with a message naming them."""
+    """Build a config dataclass, rejecting unknown keys and wrongly typed values with a
+    message naming them."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
         raise UnicompError(
             f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(names)}"
         )
-    kwargs = dict(data)
-    if "train" in kwargs:
-        kwargs["train"] = from_dict(TrainConfig, kwargs["train"] or {}, f"{where}: train")
+    kwargs = {}
+    for key, value in data.items():
+        if key == "train":
+            if not isinstance(value, dict | None):
+                raise UnicompError(f"{where}: train must be a mapping, got {value!r}")
+            kwargs[key] = from_dict(TrainConfig, value or {}, f"{where}: train")
+        else:
+            kwargs[key] = _checked(names[key], value, where)
     return cls(**kwargs)
 
 
