@@ -89,6 +89,12 @@ TASKS.register(
     "unicomp.tasks.bits:BitXOR",
     "two 5-bit strings, one bit per token: output their elementwise XOR",
 )
+TASKS.register("mnist", "unicomp.tasks.images:MNIST", "MNIST digits as 64 tokens of 4x4 patches")
+TASKS.register("cifar10", "unicomp.tasks.images:CIFAR10", "CIFAR-10 as 64 tokens of 4x4x3 patches")
+TASKS.register("cifar10-lra", "unicomp.tasks.images:CIFAR10LRA", "CIFAR-10, LRA: 1024 gray pixels")
+TASKS.register("digits-inpaint", "unicomp.tasks.dense:DigitsInpaint", "8x8 digit inpainting")
+TASKS.register("listops", "unicomp.tasks.listops:ListOps", "ListOps (LRA): nested MIN/MAX/MED/SM")
+TASKS.register("remote-homology", "unicomp.tasks.proteins:RemoteHomology", "protein -> SCOP fold")
 
 # --- freeze policies: the parameter groups that train (see unicomp.freezing for the groups) ----
 _paper = frozenset({"input", "output", "pos", "norm"})

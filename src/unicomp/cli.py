@@ -1,4 +1,5 @@
-"""Command line: ``unicomp list | demo | fpt train``.
+"""Command line: ``unicomp list | demo | fpt train | perceiver train | perceiver search-latents
+| dt collect``.
 
 Errors a user can act on (unknown names, missing weights, bad files) print as one line
 ``unicomp: error: ...`` and exit with status 2.
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 import unicomp.catalog  # noqa: F401  (registers everything; imports no torch)
-from unicomp.config import FPTConfig, add_dataclass_args
+from unicomp.config import FPTConfig, PerceiverConfig, add_dataclass_args
 from unicomp.errors import UnicompError
 from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS
 
@@ -58,6 +59,115 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
     print(f"run folder: {cfg.out}")
 
 
+def _resolve_perceiver(args: argparse.Namespace):
+    from unicomp.config import PerceiverConfig, resolve
+    from unicomp.experiments import perceiver_task_defaults
+
+    return resolve(PerceiverConfig, args, perceiver_task_defaults)
+
+
+def cmd_perceiver_train(args: argparse.Namespace) -> None:
+    from unicomp.experiments import run_perceiver
+
+    if args.resume:
+        if not args.out:
+            raise UnicompError("--resume needs --out DIR, the folder of the run to continue")
+        args.config = args.config or str(Path(args.out) / "config.yaml")
+    cfg = _resolve_perceiver(args)
+    metrics = run_perceiver(cfg, resume=args.resume)
+    keys = (
+        "task",
+        "model",
+        "test_accuracy",
+        "steps",
+        "steps_to_target",
+        "num_latents",
+        "flops_per_example",
+        "trainable_params",
+        "total_params",
+        "train_seconds",
+        "model_source",
+    )
+    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+    print(f"run folder: {cfg.out}")
+
+
+def cmd_perceiver_search(args: argparse.Namespace) -> None:
+    from unicomp.latent_search import search_latents
+
+    try:
+        latents = [int(n) for n in args.latents.split(",") if n.strip()]
+    except ValueError:
+        raise UnicompError(f"--latents {args.latents!r}: expected sizes like 8,16,32") from None
+    tolerance = args.tolerance
+    del args.latents, args.tolerance  # not PerceiverConfig fields
+    cfg = _resolve_perceiver(args)
+    result = search_latents(cfg, latents, tolerance)
+    print(result["table"], end="")
+    print(
+        f"chosen num_latents: {result['chosen_num_latents']} ({result['selected_by']}, "
+        f"tolerance {tolerance}); table in {result['out']}/latents.md"
+    )
+
+
+def cmd_dt_collect(args: argparse.Namespace) -> None:
+    from unicomp.rl.collect import Component, collect, default_agents_dir, suite_components
+
+    agents = Path(args.agents) if args.agents else default_agents_dir()
+    if args.suite:
+        if args.noise:
+            raise UnicompError("--noise goes with --agent or --policy; a suite sets its own")
+        components = suite_components(args.env, args.suite)
+    else:
+        components = (Component(args.agent or args.policy, noise=args.noise),)
+    record = collect(
+        args.env,
+        components,
+        args.episodes,
+        args.out,
+        seed=args.seed,
+        n_envs=args.n_envs,
+        agents_dir=agents,
+        max_episode_steps=args.max_episode_steps,
+        suite=args.suite,
+    )
+    keys = ("env_id", "suite", "episodes", "steps", "return_mean", "return_std", "return_min")
+    keys += ("return_max", "normalized_score_mean", "seconds")
+    print(json.dumps({k: record[k] for k in keys if k in record}, indent=2))
+    print(f"data set: {args.out} (Minari, with collection.json)")
+
+
+def _add_dt_commands(sub) -> None:
+    dt = sub.add_parser("dt", help="Decision Transformer (offline RL)").add_subparsers(
+        dest="sub", required=True
+    )
+    p = dt.add_parser(
+        "collect",
+        help="roll out a policy or a D4RL-like suite; write a Minari data set",
+    )
+    p.add_argument("--env", required=True, help="gymnasium id, e.g. Hopper-v5")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--suite",
+        choices=("random", "medium", "medium-replay", "expert", "medium-expert"),
+        help="D4RL-like suite (Hopper-v5, HalfCheetah-v5; see docs/rl-agents.md)",
+    )
+    what.add_argument("--agent", help="an SB3 model .zip or a zoo agent folder (<Env>_1/)")
+    what.add_argument("--policy", choices=("random", "tqc", "sac", "ppo", "a2c", "td3", "dqn"))
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise, std [0]")
+    p.add_argument("--episodes", type=int, required=True, help="episodes in all")
+    p.add_argument("--out", required=True, help="folder for the data set (must not hold one)")
+    p.add_argument(
+        "--agents",
+        help="rl-trained-agents folder (<algo>/<Env>-v3_1/) for suites and --policy ALGO "
+        "[$UNICOMP_DATA/sb3-agents]",
+    )
+    p.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i [0]")
+    p.add_argument("--n-envs", type=int, default=16, help="environments stepped together [16]")
+    p.add_argument("--max-episode-steps", type=int, help="time limit [the env's own]")
+    p.set_defaults(func=cmd_dt_collect)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from unicomp.demo import run_demo
 
@@ -89,6 +199,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_dataclass_args(p, FPTConfig)
     p.set_defaults(func=cmd_fpt_train)
+
+    perceiver = sub.add_parser("perceiver", help="Perceiver IO and Perceiver").add_subparsers(
+        dest="sub", required=True
+    )
+    p = perceiver.add_parser(
+        "train",
+        help="train a Perceiver (IO) on a task; writes a run folder",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_dataclass_args(p, PerceiverConfig)
+    p.set_defaults(func=cmd_perceiver_train)
+    p = perceiver.add_parser(
+        "search-latents",
+        help="train one run per latent size; pick the smallest within a tolerance of the best",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--latents", default="8,16,32,64", help="candidate sizes, comma-separated")
+    p.add_argument("--tolerance", type=float, default=0.01, help="allowed drop in validation score")
+    p.add_argument("--config", help="YAML config for every candidate run")
+    add_dataclass_args(p, PerceiverConfig)
+    p.set_defaults(func=cmd_perceiver_search, resume=False)
+    _add_dt_commands(sub)
     return parser
 
 

@@ -99,15 +99,54 @@ class PerceiverConfig:
         "| single | inputs",
         choices=("auto", "learned", "fourier", "single", "inputs"),
     )
+    # Fourier by default: on bit-xor (defaults, lr 1e-3) it reached validation accuracy 1.0
+    # at step 600, where a learned table (init std 0.02) was still at chance (0.50).
     input_pos: str = _f(
-        "learned",
-        "input positions: a learned table (added) | fourier features (concatenated)",
-        choices=("learned", "fourier"),
+        "fourier",
+        "input positions: fourier features (concatenated) | a learned table (added)",
+        choices=("fourier", "learned"),
     )
     dropout: float = _f(0.0, "dropout on attention probabilities")
     task_args: dict = _f({}, "task constructor arguments, KEY=VALUE (repeatable)")
     out: str | None = _f(None, "run folder (default runs/<task>-<model>-L<num_latents>-s<seed>)")
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class DTConfig:
+    """A Decision Transformer run (offline RL): train on a trajectory data set, then act in
+    the environment conditioned on target returns."""
+
+    data: str = _f("", "trajectory data set: a Minari folder (unicomp dt collect) or D4RL .hdf5")
+    env: str | None = _f(None, "gymnasium id to act in (default: the data set's)")
+    context: int = _f(20, "K, the context in timesteps (paper: 20 for gym)")
+    rtg_scale: float = _f(1000.0, "returns-to-go are divided by this (paper: 1000 for MuJoCo)")
+    max_ep_len: int = _f(1000, "rows of the timestep embedding (later steps reuse the last)")
+    hidden_size: int = _f(128, "model width (paper: 128)")
+    n_layer: int = _f(3, "GPT-2 layers (paper: 3 for gym, 6 for Atari)")
+    n_head: int = _f(1, "attention heads (paper: 1 for gym, 8 for Atari)")
+    dropout: float = _f(0.1, "dropout on embeddings, attention and residuals (paper: 0.1)")
+    attn_implementation: str | None = _f(None, "eager | sdpa (default: transformers' choice)")
+    val_fraction: float = _f(0.05, "episodes held out for validation (checkpoint selection)")
+    test_fraction: float = _f(0.05, "episodes held out for the test loss")
+    eval_targets: str = _f(
+        "", "target returns, comma-separated (default: the paper's for the env, else the data's)"
+    )
+    eval_episodes: int = _f(10, "evaluation episodes per target (0: no evaluation)")
+    eval_seed: int = _f(10_000, "evaluation episode i resets with eval_seed + i")
+    eval_envs: int = _f(16, "environments stepped together in evaluation")
+    eval_max_steps: int | None = _f(None, "evaluation time limit (default: the env's own)")
+    eval_window: str = _f(
+        "exact",
+        "context past K steps: exact (recompute) | rolling (cached, approximate)",
+        choices=("exact", "rolling"),
+    )
+    out: str | None = _f(None, "run folder (default runs/dt-<data folder>-s<seed>)")
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def task(self) -> str:  # resolve() looks up training defaults by task name
+        return "dt"
 
 
 def to_dict(cfg: Any) -> dict:

@@ -234,4 +234,9 @@ def load_backbone(
         source = f"random init (seed {seed}) from the {where}; no pretrained weights"
     else:
         model, source = _pretrained(base, spec, overrides)
-    return HFBackbone(model.float(), name, source)
+    # Train in float32 (bf16 only inside autocast). Parameter-wise, because transformers
+    # refuses .float() on models it loaded from GGUF even after dequantising them.
+    for param in model.parameters():
+        if param.dtype != torch.float32:
+            param.data = param.data.float()
+    return HFBackbone(model, name, source)

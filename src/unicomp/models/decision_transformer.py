@@ -1,0 +1,337 @@
+"""The Decision Transformer (Chen et al. 2021, arXiv 2106.01345, sec. 3).
+
+A trajectory of K steps is the token sequence (R_1, s_1, a_1, R_2, s_2, a_2, ...), 3K tokens:
+R is the return-to-go, s the state, a the action. Each modality has its own linear embedding
+(a small conv net for image states), and a learned embedding of the episode timestep is
+added to all three tokens of a step. A causal GPT-2 reads the sequence; the action a_t is
+predicted from the output at s_t's token, which by causality has seen R_1..R_t, s_1..s_t and
+a_1..a_{t-1}.
+
+    returns_to_go (B, K, 1) --embed_return--+
+    states        (B, K, obs) --embed_state--+ + embed_timestep(timesteps) -> interleave
+    actions       (B, K, act) --embed_action-+    -> (B, 3K, H) -> LayerNorm -> GPT-2 (no
+                                                     positions) -> state tokens -> head
+
+Read bottom-up: ``DecisionTransformer.forward`` for training, ``start``/``step``/
+``record_action`` for acting with a key/value cache.
+
+Against the official code (github.com/kzl/decision-transformer, gym/):
+* Same: per-modality linear embeddings, the timestep table of size max_ep_len, the LayerNorm
+  on the stacked embeddings, GPT-2 with n_inner = 4H, ReLU, dropout on embeddings, attention
+  and residuals; a tanh head for continuous actions; the action read from the state token.
+* The official code ships its own copy of GPT-2 with the position embedding deleted; we use
+  transformers' GPT2Model and replace its position table by zeros (``_NoPositions``), which
+  is the same function.
+* Its state and return prediction heads are dropped: the paper's loss uses actions only.
+* Atari (its atari/ folder, a minGPT model): there the return and action embeddings pass
+  through tanh, positions are a global timestep table plus a learned within-context table,
+  and actions are an embedding table. We use the gym design for both (one-hot actions into
+  a linear layer is the same as an embedding table); the conv encoder is the Atari one
+  (Nature-DQN layers, then a linear layer and tanh).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import transformers
+from torch import nn
+
+# transformers renamed GPT-2's ``past_key_values`` argument and output to ``cache`` during 5.x.
+_CACHE_KW = (
+    "cache"
+    if "cache" in inspect.signature(transformers.GPT2Model.forward).parameters
+    else "past_key_values"
+)
+
+
+@dataclass
+class DecisionTransformerConfig:
+    """Sizes and settings of the model. ``gym()`` and ``atari()`` give the paper's presets."""
+
+    state_dim: int  # values per state (vector states); ignored for images
+    act_dim: int  # values per action, or the number of actions (discrete)
+    discrete: bool = False  # discrete actions: one-hot inputs, logits out
+    hidden_size: int = 128
+    n_layer: int = 3
+    n_head: int = 1
+    max_length: int = 20  # K, the context in timesteps
+    max_ep_len: int = 1000  # rows of the timestep table; later timesteps reuse the last row
+    dropout: float = 0.1
+    activation: str = "relu"
+    action_tanh: bool = True  # continuous actions in [-1, 1], as the gym tasks' bounds
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) for image states
+    attn_implementation: str | None = None  # "eager" | "sdpa"; None = transformers' default
+    extra: dict = field(default_factory=dict)  # further GPT2Config fields
+
+    @classmethod
+    def gym(cls, state_dim: int, act_dim: int, **kw) -> DecisionTransformerConfig:
+        """Paper appendix A (OpenAI Gym): 3 layers, 1 head, width 128, K = 20."""
+        return cls(state_dim=state_dim, act_dim=act_dim, **kw)
+
+    @classmethod
+    def atari(
+        cls, image_shape: tuple[int, int, int], n_actions: int, **kw
+    ) -> DecisionTransformerConfig:
+        """Paper appendix A (Atari): 6 layers, 8 heads, width 128, K = 30, discrete actions."""
+        base = dict(n_layer=6, n_head=8, max_length=30, max_ep_len=10_000, action_tanh=False)
+        return cls(
+            state_dim=0,
+            act_dim=n_actions,
+            discrete=True,
+            image_shape=tuple(image_shape),
+            **{**base, **kw},
+        )
+
+
+class _NoPositions(nn.Module):
+    """Stands in for GPT-2's position table: the DT adds timestep embeddings itself (one per
+    step, shared by its three tokens), so the backbone must not add positions of its own."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(*position_ids.shape, self.hidden, device=position_ids.device)
+
+
+class ConvEncoder(nn.Module):
+    """Image state -> embedding: the Atari DT's encoder (Nature-DQN convs, linear, tanh).
+    Input (N, C, H, W) floats (scale uint8 frames to [0, 1] before)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], hidden: int):
+        super().__init__()
+        c = image_shape[0]
+        self.convs = nn.Sequential(
+            nn.Conv2d(c, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_flat = self.convs(torch.zeros(1, *image_shape)).shape[1]
+        self.proj = nn.Sequential(nn.Linear(n_flat, hidden), nn.Tanh())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.convs(images))
+
+
+@dataclass
+class DTRollout:
+    """Acting state for a batch of B episodes that advance in lockstep.
+
+    ``window``: "exact" or "rolling" (see ``DecisionTransformer.step``). The history keeps
+    the last K steps' inputs for recomputation; ``cache`` holds the backbone's keys/values of
+    the tokens fed so far; ``pending`` is the last action, fed with the next step's tokens."""
+
+    window: str
+    rtg: list[torch.Tensor] = field(default_factory=list)  # K x (B, 1)
+    states: list[torch.Tensor] = field(default_factory=list)  # K x (B, *obs)
+    actions: list[torch.Tensor] = field(default_factory=list)  # K x (B, act)
+    timesteps: list[torch.Tensor] = field(default_factory=list)  # K x (B,)
+    cache: object | None = None
+    cached_steps: int = 0  # steps whose tokens are in the cache
+    pending: bool = False  # the last step's action is known but not yet in the cache
+    sliding: bool = False  # exact mode past K steps: recompute every step
+
+
+class DecisionTransformer(nn.Module):
+    """forward(x, mask) -> predicted actions.
+
+    x: dict of "returns_to_go" (B, K, 1) float, "states" (B, K, obs) or (B, K, C, H, W)
+    float, "actions" (B, K, act) float (one-hot for discrete), "timesteps" (B, K) long.
+    mask: (B, K), 1 for real steps and 0 for padding (left padding); None means all real.
+    Returns (B, K, act): actions in [-1, 1] (tanh head) or logits (discrete).
+    """
+
+    def __init__(self, config: DecisionTransformerConfig):
+        super().__init__()
+        self.config = c = config
+        h = c.hidden_size
+        gpt_cfg = transformers.GPT2Config(
+            vocab_size=1,  # no token ids: the model is fed embeddings only
+            n_embd=h,
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_inner=4 * h,
+            activation_function=c.activation,
+            n_positions=3 * c.max_length,
+            resid_pdrop=c.dropout,
+            attn_pdrop=c.dropout,
+            embd_pdrop=c.dropout,
+            bos_token_id=None,
+            eos_token_id=None,
+            **({"attn_implementation": c.attn_implementation} if c.attn_implementation else {}),
+            **c.extra,
+        )
+        self.transformer = transformers.GPT2Model(gpt_cfg)
+        self.transformer.wpe = _NoPositions(h)
+        self.transformer.wte.weight.requires_grad_(False)  # unused (inputs are embeddings)
+
+        self.embed_timestep = nn.Embedding(c.max_ep_len, h)
+        self.embed_return = nn.Linear(1, h)
+        if c.image_shape is not None:
+            self.embed_state: nn.Module = ConvEncoder(c.image_shape, h)
+        else:
+            self.embed_state = nn.Linear(c.state_dim, h)
+        self.embed_action = nn.Linear(c.act_dim, h)
+        self.embed_ln = nn.LayerNorm(h)
+        head: list[nn.Module] = [nn.Linear(h, c.act_dim)]
+        if c.action_tanh and not c.discrete:
+            head.append(nn.Tanh())
+        self.predict_action = nn.Sequential(*head)
+
+    # --- embeddings ----------------------------------------------------------------------------
+    def _embed_states(self, states: torch.Tensor) -> torch.Tensor:
+        if self.config.image_shape is None:
+            return self.embed_state(states)
+        lead = states.shape[:-3]
+        flat = self.embed_state(states.reshape(-1, *states.shape[-3:]))  # (N, H)
+        return flat.reshape(*lead, -1)
+
+    def _embed_steps(self, rtg, states, actions, timesteps):
+        """(R, s, a) token embeddings of each step, timestep embedding added: 3 x (B, T, H)."""
+        time = self.embed_timestep(timesteps)  # (B, T, H)
+        return (
+            self.embed_return(rtg) + time,
+            self._embed_states(states) + time,
+            self.embed_action(actions) + time,
+        )
+
+    def _backbone(self, tokens: torch.Tensor, attention_mask=None, cache=None, use_cache=False):
+        tokens = self.embed_ln(tokens)
+        out = self.transformer(
+            inputs_embeds=tokens,
+            attention_mask=attention_mask,
+            use_cache=use_cache,
+            **{_CACHE_KW: cache},
+        )
+        return out.last_hidden_state, getattr(out, _CACHE_KW, None)
+
+    # --- training --------------------------------------------------------------------------------
+    def forward(self, x: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        rtg, states, actions, timesteps = (
+            x["returns_to_go"],
+            x["states"],
+            x["actions"],
+            x["timesteps"],
+        )
+        B, K = timesteps.shape
+        r, s, a = self._embed_steps(rtg, states, actions, timesteps)  # 3 x (B, K, H)
+        tokens = torch.stack((r, s, a), dim=2).reshape(B, 3 * K, -1)  # (B, 3K, H): R1 s1 a1 R2..
+        attn = None
+        if mask is not None:
+            attn = mask.to(torch.long).repeat_interleave(3, dim=1)  # (B, 3K), per token
+        hidden, _ = self._backbone(tokens, attn)  # (B, 3K, H)
+        state_tokens = hidden.reshape(B, K, 3, -1)[:, :, 1]  # (B, K, H)
+        return self.predict_action(state_tokens)
+
+    # --- acting, with a key/value cache -----------------------------------------------------------
+    def start(self, batch_size: int, window: str = "exact") -> DTRollout:
+        """Begin acting in ``batch_size`` episodes that advance in lockstep.
+
+        window="exact" (default): while an episode has run at most K steps, each step feeds
+        only its new tokens through the cache; that equals recomputing the whole context
+        (tested). Once the context would exceed K steps, every step recomputes the last K
+        steps from scratch, as the official code does at every step: with absolute timestep
+        embeddings and K steps of context in training, the hidden states of the tokens kept
+        in the window depend on what was dropped, so no cache can be reused exactly.
+        window="rolling": keep the cache and drop the oldest step's 3 tokens when it would
+        exceed K steps. Each step then costs 3 new tokens, but the kept keys/values were
+        computed with older context in view, which the model never saw in training: an
+        approximation (Transformer-XL-like), faster for long episodes. Measure before use.
+        """
+        if window not in ("exact", "rolling"):
+            raise ValueError(f"window must be 'exact' or 'rolling', got {window!r}")
+        return DTRollout(window=window)
+
+    @torch.no_grad()
+    def step(
+        self,
+        rollout: DTRollout,
+        returns_to_go: torch.Tensor,
+        state: torch.Tensor,
+        timestep: torch.Tensor,
+    ) -> torch.Tensor:
+        """Predict the action of the next step from its return-to-go (B, 1), state (B, *obs)
+        and timestep (B,) long. Returns (B, act) (actions or logits). Call
+        ``record_action`` with the action taken before the next ``step``."""
+        if rollout.rtg and not rollout.pending:
+            raise RuntimeError("record_action must be called between two steps")
+        K = self.config.max_length
+        rollout.rtg.append(returns_to_go)
+        rollout.states.append(state)
+        # A placeholder for this step's action: causal attention keeps it out of the
+        # prediction (the official code feeds zeros the same way).
+        rollout.actions.append(torch.zeros(len(state), self.config.act_dim, device=state.device))
+        rollout.timesteps.append(timestep)
+        if len(rollout.rtg) > K:
+            for hist in (rollout.rtg, rollout.states, rollout.actions, rollout.timesteps):
+                del hist[0]
+            if rollout.window == "exact":
+                rollout.sliding, rollout.cache = True, None
+        if rollout.sliding:
+            return self._recompute(rollout)
+        return self._step_cached(rollout)
+
+    def record_action(self, rollout: DTRollout, action: torch.Tensor) -> None:
+        """The action taken at the last step: (B, act) floats, or (B,) ids if discrete."""
+        if self.config.discrete and action.dim() == 1:
+            action = nn.functional.one_hot(action.long(), self.config.act_dim).float()
+        rollout.actions[-1] = action.float()
+        rollout.pending = True
+
+    def _recompute(self, rollout: DTRollout) -> torch.Tensor:
+        x = {
+            "returns_to_go": torch.stack(rollout.rtg, 1),  # (B, K, 1)
+            "states": torch.stack(rollout.states, 1),  # (B, K, *obs)
+            "actions": torch.stack(rollout.actions, 1),  # (B, K, act)
+            "timesteps": torch.stack(rollout.timesteps, 1),  # (B, K)
+        }
+        rollout.pending = False
+        return self.forward(x)[:, -1]
+
+    def _step_cached(self, rollout: DTRollout) -> torch.Tensor:
+        r, s, _ = self._embed_steps(
+            rollout.rtg[-1][:, None],
+            rollout.states[-1][:, None],
+            rollout.actions[-1][:, None],
+            rollout.timesteps[-1][:, None],
+        )  # 3 x (B, 1, H)
+        new = [r, s]
+        if rollout.pending:
+            # The previous step's action token joins this call: one backbone call per step.
+            prev = len(rollout.rtg) - 2
+            a_prev = self.embed_action(rollout.actions[prev][:, None]) + self.embed_timestep(
+                rollout.timesteps[prev][:, None]
+            )
+            new = [a_prev, r, s]
+        if rollout.window == "rolling" and rollout.cached_steps >= self.config.max_length:
+            _drop_oldest(rollout.cache, 3)  # the oldest step's R, s, a
+            rollout.cached_steps -= 1
+        tokens = torch.cat(new, dim=1)  # (B, 2 or 3, H)
+        hidden, rollout.cache = self._backbone(tokens, cache=rollout.cache, use_cache=True)
+        rollout.cached_steps += 1
+        rollout.pending = False
+        return self.predict_action(hidden[:, -1])  # the state token's output
+
+
+def _drop_oldest(cache, n_tokens: int) -> None:
+    """Remove the first ``n_tokens`` keys/values of every layer of a DynamicCache."""
+    for layer in cache.layers:
+        layer.keys = layer.keys[..., n_tokens:, :]
+        layer.values = layer.values[..., n_tokens:, :]
+
+
+def build_decision_transformer(
+    state_dim: int, act_dim: int, discrete: bool = False, **overrides
+) -> DecisionTransformer:
+    """The paper's gym model (3 layers, 1 head, width 128) with any field overridden."""
+    cfg = DecisionTransformerConfig.gym(state_dim, act_dim, discrete=discrete, **overrides)
+    return DecisionTransformer(cfg)

@@ -1,0 +1,13 @@
+"""Offline RL for the Decision Transformer (Chen et al. 2021, arXiv 2106.01345).
+
+trajectories.py  one in-memory format for trajectory data sets; D4RL HDF5 and Minari readers,
+                 a Minari writer
+collect.py       roll out trained agents (Stable-Baselines3), random or noisy policies in
+                 vectorised gymnasium environments; D4RL-like suites (random ... medium-expert)
+evaluate.py      vectorised evaluation with seeds, D4RL normalised score, the DT as an agent
+dt_task.py       the training task: (R, s, a) windows for the one training loop
+
+This package needs the ``rl`` extra (gymnasium[mujoco], stable-baselines3, sb3-contrib,
+minari, h5py). Its modules import those lazily where they can, so that the rest of unicomp
+works without them.
+"""

@@ -1,0 +1,476 @@
+"""Collect trajectory data sets by rolling out policies in gymnasium environments.
+
+Policies: trained Stable-Baselines3 agents (rl-baselines3-zoo / rl-trained-agents layout:
+``<algo>/<Env>_1/<Env>.zip`` with ``<Env>/vecnormalize.pkl`` where the agent normalised its
+observations), a uniform random policy, and either of them with Gaussian action noise.
+
+Suites in the manner of D4RL (Fu et al. 2020) for Hopper-v5 and HalfCheetah-v5:
+
+    random         a uniform random policy
+    medium         a policy at roughly 1/3 to 1/2 of the expert's return
+    medium-replay  a mixture over noise levels and weaker policies (D4RL's medium-replay is the
+                   replay buffer of an agent trained up to medium; we have no such buffer, so
+                   we mix policies of rising quality instead: a departure)
+    expert         the best agent (TQC)
+    medium-expert  medium and expert episodes, half each (D4RL concatenates its two full
+                   data sets)
+
+Which agent and noise make each suite was chosen from measured returns in the -v5
+environments (docs/rl-agents.md). The agents were trained on the -v3 environments
+(mujoco-py); -v5 has the same observation and action sizes but newer MuJoCo dynamics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unicomp.errors import DataError, UnicompError
+from unicomp.files import atomic_write_json
+from unicomp.rl.evaluate import make_env, reference_scores, run_episodes
+from unicomp.rl.trajectories import TrajectoryDataset, write_minari
+
+SB3_ALGOS = ("tqc", "sac", "td3", "ppo", "a2c", "dqn")
+
+
+# --- policies -------------------------------------------------------------------------------
+class Policy:
+    """A memoryless agent (see unicomp.rl.evaluate.Agent): ``act`` alone decides."""
+
+    name = "policy"
+
+    def reset(self, n: int) -> None:
+        pass
+
+    def observe(self, rewards: np.ndarray) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class RandomPolicy(Policy):
+    """Uniform over a Box (bounds) or a Discrete space; its own seeded generator."""
+
+    name = "random"
+
+    def __init__(self, action_space, seed: int = 0):
+        self.space, self.rng = action_space, np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        n = len(obs)
+        if hasattr(self.space, "n"):
+            return self.rng.integers(0, self.space.n, size=n)
+        low, high = self.space.low, self.space.high
+        return self.rng.uniform(low, high, size=(n, *self.space.shape)).astype(self.space.dtype)
+
+
+class NoisyPolicy(Policy):
+    """``base`` plus Gaussian noise N(0, sigma^2) on every action dimension, clipped to the
+    action bounds (continuous); with probability ``sigma`` a uniform random action (discrete)."""
+
+    def __init__(self, base: Policy, sigma: float, action_space, seed: int = 0):
+        self.base, self.sigma, self.space = base, sigma, action_space
+        self.rng = np.random.default_rng(seed)
+        self.name = f"{base.name}+noise{sigma:g}"
+
+    def reset(self, n: int) -> None:
+        self.base.reset(n)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        a = self.base.act(obs)
+        if hasattr(self.space, "n"):
+            swap = self.rng.random(len(a)) < self.sigma
+            return np.where(swap, self.rng.integers(0, self.space.n, size=len(a)), a)
+        noisy = a + self.rng.normal(0.0, self.sigma, size=a.shape)
+        return np.clip(noisy, self.space.low, self.space.high).astype(self.space.dtype)
+
+
+class SB3Policy(Policy):
+    """A trained Stable-Baselines3 agent, deterministic (the mean action), with the
+    observation normalisation it was trained with (VecNormalize statistics) applied here."""
+
+    def __init__(self, model, obs_norm: dict[str, Any] | None, name: str):
+        self.model, self.obs_norm, self.name = model, obs_norm, name
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        x = np.asarray(obs, dtype=np.float64)
+        if self.obs_norm is not None:
+            n = self.obs_norm
+            # What VecNormalize.normalize_obs does with its running statistics.
+            x = np.clip((x - n["mean"]) / np.sqrt(n["var"] + n["epsilon"]), -n["clip"], n["clip"])
+        actions, _ = self.model.predict(x.astype(np.float32), deterministic=True)
+        return actions
+
+
+def _find_agent_files(path: Path) -> tuple[Path, Path | None]:
+    """The model zip and its vecnormalize.pkl (if any) from a zip or a zoo agent folder."""
+    if path.is_file():
+        zip_path = path
+    elif path.is_dir():
+        zips = sorted(path.glob("*.zip"))
+        if len(zips) != 1:
+            raise DataError(f"agent folder {path}: expected one model .zip, found {len(zips)}")
+        zip_path = zips[0]
+    else:
+        raise DataError(f"agent {path} does not exist")
+    # The zoo keeps it in a folder named like the zip (<Env>/vecnormalize.pkl), or beside it.
+    for candidate in (
+        zip_path.with_suffix("") / "vecnormalize.pkl",
+        zip_path.parent / "vecnormalize.pkl",
+    ):
+        if candidate.is_file():
+            return zip_path, candidate
+    return zip_path, None
+
+
+class _VecNormalizeUnpickler(pickle.Unpickler):
+    """Reads a VecNormalize pickle with only the classes such a file needs.
+
+    The zoo's pickles name the old ``gym`` package (gym.spaces.Box); we map it to gymnasium.
+    Anything else (a class outside this list) is refused, so a tampered file cannot run code.
+    """
+
+    ALLOWED = {
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.random._pickle", "__randomstate_ctor"),
+        ("numpy.random._pickle", "__bit_generator_ctor"),
+        ("numpy.random._pickle", "__generator_ctor"),
+        ("gymnasium.spaces.box", "Box"),
+        ("stable_baselines3.common.running_mean_std", "RunningMeanStd"),
+        ("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if module == "gym" or module.startswith("gym."):
+            module = "gymnasium" + module[3:]
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_vecnormalize(path: Path) -> dict[str, Any] | None:
+    """Observation statistics from a VecNormalize pickle: mean, var, epsilon, clip.
+
+    These pickles come from rl-baselines3-zoo's trained agents (github.com/DLR-RM/
+    rl-trained-agents), the source the user named for /work/shared/data/sb3-agents; we still
+    load them through an allow-list unpickler rather than trusting pickle."""
+    try:
+        with path.open("rb") as f:
+            vn = _VecNormalizeUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+        raise DataError(f"{path}: not a VecNormalize pickle we can read ({err})") from None
+    if not getattr(vn, "norm_obs", False):
+        return None
+    rms = vn.obs_rms
+    return {
+        "mean": np.asarray(rms.mean, dtype=np.float64),
+        "var": np.asarray(rms.var, dtype=np.float64),
+        "epsilon": float(vn.epsilon),
+        "clip": float(vn.clip_obs),
+    }
+
+
+def _algo_of(data: dict[str, Any]) -> str:
+    """The algorithm of a saved SB3 model, from its policy class (PPO and A2C share theirs:
+    PPO saves a clip range, A2C does not)."""
+    module = str(data.get("policy_class", {}).get("__module__", ""))
+    for algo in ("tqc", "sac", "td3", "dqn"):
+        if f".{algo}." in module:
+            return algo
+    if module.endswith("common.policies"):
+        return "ppo" if "clip_range" in data else "a2c"
+    raise DataError(f"cannot tell the algorithm of this SB3 model (policy from {module!r})")
+
+
+def load_sb3_agent(path: str | os.PathLike, env_id: str) -> SB3Policy:
+    """Load a trained SB3 agent (TQC, SAC, TD3, PPO, A2C, DQN) to act in ``env_id``.
+
+    The zoo's zips were saved with gym 0.19 and SB3 1.3: their pickled spaces name the old
+    ``gym`` package and their schedules are closures of an older Python. Neither is needed to
+    act, so we hand SB3 the environment's own spaces and constant schedules instead.
+    """
+    import sb3_contrib
+    import stable_baselines3 as sb3
+
+    zip_path, norm_path = _find_agent_files(Path(path))
+    try:
+        data = json.loads(zipfile.ZipFile(zip_path).read("data"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as err:
+        raise DataError(f"{zip_path}: not a Stable-Baselines3 model zip ({err})") from None
+    algo = _algo_of(data)
+    cls = {
+        "tqc": sb3_contrib.TQC,
+        "sac": sb3.SAC,
+        "td3": sb3.TD3,
+        "ppo": sb3.PPO,
+        "a2c": sb3.A2C,
+        "dqn": sb3.DQN,
+    }[algo]
+    env = make_env(env_id)
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+    finally:
+        env.close()
+    custom = {
+        "observation_space": obs_space,
+        "action_space": act_space,
+        "lr_schedule": lambda _: 0.0,
+        "learning_rate": 0.0,
+        "clip_range": lambda _: 0.0,
+        "exploration_schedule": lambda _: 0.0,
+        "buffer_size": 1,  # off-policy agents would otherwise allocate a 1M-step buffer
+        "replay_buffer_class": None,
+        "replay_buffer_kwargs": {},
+    }
+    try:
+        model = cls.load(zip_path, device="cpu", custom_objects=custom)
+    except Exception as err:  # SB3 raises many kinds on a mismatched model
+        raise DataError(f"{zip_path}: could not load as {algo.upper()}: {err}") from None
+    expected = data.get("observation_space", {}).get("shape")
+    if isinstance(expected, str):  # older SB3 wrote the shape as a string "[11]"
+        expected = json.loads(expected)
+    if expected is not None and list(obs_space.shape) != list(expected):
+        raise DataError(
+            f"{zip_path}: the agent observes shape {expected}, "
+            f"{env_id} gives {list(obs_space.shape)}"
+        )
+    obs_norm = read_vecnormalize(norm_path) if norm_path is not None else None
+    return SB3Policy(model, obs_norm, name=f"{algo}:{zip_path.stem}")
+
+
+# --- suites ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Component:
+    """One source of episodes in a suite: a policy ("random" or an SB3 algorithm whose agent
+    is found under the agents folder), Gaussian action noise, and a share of the episodes."""
+
+    policy: str
+    noise: float = 0.0
+    share: float = 1.0
+
+
+# Chosen from the returns measured in -v5 (docs/rl-agents.md; D4RL-normalised in brackets):
+# Hopper: TQC 2944 (91), SAC+0.1 1456 (45; D4RL's hopper-medium: 44), A2C 736 (23),
+# random 13 (1). HalfCheetah: TQC 12091 (100), SAC+0.3 5453 (46; D4RL's: 41), PPO 5894 (50),
+# A2C 3044 (27). The medium-replay mixtures average about 23 on both.
+_MEDIUM = {"Hopper": Component("sac", 0.1), "HalfCheetah": Component("sac", 0.3)}
+_REPLAY = {
+    "Hopper": (
+        Component("random"),
+        Component("a2c", 0.5),
+        Component("a2c", 0.1),
+        Component("sac", 0.5),
+        Component("sac", 0.3),
+        Component("sac", 0.1),
+    ),
+    "HalfCheetah": (
+        Component("random"),
+        Component("a2c", 0.3),
+        Component("a2c"),
+        Component("ppo", 0.3),
+        Component("sac", 0.5),
+        Component("sac", 0.3),
+    ),
+}
+SUITES: dict[str, dict[str, tuple[Component, ...]]] = {
+    env: {
+        "random": (Component("random"),),
+        "medium": (_MEDIUM[env],),
+        "medium-replay": _REPLAY[env],
+        "expert": (Component("tqc"),),
+        "medium-expert": (_MEDIUM[env], Component("tqc")),
+    }
+    for env in ("Hopper", "HalfCheetah")
+}
+
+
+def env_name(env_id: str) -> str:
+    """ "Hopper-v5" -> "Hopper"."""
+    return env_id.rsplit("-v", 1)[0]
+
+
+def suite_components(env_id: str, suite: str) -> tuple[Component, ...]:
+    suites = SUITES.get(env_name(env_id))
+    if suites is None:
+        raise UnicompError(
+            f"no suites for {env_id}; suites exist for {', '.join(f'{e}-v5' for e in SUITES)}. "
+            f"Use --agent PATH or --policy random instead"
+        )
+    if suite not in suites:
+        raise UnicompError(f"unknown suite {suite!r}; choices: {', '.join(suites)}")
+    return suites[suite]
+
+
+def split_episodes(total: int, shares: list[float]) -> list[int]:
+    """``total`` episodes over components by share (largest remainders get the rest)."""
+    raw = [total * s / sum(shares) for s in shares]
+    counts = [math.floor(x) for x in raw]
+    order = sorted(range(len(raw)), key=lambda i: counts[i] - raw[i])
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def default_agents_dir() -> Path | None:
+    """$UNICOMP_DATA/sb3-agents, where the user's data root holds the zoo's agents."""
+    root = os.environ.get("UNICOMP_DATA")
+    if root and (Path(root).expanduser() / "sb3-agents").is_dir():
+        return Path(root).expanduser() / "sb3-agents"
+    return None
+
+
+def find_zoo_agent(agents_dir: Path, algo: str, env_id: str) -> Path:
+    """``<agents_dir>/<algo>/<Env>-v*_1``: the zoo's folder for this environment, any version
+    (the zoo trained on -v3; we act in whichever version ``env_id`` names)."""
+    matches = sorted((agents_dir / algo).glob(f"{env_name(env_id)}-v*_*"))
+    if not matches:
+        raise DataError(
+            f"no {algo.upper()} agent for {env_name(env_id)} under {agents_dir / algo} "
+            f"(expected a folder like {env_name(env_id)}-v3_1 with the model zip)"
+        )
+    return matches[-1]
+
+
+def make_policy(
+    policy: str,
+    env_id: str,
+    noise: float = 0.0,
+    seed: int = 0,
+    agents_dir: Path | None = None,
+) -> tuple[Policy, str | None]:
+    """ "random", a path to an agent (zip or zoo folder) or an algorithm name looked up under
+    ``agents_dir``; with ``noise`` > 0, Gaussian action noise. Returns (policy, agent path)."""
+    env = make_env(env_id)
+    try:
+        space = env.action_space
+    finally:
+        env.close()
+    path: Path | None = None
+    if policy == "random":
+        base: Policy = RandomPolicy(space, seed=seed)
+    else:
+        if policy in SB3_ALGOS:
+            if agents_dir is None:
+                raise UnicompError(
+                    f"policy {policy!r} needs the trained agents: pass --agents DIR (the "
+                    f"rl-trained-agents layout <algo>/<Env>-v3_1/) or set UNICOMP_DATA to a folder "
+                    f"holding sb3-agents/"
+                )
+            path = find_zoo_agent(agents_dir, policy, env_id)
+        else:
+            path = Path(policy)
+        base = load_sb3_agent(path, env_id)
+    if noise > 0:
+        # A seed apart from the random policy's, so noise and random actions never coincide.
+        return NoisyPolicy(base, noise, space, seed=seed + 7919), str(path) if path else None
+    return base, str(path) if path else None
+
+
+def collect(
+    env_id: str,
+    components: tuple[Component, ...] | list[Component],
+    episodes: int,
+    out: str | os.PathLike,
+    seed: int = 0,
+    n_envs: int = 16,
+    agents_dir: Path | None = None,
+    max_episode_steps: int | None = None,
+    suite: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Roll out each component's policy for its share of ``episodes`` and write the episodes
+    (in component order) as a Minari data set in ``out``, with ``out/collection.json``
+    recording what produced them and the returns measured. Returns that record."""
+    out = Path(out)
+    if (out / "data").exists():
+        raise UnicompError(f"{out} already holds a data set; choose another --out")
+    if episodes < 1:
+        raise UnicompError(f"--episodes must be at least 1, got {episodes}")
+    counts = split_episodes(episodes, [c.share for c in components])
+    t0 = time.perf_counter()
+    all_episodes, parts, first = [], [], 0
+    for k, (comp, count) in enumerate(zip(components, counts, strict=True)):
+        if count == 0:
+            continue
+        policy, path = make_policy(comp.policy, env_id, comp.noise, seed + 1000 * k, agents_dir)
+        # Episode i of the whole data set starts from reset(seed=seed + i).
+        result = run_episodes(
+            env_id,
+            policy,
+            count,
+            seed=seed + first,
+            n_envs=n_envs,
+            max_episode_steps=max_episode_steps,
+            record=True,
+        )
+        part = {
+            "policy": policy.name,
+            "agent": path,
+            "noise": comp.noise,
+            **result.summary(env_id),
+            "episode_range": [first, first + count],  # indices in the data set
+        }
+        log(
+            f"{policy.name}: {count} episodes, return {part['return_mean']:.1f} "
+            f"+- {part['return_std']:.1f}"
+        )
+        parts.append(part)
+        all_episodes.extend(result.episodes)
+        first += count
+    dataset = TrajectoryDataset(all_episodes, env_id=env_id, source=f"unicomp dt collect {suite}")
+    summary = dataset.summary()
+    ref = reference_scores(env_id)
+    record: dict[str, Any] = {
+        "env_id": env_id,
+        "suite": suite,
+        "seed": seed,
+        "n_envs": n_envs,
+        "max_episode_steps": max_episode_steps,
+        **summary,
+        "components": parts,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "versions": _versions(),
+    }
+    extra: dict[str, Any] = {"unicomp_suite": suite or "custom"}
+    if ref is not None:
+        lo, hi = ref
+        record["normalized_score_mean"] = 100 * (summary["return_mean"] - lo) / (hi - lo)
+        extra.update(ref_min_score=lo, ref_max_score=hi)  # read by minari.get_normalized_score
+    name = env_name(env_id).lower()
+    write_minari(
+        dataset,
+        out,
+        dataset_id=f"unicomp/{name}/{suite or 'custom'}-v0",
+        description=f"{env_id} {suite or 'custom'}: " + ", ".join(p["policy"] for p in parts),
+        extra_metadata=extra,
+    )
+    atomic_write_json(out / "collection.json", record)
+    return record
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("gymnasium", "mujoco", "stable-baselines3", "sb3-contrib", "minari"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out

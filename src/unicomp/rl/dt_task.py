@@ -1,0 +1,237 @@
+"""The Decision Transformer's training task: windows of K steps of (R, s, a) for the one loop.
+
+Sampling follows the official gym code (kzl/decision-transformer, gym/experiment.py): it picks
+an episode with probability proportional to its length, then a uniform start step t, and
+takes steps t .. t+K-1, cut at the episode's end and padded at the front (mask 0) to K steps.
+Together that is a uniform draw of the start step over all steps of the data, which is how we
+sample, without a per-sample Python loop: flat arrays over every step, (B, K) index tensors.
+
+Inputs as in the official code: states normalised by the training data's mean and standard
+deviation (+1e-6); returns-to-go (undiscounted sums of future rewards in the episode)
+divided by ``rtg_scale`` (1000 for the MuJoCo tasks); timesteps clipped to max_ep_len - 1;
+padding is zeros (the official code pads actions with -10; padded steps are masked out of
+attention and of the loss, so the value does not matter).
+
+Departure: the official code trains on every episode and reports returns in the
+environment. We hold out whole episodes for validation and test (``val_fraction``,
+``test_fraction``; the loop picks its checkpoint by validation loss), so the model sees a few
+percent less data. Set both to small values to approach the paper's setting.
+
+Targets ``y``: continuous actions as (B, K, act + 1), the last channel the mask (the loop
+passes only ``y`` to the loss); discrete actions as (B, K) ids with -100 at padding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from unicomp.errors import DataError
+from unicomp.rl.trajectories import TrajectoryDataset, read_dataset
+from unicomp.tasks.base import Batch, Task, TaskSpec, batch_generator
+
+IGNORE = -100  # cross-entropy's ignore_index for padded discrete targets
+
+
+class _Flat:
+    """Every step of a set of episodes as flat arrays (tensors), with per-step episode bounds."""
+
+    def __init__(self, ds: TrajectoryDataset, ids: np.ndarray, max_ep_len: int):
+        eps = [ds.episodes[i] for i in ids]
+        lengths = np.array([len(e) for e in eps], dtype=np.int64)
+        ends = np.cumsum(lengths)
+        starts = ends - lengths
+        self.n = int(ends[-1])
+        self.states = np.concatenate([e.states for e in eps])  # (N, *obs)
+        self.actions = np.concatenate([e.actions for e in eps])  # (N, act) or (N,)
+        rewards = np.concatenate([e.rewards for e in eps]).astype(np.float64)  # (N,)
+        episode = np.repeat(np.arange(len(eps)), lengths)  # (N,) episode of each step
+        # Return-to-go without a loop: the episode's total minus what came before the step.
+        csum = np.cumsum(rewards)
+        before = csum - rewards - np.repeat(csum[starts] - rewards[starts], lengths)
+        self.rtg = np.repeat(np.add.reduceat(rewards, starts), lengths) - before  # (N,)
+        self.timesteps = np.minimum(np.arange(self.n) - starts[episode], max_ep_len - 1)
+        self.ep_start = starts[episode]  # (N,) first step of each step's episode
+        self.ep_end = ends[episode]  # (N,) one past its last step
+        self.lengths = lengths
+
+
+class DTTask(Task):
+    """Windows of ``context`` steps from a trajectory data set (see the module docstring).
+
+    dataset: a TrajectoryDataset, or a path (D4RL .hdf5 file or Minari folder).
+    """
+
+    name = "dt"
+    select_by = "loss"
+    default_train = {
+        # Paper appendix A / the official gym settings.
+        "steps": 100_000,
+        "batch_size": 64,
+        "lr": 1e-4,
+        "weight_decay": 1e-4,
+        "warmup_steps": 10_000,
+        "grad_clip": 0.25,
+        "eval_every": 1000,
+    }
+
+    def __init__(
+        self,
+        dataset: TrajectoryDataset | str | os.PathLike,
+        context: int = 20,
+        rtg_scale: float = 1000.0,
+        max_ep_len: int = 1000,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        eval_windows: int = 2048,
+        split_seed: int = 0,
+        env_id: str | None = None,
+    ):
+        ds = dataset if isinstance(dataset, TrajectoryDataset) else read_dataset(dataset, env_id)
+        if len(ds) < 3:
+            raise DataError(
+                f"{ds.source}: {len(ds)} episode(s); the DT task needs at least 3 "
+                f"(train, validation and test hold whole episodes)"
+            )
+        if context < 1:
+            raise ValueError(f"context must be at least 1, got {context}")
+        self.dataset, self.context, self.rtg_scale = ds, context, float(rtg_scale)
+        self.max_ep_len, self.eval_windows = max_ep_len, eval_windows
+        self.env_id = env_id or ds.env_id
+        self.data_source = ds.source
+        self.discrete = ds.discrete
+        self.act_dim = ds.action_dim
+        self.image = len(ds.obs_shape) > 1
+
+        perm = np.random.default_rng(split_seed).permutation(len(ds))
+        n_val = max(1, round(val_fraction * len(ds)))
+        n_test = max(1, round(test_fraction * len(ds)))
+        if n_val + n_test >= len(ds):
+            raise DataError(
+                f"{ds.source}: {len(ds)} episodes leave none for training after {n_val} "
+                f"validation and {n_test} test episodes"
+            )
+        self.split_ids = {
+            "val": np.sort(perm[:n_val]),
+            "test": np.sort(perm[n_val : n_val + n_test]),
+            "train": np.sort(perm[n_val + n_test :]),
+        }
+        self._flat = {k: _Flat(ds, ids, max_ep_len) for k, ids in self.split_ids.items()}
+
+        train_states = self._flat["train"].states
+        if self.image:
+            # Images: scale uint8 pixels to [0, 1] rather than standardise per pixel.
+            self.state_mean, self.state_std = None, None
+        else:
+            self.state_mean = train_states.mean(0).astype(np.float32)
+            self.state_std = (train_states.std(0) + 1e-6).astype(np.float32)
+        self._tensors = {k: self._to_tensors(f) for k, f in self._flat.items()}
+        self.spec = TaskSpec(
+            max_len=context,
+            d_out=self.act_dim,
+            n_classes=self.act_dim if self.discrete else 1,
+            d_in=int(np.prod(ds.obs_shape)),
+        )
+        self._splits: dict[str, Batch] = {}
+
+    # --- sampling ------------------------------------------------------------------------------
+    def _to_tensors(self, f: _Flat) -> dict[str, torch.Tensor]:
+        states = torch.as_tensor(f.states)
+        if self.image:
+            states = states.float() / 255.0 if states.dtype == torch.uint8 else states.float()
+        else:
+            states = (states.float() - torch.as_tensor(self.state_mean)) / torch.as_tensor(
+                self.state_std
+            )
+        if self.discrete:
+            actions = torch.as_tensor(f.actions, dtype=torch.long)
+        else:
+            actions = torch.as_tensor(f.actions, dtype=torch.float32)
+        return {
+            "states": states,
+            "actions": actions,
+            "rtg": torch.as_tensor(f.rtg / self.rtg_scale, dtype=torch.float32),
+            "timesteps": torch.as_tensor(f.timesteps, dtype=torch.long),
+            "ep_end": torch.as_tensor(f.ep_end),
+        }
+
+    def windows(self, split: str, starts: torch.Tensor) -> Batch:
+        """The windows that begin at flat step indices ``starts`` (B,) of ``split``."""
+        t = self._tensors[split]
+        K = self.context
+        end = torch.minimum(starts + K, t["ep_end"][starts])  # (B,) exclusive
+        idx = end[:, None] - K + torch.arange(K)  # (B, K), left-padded when the window is short
+        mask = idx >= starts[:, None]  # (B, K) real steps
+        idx = idx.clamp(min=0)  # padded slots read any valid row, then are zeroed
+
+        def take(x: torch.Tensor) -> torch.Tensor:
+            v = x[idx]  # (B, K, ...)
+            m = mask.reshape(*mask.shape, *([1] * (v.dim() - 2)))
+            return torch.where(m, v, torch.zeros((), dtype=v.dtype))
+
+        actions = take(t["actions"])
+        if self.discrete:
+            y = torch.where(mask, actions, torch.full((), IGNORE))  # (B, K)
+            action_in = F.one_hot(actions, self.act_dim).float() * mask[..., None]
+        else:
+            y = torch.cat([actions, mask[..., None].float()], dim=-1)  # (B, K, act + 1)
+            action_in = actions
+        x = {
+            "returns_to_go": take(t["rtg"])[..., None],  # (B, K, 1)
+            "states": take(t["states"]),  # (B, K, *obs)
+            "actions": action_in,  # (B, K, act)
+            "timesteps": take(t["timesteps"]),  # (B, K)
+        }
+        return Batch(x=x, y=y, mask=mask.long())
+
+    def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
+        g = batch_generator(seed, step)
+        starts = torch.randint(0, self._flat["train"].n, (batch_size,), generator=g)
+        return self.windows("train", starts)
+
+    def split(self, name: str) -> Batch:
+        """A fixed set of windows from the held-out episodes: every start step, or a seeded
+        sample of ``eval_windows`` of them when there are more."""
+        if name not in self._splits:
+            n = self._flat[name].n
+            if n <= self.eval_windows:
+                starts = torch.arange(n)
+            else:
+                g = torch.Generator().manual_seed(12345 + (name == "test"))
+                starts = torch.randperm(n, generator=g)[: self.eval_windows].sort().values
+            self._splits[name] = self.windows(name, starts)
+        return self._splits[name]
+
+    # --- metric --------------------------------------------------------------------------------
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over real steps and action dimensions (the official loss), or
+        cross-entropy over real steps (discrete)."""
+        if self.discrete:
+            return F.cross_entropy(
+                outputs.reshape(-1, self.act_dim).float(), y.reshape(-1), ignore_index=IGNORE
+            )
+        target, mask = y[..., :-1], y[..., -1].bool()
+        # Select rather than multiply: outputs at padded steps are never looked at.
+        return F.mse_loss(outputs[mask].float(), target[mask])
+
+    def correct(self, outputs: torch.Tensor, y: torch.Tensor) -> tuple[int, int, int, int]:
+        """Discrete: correct actions over real steps. Continuous: nothing to count (zeros)."""
+        if not self.discrete:
+            return 0, 0, 0, y.shape[0]
+        real = y != IGNORE
+        hit = (outputs.argmax(-1) == y) & real
+        full = (hit | ~real).all(1)
+        return int(hit.sum()), int(real.sum()), int(full.sum()), y.shape[0]
+
+    def normalization(self) -> dict:
+        """What an agent needs to act as in training (see unicomp.rl.evaluate.DTAgent)."""
+        return {
+            "state_mean": None if self.state_mean is None else self.state_mean.tolist(),
+            "state_std": None if self.state_std is None else self.state_std.tolist(),
+            "rtg_scale": self.rtg_scale,
+            "max_ep_len": self.max_ep_len,
+            "context": self.context,
+        }

@@ -1,0 +1,419 @@
+"""One in-memory format for offline RL data, with readers for D4RL HDF5 and Minari and a
+Minari writer.
+
+A data set is a list of episodes plus where it came from (environment id, source). Each
+episode holds the arrays of one run of the environment:
+
+    observations  (T+1, *obs) with the observation after the last step, or (T, *obs) where
+                  the source does not store it (D4RL files without ``next_observations``)
+    actions       (T, act_dim) float for continuous control, (T,) int for discrete actions
+    rewards       (T,) float
+    terminations  (T,) bool: the environment ended the episode (e.g. the hopper fell)
+    truncations   (T,) bool: the episode was cut (time limit, or the file ended mid-episode)
+
+Every reader checks what it reads and raises DataError naming the file and the field: a
+missing key, lengths that disagree, NaN or inf values, an empty data set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unicomp.errors import DataError, UnicompError
+
+D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
+
+
+@dataclass
+class Episode:
+    observations: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    terminations: np.ndarray
+    truncations: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def states(self) -> np.ndarray:
+        """(T, *obs): the observation each action was taken in."""
+        return self.observations[: len(self)]
+
+    @property
+    def total_return(self) -> float:
+        return float(np.sum(self.rewards, dtype=np.float64))
+
+
+@dataclass
+class TrajectoryDataset:
+    """Episodes plus where they came from. ``metadata`` is free-form (collection details)."""
+
+    episodes: list[Episode]
+    env_id: str | None = None
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def n_steps(self) -> int:
+        return sum(len(e) for e in self.episodes)
+
+    @property
+    def discrete(self) -> bool:
+        """Integer actions of shape (T,) are discrete; anything else is continuous."""
+        a = self.episodes[0].actions
+        return a.ndim == 1 and np.issubdtype(a.dtype, np.integer)
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return tuple(self.episodes[0].observations.shape[1:])
+
+    @property
+    def action_dim(self) -> int:
+        """Continuous: values per action. Discrete: number of actions (metadata, else max+1)."""
+        if self.discrete:
+            n = self.metadata.get("n_actions")
+            return int(n) if n else int(max(int(e.actions.max()) for e in self.episodes)) + 1
+        return int(self.episodes[0].actions.shape[1])
+
+    def returns(self) -> np.ndarray:
+        return np.array([e.total_return for e in self.episodes], dtype=np.float64)
+
+    def summary(self) -> dict[str, Any]:
+        r = self.returns()
+        lengths = np.array([len(e) for e in self.episodes])
+        return {
+            "episodes": len(self.episodes),
+            "steps": int(lengths.sum()),
+            "return_mean": float(r.mean()),
+            "return_std": float(r.std()),
+            "return_min": float(r.min()),
+            "return_max": float(r.max()),
+            "length_mean": float(lengths.mean()),
+            "terminated": int(sum(bool(e.terminations[-1]) for e in self.episodes)),
+        }
+
+    def validate(self, where: str) -> None:
+        if not self.episodes:
+            raise DataError(f"{where}: the data set holds no episodes")
+        for i, episode in enumerate(self.episodes):
+            check_episode(episode, f"{where}: episode {i}")
+        shapes = {(e.observations.shape[1:], e.actions.shape[1:]) for e in self.episodes}
+        if len(shapes) > 1:
+            raise DataError(f"{where}: episodes disagree on observation/action shapes {shapes}")
+
+
+def check_episode(ep: Episode, where: str) -> None:
+    """Raise DataError if the episode's fields are empty, disagree in length or hold NaN/inf."""
+    T = len(ep.rewards)
+    if T == 0:
+        raise DataError(f"{where}: field 'rewards' is empty (an episode needs at least 1 step)")
+    if ep.rewards.ndim != 1:
+        raise DataError(f"{where}: field 'rewards' has shape {ep.rewards.shape}, expected ({T},)")
+    for name in ("actions", "terminations", "truncations"):
+        n = len(getattr(ep, name))
+        if n != T:
+            raise DataError(f"{where}: field '{name}' has {n} rows, expected {T} (as 'rewards')")
+    if len(ep.observations) not in (T, T + 1):
+        raise DataError(
+            f"{where}: field 'observations' has {len(ep.observations)} rows, expected {T + 1} "
+            f"(or {T}) for {T} steps"
+        )
+    for name in ("observations", "actions", "rewards"):
+        _check_finite(getattr(ep, name), where, name)
+
+
+def _check_finite(values: np.ndarray, where: str, name: str) -> None:
+    if np.issubdtype(values.dtype, np.floating):
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(f"{where}: field '{name}' holds NaN or inf (first at row {row})")
+
+
+# --- D4RL HDF5 -----------------------------------------------------------------------------------
+def read_d4rl_hdf5(
+    path: str | os.PathLike, env_id: str | None = None, max_episode_steps: int | None = None
+) -> TrajectoryDataset:
+    """Read a D4RL file (``observations``, ``actions``, ``rewards``, ``terminals``,
+    ``timeouts``; flat arrays of N steps) and split it into episodes.
+
+    An episode ends after a step with ``terminals`` (the environment ended it) or ``timeouts``
+    (the time limit cut it), as the official DT data script does. If the file ends in the
+    middle of an episode, that episode is kept and marked truncated at its last step.
+    ``next_observations``, where present, supplies each episode's final observation.
+    Files without ``timeouts`` (some D4RL v0 files) need ``max_episode_steps``: episodes are
+    then also cut every that many steps, again as the official script does; without it the
+    file is refused rather than merging episodes silently.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"D4RL file {path} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
+    with f:
+        for key in D4RL_REQUIRED:
+            if key not in f:
+                raise DataError(
+                    f"{path}: missing field '{key}'; a D4RL file needs "
+                    f"{', '.join(D4RL_REQUIRED)} and 'timeouts'"
+                )
+        if "timeouts" not in f and max_episode_steps is None:
+            raise DataError(
+                f"{path}: missing field 'timeouts'; pass max_episode_steps to cut episodes at the "
+                f"time limit instead"
+            )
+        data = {k: np.asarray(f[k][()]) for k in (*D4RL_REQUIRED, "timeouts") if k in f}
+        next_obs = np.asarray(f["next_observations"][()]) if "next_observations" in f else None
+        attrs = {k: _jsonable(v) for k, v in f.attrs.items()}
+    where = str(path)
+    obs = data["observations"]
+    n = len(obs)
+    if n == 0:
+        raise DataError(f"{where}: field 'observations' is empty")
+    rewards = data["rewards"]
+    if rewards.ndim == 2 and rewards.shape[1] == 1:
+        rewards = rewards[:, 0]
+    lengths = {k: len(v) for k, v in data.items()}
+    if next_obs is not None:
+        lengths["next_observations"] = len(next_obs)
+    for key, length in lengths.items():
+        if length != n:
+            raise DataError(
+                f"{where}: field '{key}' has {length} rows, expected {n} (as 'observations')"
+            )
+    if rewards.ndim != 1:
+        shape = data["rewards"].shape
+        raise DataError(f"{where}: field 'rewards' has shape {shape}, expected ({n},)")
+    for key in ("observations", "actions"):
+        _check_finite(data[key], where, key)
+    _check_finite(rewards, where, "rewards")
+    if next_obs is not None:
+        _check_finite(next_obs, where, "next_observations")
+
+    terminals = data["terminals"].reshape(n).astype(bool)
+    timeouts = data["timeouts"].reshape(n).astype(bool) if "timeouts" in data else np.zeros(n, bool)
+    if "timeouts" not in data:
+        # The official script's rule for files without timeouts: a new episode after
+        # max_episode_steps steps without a terminal.
+        timeouts = _cut_every(terminals, max_episode_steps)
+    ends = np.flatnonzero(terminals | timeouts) + 1  # exclusive end of each finished episode
+    if len(ends) == 0 or ends[-1] != n:
+        ends = np.append(ends, n)
+        timeouts = timeouts.copy()
+        timeouts[-1] = True  # the file ended mid-episode: that episode was cut
+    starts = np.concatenate([[0], ends[:-1]])
+    episodes = []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        o = obs[s:e]
+        if next_obs is not None:
+            o = np.concatenate([o, next_obs[e - 1 : e]])
+        episodes.append(
+            Episode(o, data["actions"][s:e], rewards[s:e], terminals[s:e], timeouts[s:e])
+        )
+    ds = TrajectoryDataset(
+        episodes, env_id=env_id, source=f"d4rl-hdf5:{path}", metadata={"attrs": attrs}
+    )
+    ds.validate(where)
+    return ds
+
+
+def _cut_every(terminals: np.ndarray, limit: int) -> np.ndarray:
+    cuts = np.zeros_like(terminals)
+    t = 0
+    for i, done in enumerate(terminals.tolist()):  # sequential by nature; only for old files
+        t += 1
+        if done:
+            t = 0
+        elif t == limit:
+            cuts[i], t = True, 0
+    return cuts
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return v
+
+
+# --- Minari ---------------------------------------------------------------------------------------
+def minari_data_dir(path: str | os.PathLike) -> Path:
+    """A Minari data set folder is ``<dataset>/data/{metadata.json, main_data.hdf5}``; accept the
+    data set folder or its ``data`` folder."""
+    path = Path(path)
+    for candidate in (path / "data", path):
+        if (candidate / "metadata.json").is_file():
+            return candidate
+    raise DataError(
+        f"no Minari data set at {path}: expected {path / 'data' / 'metadata.json'} "
+        f"(a Minari data set folder, e.g. ~/.minari/datasets/<id>)"
+    )
+
+
+def read_minari(path: str | os.PathLike) -> TrajectoryDataset:
+    """Read a Minari data set from local disk (no download): the folder written by
+    :func:`write_minari`, by ``minari.DataCollector``/``create_dataset`` or by
+    ``minari download``."""
+    import minari
+
+    data_dir = minari_data_dir(path)
+    where = str(data_dir / "main_data.hdf5")
+    try:
+        ds = minari.MinariDataset(data_dir)
+        raw = [(e.id, e) for e in ds.iterate_episodes()]
+    except (ValueError, KeyError, OSError, AssertionError) as err:
+        raise DataError(f"{data_dir}: not a readable Minari data set ({err})") from None
+    episodes = []
+    for ep_id, e in raw:
+        if not isinstance(e.observations, np.ndarray) or not isinstance(e.actions, np.ndarray):
+            raise DataError(
+                f"{where}: episode_{ep_id}: dict or tuple observation/action spaces are not "
+                f"supported; expected Box or Discrete"
+            )
+        episode = Episode(
+            np.asarray(e.observations),
+            np.asarray(e.actions),
+            np.asarray(e.rewards, dtype=np.float64),
+            np.asarray(e.terminations, dtype=bool),
+            np.asarray(e.truncations, dtype=bool),
+        )
+        check_episode(episode, f"{where}: episode_{ep_id}")
+        episodes.append(episode)
+    if not episodes:
+        raise DataError(f"{where}: the data set holds no episodes")
+    meta = json.loads((data_dir / "metadata.json").read_text())
+    extra = {
+        k: meta[k]
+        for k in ("dataset_id", "algorithm_name", "description", "ref_min_score", "ref_max_score")
+        if k in meta
+    }
+    space = ds.action_space
+    if hasattr(space, "n"):
+        extra["n_actions"] = int(space.n)
+    env_id = ds.env_spec.id if ds.env_spec is not None else None
+    result = TrajectoryDataset(episodes, env_id=env_id, source=f"minari:{data_dir}", metadata=extra)
+    result.validate(where)
+    return result
+
+
+def write_minari(
+    dataset: TrajectoryDataset,
+    path: str | os.PathLike,
+    dataset_id: str | None = None,
+    algorithm_name: str = "unicomp",
+    description: str = "",
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``dataset`` as a Minari data set folder ``path`` (``path/data/...``), readable by
+    ``minari.MinariDataset(path / "data")`` and, copied under ``~/.minari/datasets/<id>``, by
+    ``minari.load_dataset(id)``. Written into a temporary folder and renamed into place, so
+    that a crash never leaves a half-written data set. Returns the data folder."""
+    import gymnasium as gym
+    import minari
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+    from minari.dataset.minari_storage import MinariStorage
+
+    path = Path(path)
+    final = path / "data"
+    if final.exists():
+        raise UnicompError(f"{path} already holds a Minari data set; choose another folder")
+    dataset.validate(f"data set for {path}")
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / ".data.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    env_spec = None
+    if dataset.env_id is not None and dataset.env_id in gym.registry:
+        env_spec = gym.spec(dataset.env_id)
+    obs_space, act_space = _spaces(dataset)
+    try:
+        storage = MinariStorage.new(tmp, obs_space, act_space, env_spec=env_spec)
+        meta: dict[str, Any] = {
+            "dataset_id": dataset_id or _default_id(dataset),
+            "minari_version": minari.__version__,
+            "algorithm_name": algorithm_name,
+            "description": description or f"written by unicomp from {dataset.source}",
+        }
+        meta.update(extra_metadata or {})
+        storage.update_metadata(meta)
+        storage.update_episodes(
+            EpisodeBuffer(
+                observations=e.observations,
+                actions=e.actions,
+                rewards=np.asarray(e.rewards, dtype=np.float64),
+                terminations=np.asarray(e.terminations, dtype=bool),
+                truncations=np.asarray(e.truncations, dtype=bool),
+            )
+            for e in dataset.episodes
+        )
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _default_id(dataset: TrajectoryDataset) -> str:
+    # Minari ids look like (namespace/)(env/)name-v<version>
+    env = (dataset.env_id or "unknown").split("-")[0].lower()
+    return f"unicomp/{env}/dataset-v0"
+
+
+def _spaces(dataset: TrajectoryDataset):
+    import gymnasium as gym
+
+    obs = dataset.episodes[0].observations
+    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape[1:], dtype=obs.dtype)
+    if np.issubdtype(obs.dtype, np.integer):  # images: uint8 in [0, 255]
+        info = np.iinfo(obs.dtype)
+        obs_space = gym.spaces.Box(info.min, info.max, shape=obs.shape[1:], dtype=obs.dtype)
+    if dataset.discrete:
+        return obs_space, gym.spaces.Discrete(dataset.action_dim)
+    if dataset.env_id is not None and dataset.env_id in gym.registry:
+        # The environment's own bounds (e.g. [-1, 1] for the MuJoCo tasks).
+        from unicomp.rl.evaluate import make_env
+
+        env = make_env(dataset.env_id)
+        try:
+            act_space = env.action_space
+        finally:
+            env.close()
+        if act_space.shape == dataset.episodes[0].actions.shape[1:]:
+            return obs_space, gym.spaces.Box(
+                act_space.low, act_space.high, dtype=dataset.episodes[0].actions.dtype
+            )
+    a = dataset.episodes[0].actions
+    return obs_space, gym.spaces.Box(-np.inf, np.inf, shape=a.shape[1:], dtype=a.dtype)
+
+
+def read_dataset(path: str | os.PathLike, env_id: str | None = None) -> TrajectoryDataset:
+    """A D4RL ``.hdf5``/``.h5`` file or a Minari data set folder, by what ``path`` is."""
+    p = Path(path)
+    if p.is_file() and p.suffix in (".hdf5", ".h5"):
+        ds = read_d4rl_hdf5(p, env_id=env_id)
+    elif p.is_dir():
+        ds = read_minari(p)
+    else:
+        raise DataError(
+            f"{p}: expected a D4RL .hdf5 file or a Minari data set folder (with data/metadata.json)"
+        )
+    if env_id is not None:
+        ds.env_id = env_id
+    return ds
