@@ -542,3 +542,28 @@ def test_real_sb3_agents_act_in_v5():
     ppo.obs_norm = None  # without its statistics PPO falls early (measured: 63 in 65 steps)
     r = run_episodes("Hopper-v5", ppo, 2, seed=0, n_envs=2, max_episode_steps=200)
     assert r.returns.mean() < 200
+
+
+def test_dt_train_cli_trains_then_acts(tmp_path, capsys):
+    from unicomp.cli import main
+
+    data = tmp_path / "hopper-random"
+    collect = ["dt", "collect", "--env", "Hopper-v5", "--policy", "random", "--episodes", "8"]
+    assert main(collect + ["--out", str(data), "--max-episode-steps", "25", "--n-envs", "4"]) == 0
+    run = tmp_path / "run"
+    argv = ["dt", "train", "--data", str(data), "--out", str(run), "--steps", "4"]
+    argv += ["--eval-every", "2", "--batch-size", "8", "--warmup-steps", "2", "--no-progress"]
+    argv += ["--hidden-size", "16", "--n-layer", "1", "--context", "5", "--val-fraction", "0.2"]
+    argv += ["--eval-episodes", "2", "--eval-max-steps", "10", "--eval-targets", "100,50"]
+    argv += ["--precision", "fp32"]
+    assert main(argv) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["env"] == "Hopper-v5" and metrics["steps"] == 4
+    assert [e["target_return"] for e in metrics["eval"]] == [100.0, 50.0]
+    assert all(1 <= e["length_mean"] <= 10 for e in metrics["eval"])
+    assert len(metrics["normalization"]["state_mean"]) == 11
+    assert (run / "config.yaml").exists() and (run / "best.safetensors").exists()
+    capsys.readouterr()
+    # resume from the saved config: continue to 6 steps
+    assert main(["dt", "train", "--resume", "--out", str(run), "--steps", "6"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6

@@ -1,5 +1,5 @@
 """Command line: ``unicomp list | demo | fpt train | perceiver train | perceiver search-latents
-| dt collect``.
+| dt collect | dt train``.
 
 Errors a user can act on (unknown names, missing weights, bad files) print as one line
 ``unicomp: error: ...`` and exit with status 2.
@@ -29,7 +29,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             extra = ""
             if registry is FREEZE_POLICIES:
                 extra = f" [trains: {', '.join(sorted(entry.load()))}]"
-            print(f"  {entry.name:<14} {entry.help}{extra}")
+            print(f"  {entry.name:<16} {entry.help}{extra}")
     print("  (also: random:<name>, any hub id owner/name, or a local model folder)")
 
 
@@ -137,6 +137,30 @@ def cmd_dt_collect(args: argparse.Namespace) -> None:
     print(f"data set: {args.out} (Minari, with collection.json)")
 
 
+def cmd_dt_train(args: argparse.Namespace) -> None:
+    from unicomp.config import DTConfig, resolve
+    from unicomp.experiments import dt_task_defaults, run_dt
+
+    if args.resume:
+        if not args.out:
+            raise UnicompError("--resume needs --out DIR, the folder of the run to continue")
+        args.config = args.config or str(Path(args.out) / "config.yaml")
+    cfg = resolve(DTConfig, args, dt_task_defaults)
+    metrics = run_dt(cfg, resume=args.resume)
+    keys = ("env", "test_loss", "best_step", "steps", "trainable_params", "train_seconds")
+    summary = {k: metrics[k] for k in keys}
+    summary["eval"] = [
+        {
+            k: e[k]
+            for k in ("target_return", "return_mean", "return_std", "normalized_score_mean")
+            if k in e
+        }
+        for e in metrics.get("eval", [])
+    ]
+    print(json.dumps(summary, indent=2))
+    print(f"run folder: {cfg.out}")
+
+
 def _add_dt_commands(sub) -> None:
     dt = sub.add_parser("dt", help="Decision Transformer (offline RL)").add_subparsers(
         dest="sub", required=True
@@ -166,6 +190,18 @@ def _add_dt_commands(sub) -> None:
     p.add_argument("--n-envs", type=int, default=16, help="environments stepped together [16]")
     p.add_argument("--max-episode-steps", type=int, help="time limit [the env's own]")
     p.set_defaults(func=cmd_dt_collect)
+
+    from unicomp.config import DTConfig
+
+    p = dt.add_parser(
+        "train",
+        help="train a DT on a data set, then act in the environment; writes a run folder",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML config (a run's config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_dataclass_args(p, DTConfig)
+    p.set_defaults(func=cmd_dt_train)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -135,7 +135,7 @@ class DTConfig:
     eval_episodes: int = _f(10, "evaluation episodes per target (0: no evaluation)")
     eval_seed: int = _f(10_000, "evaluation episode i resets with eval_seed + i")
     eval_envs: int = _f(16, "environments stepped together in evaluation")
-    eval_max_steps: int | None = _f(None, "evaluation time limit (default: the env's own)")
+    eval_max_steps: int = _f(0, "evaluation time limit (0: the env's own)")
     eval_window: str = _f(
         "exact",
         "context past K steps: exact (recompute) | rolling (cached, approximate)",

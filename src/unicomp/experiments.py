@@ -278,13 +278,13 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
                 model,
                 env_id,
                 target,
-                None if norm["state_mean"] is None else torch.tensor(norm["state_mean"]).numpy(),
-                None if norm["state_std"] is None else torch.tensor(norm["state_std"]).numpy(),
+                norm["state_mean"],
+                norm["state_std"],
                 cfg.rtg_scale,
                 episodes=cfg.eval_episodes,
                 seed=cfg.eval_seed,
                 n_envs=cfg.eval_envs,
-                max_episode_steps=cfg.eval_max_steps,
+                max_episode_steps=cfg.eval_max_steps or None,
                 window=cfg.eval_window,
             )
             for target in targets

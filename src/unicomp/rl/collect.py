@@ -354,8 +354,9 @@ def make_policy(
     seed: int = 0,
     agents_dir: Path | None = None,
 ) -> tuple[Policy, str | None]:
-    """ "random", a path to an agent (zip or zoo folder) or an algorithm name looked up under
-    ``agents_dir``; with ``noise`` > 0, Gaussian action noise. Returns (policy, agent path)."""
+    """A policy by name: "random", a path to an agent (zip or zoo folder), or an algorithm
+    looked up under ``agents_dir``; with ``noise`` > 0, plus Gaussian action noise.
+    Returns (policy, agent path)."""
     env = make_env(env_id)
     try:
         space = env.action_space

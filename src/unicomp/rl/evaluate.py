@@ -15,8 +15,9 @@ key/value cache) at the same timestep, which makes batching exact and simple.
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -116,15 +117,24 @@ def make_env(env_id: str, **kwargs):
 
 
 def _route_mujoco_warnings() -> None:
-    """MuJoCo writes its warnings (e.g. gymnasium's models use the deprecated 'settotalmass')
-    to MUJOCO_LOG.TXT in the working directory; send them to Python's warnings instead, so a
-    rollout leaves no file behind. Only where no handler is installed yet."""
+    """MuJoCo writes its warnings to MUJOCO_LOG.TXT in the working directory and stderr. We
+    send them to Python's warnings instead, so a rollout leaves no file behind; deprecation
+    notes about gymnasium's model files (e.g. 'settotalmass', once per environment made) go
+    to the debug log, since users can do nothing about them. Simulation warnings (NaN or
+    huge accelerations) stay visible. Only where no handler is installed yet."""
     try:
         import mujoco
     except ImportError:
         return
     if mujoco.get_mju_user_warning() is None:
-        mujoco.set_mju_user_warning(lambda msg: warnings.warn(f"MuJoCo: {msg}", stacklevel=2))
+        mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+def _mujoco_warning(message: str) -> None:
+    if "deprecated" in message:
+        logging.getLogger("unicomp.mujoco").debug("MuJoCo: %s", message)
+    else:
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
 
 
 def make_vector_env(
@@ -232,8 +242,8 @@ class DTAgent:
         self,
         model,
         target_return: float,
-        state_mean: np.ndarray | None,
-        state_std: np.ndarray | None,
+        state_mean: Sequence[float] | np.ndarray | None,
+        state_std: Sequence[float] | np.ndarray | None,
         rtg_scale: float,
         device: str | torch.device = "cpu",
         window: str = "exact",
@@ -282,8 +292,8 @@ def evaluate_dt(
     model,
     env_id: str,
     target_return: float,
-    state_mean: np.ndarray | None,
-    state_std: np.ndarray | None,
+    state_mean: Sequence[float] | np.ndarray | None,
+    state_std: Sequence[float] | np.ndarray | None,
     rtg_scale: float,
     episodes: int = 10,
     seed: int = 0,
