@@ -182,3 +182,17 @@ def test_bad_config_files_are_one_line_errors(tmp_path, text, expected, capsys):
     assert main(["fpt", "train", "--config", str(path), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and "unicomp: error:" in err[0], err
+
+
+def test_optional_flags_take_numbers_and_none():
+    from unicomp.cli import build_parser
+    from unicomp.config import FPTConfig, resolve
+    from unicomp.experiments import task_defaults
+
+    parser = build_parser()
+    args = parser.parse_args(["fpt", "train", "--backbone-dropout", "0.1"])
+    assert resolve(FPTConfig, args, task_defaults).backbone_dropout == 0.1
+    args = parser.parse_args(["fpt", "train", "--backbone-dropout", "none"])
+    assert resolve(FPTConfig, args, task_defaults).backbone_dropout is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["fpt", "train", "--backbone-dropout", "lots"])

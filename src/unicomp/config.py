@@ -219,6 +219,23 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text)  # numbers, booleans and null as YAML reads them
 
 
+# A flag given as "none" or "null" for an optional field: distinct from "flag not given".
+_NULL = type("Null", (), {"__repr__": lambda self: "null"})()
+
+
+def _converter(kind: str):
+    """``int``, ``float | None`` ... -> a function turning the flag's text into that type."""
+    base = {"int": int, "float": float}.get(kind.split(" |")[0], str)
+    if not kind.endswith("| None"):
+        return base
+
+    def convert(text: str):
+        return _NULL if text.lower() in ("none", "null") else base(text)
+
+    convert.__name__ = base.__name__  # argparse names the type in its error message
+    return convert
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field (nested TrainConfig fields flattened); every default is None so
     that only flags the user typed override the lower layers."""
@@ -245,13 +262,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
                 help=help_text,
             )
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            if str(f.type).startswith("float |"):
-                kind = float
             parser.add_argument(
                 _flag(f.name),
                 dest=f.name,
-                type=kind,
+                type=_converter(str(f.type)),
                 default=None,
                 choices=f.metadata.get("choices"),
                 help=f"{help_text} [default: {f.default}]"
@@ -272,6 +286,8 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
     for key, value in vars(args).items():
         if value is None or key in ("config", "func", "command", "sub", "resume"):
             continue
+        if value is _NULL:
+            value = None
         if key == "task_args":
             pairs = {}
             for item in value:
