@@ -196,3 +196,30 @@ def test_optional_flags_take_numbers_and_none():
     assert resolve(FPTConfig, args, task_defaults).backbone_dropout is None
     with pytest.raises(SystemExit):
         parser.parse_args(["fpt", "train", "--backbone-dropout", "lots"])
+
+
+def test_report_tables_from_run_folders(tmp_path, capsys):
+    for seed, acc, reached in ((0, 1.0, 400), (1, 0.98, None)):
+        run = tmp_path / f"r{seed}"
+        run.mkdir()
+        metrics = {
+            "task": "bit-xor",
+            "backbone": "minilm-l6",
+            "freeze": "paper",
+            "seed": seed,
+            "test_accuracy": acc,
+            "steps": 1500,
+            "steps_to_target": reached,
+            "train_seconds": 120.5,
+            "trainable_params": 15362,
+        }
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "unfinished").mkdir()
+    folders = [str(tmp_path / n) for n in ("r0", "r1", "unfinished")]
+    assert main(["report", *folders]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 4 and "| bit-xor | minilm-l6 | paper | 1 | 0.9800 | 1500 | - |" in rows[3]
+    assert main(["report", "--by-seed", *folders]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 | 0.9900 ± 0.0141 | 400, - |" in out
+    assert main(["report", str(tmp_path / "unfinished")]) == 2

@@ -210,12 +210,24 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(out=Path(args.out), backbone=args.backbone, quick=args.quick)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from unicomp.report import load_runs, runs_table, seeds_table
+
+    runs = load_runs(args.runs)
+    print(seeds_table(runs) if args.by_seed else runs_table(runs))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unicomp", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="registered tasks, backbones and freeze policies")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("report", help="a markdown table of finished run folders")
+    p.add_argument("runs", nargs="+", help="run folders (holding metrics.json)")
+    p.add_argument("--by-seed", action="store_true", help="mean ± std over seeds per setting")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="FPT on the bit tasks: pretrained vs random init, as a table")
     p.add_argument("--out", default="runs/demo", help="folder for the demo's run folders")
