@@ -223,3 +223,13 @@ def test_report_tables_from_run_folders(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 2 | 0.9900 ± 0.0141 | 400, - |" in out
     assert main(["report", str(tmp_path / "unfinished")]) == 2
+
+
+def test_demo_prints_its_table(tmp_path, tiny_gpt2, capsys):
+    assert main(["demo", "--quick", "--backbone", tiny_gpt2, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "steps to 99% val" in out
+    assert out.count("bit-xor ") == 2 and out.count("bit-memory ") == 2
+    assert f"random:{tiny_gpt2}: random init" in out
+    # A second call reuses the finished runs instead of training again.
+    assert main(["demo", "--quick", "--backbone", tiny_gpt2, "--out", str(tmp_path)]) == 0
