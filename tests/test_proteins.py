@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -159,6 +160,13 @@ def test_long_sequences_are_cut_and_counted(tmp_path):
             "record 1: character 'J' at residue 2",
         ),
         ("[3]", "record 0: expected a mapping"),
+        ("[" * 100_000 + "]" * 100_000, "JSON nested too deeply"),
+        (
+            '[{"id": "a\\nb", "primary": "MJ", "fold_label": 1}]',
+            r"record 0 \(id a b\): character 'J'",
+        ),
+        ('[{"primary": "MK", "fold_label": NaN}]', "'fold_label' nan is not an integer"),
+        ('[{"primary": "MK", "fold_label": 3.0}]', "'fold_label' 3.0 is not an integer"),
     ],
 )
 def test_malformed_tape_json_is_a_one_line_data_error(tmp_path, content, message):
@@ -184,6 +192,32 @@ def test_malformed_lmdb_records_are_data_errors(tmp_path):
         (bad / f"remote_homology_{name}.lmdb").write_text("not lmdb")  # a file, not a database
     with pytest.raises(DataError, match="remote_homology_train.lmdb: cannot open it"):
         RemoteHomology(data_root=str(bad))
+
+
+def test_lmdb_bad_count_and_truncated_file_are_data_errors(tmp_path):
+    lmdb = pytest.importorskip("lmdb")
+    write_lmdb(tmp_path)
+    env = lmdb.open(str(tmp_path / "remote_homology_valid.lmdb"), map_size=1 << 22)
+    with env.begin(write=True) as txn:
+        txn.put(b"num_examples", pickle.dumps("four"))
+    env.close()
+    with pytest.raises(DataError, match="valid.lmdb: num_examples is 'four', expected a count"):
+        RemoteHomology(data_root=str(tmp_path))
+    # LMDB maps the file: a page past the end of a truncated file would kill the process
+    # (SIGBUS), so the reader checks the size first. In a child process, so that a regression
+    # fails this test rather than the whole run.
+    data = tmp_path / "remote_homology_train.lmdb" / "data.mdb"
+    data.write_bytes(data.read_bytes()[:8192])
+    code = (
+        "import sys; from pathlib import Path; from unicomp.errors import DataError\n"
+        "from unicomp.tasks.proteins import read_tape_lmdb\n"
+        "try: read_tape_lmdb(Path(sys.argv[1]))\n"
+        "except DataError as err: print(err)\n"
+    )
+    args = [sys.executable, "-c", code, str(data.parent)]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{data}: truncated LMDB file (8192 bytes, the database needs" in proc.stdout
 
 
 def test_missing_data_is_a_clear_error(tmp_path):
@@ -280,6 +314,7 @@ def test_scop_fasta_split(tmp_path):
         ("fold_label_relation2.txt", "Fold\tLabel\na.1\t1195\n", "outside 0..1194"),
         ("fold_label_relation2.txt", "a.1\t0\na.1\t1\n", "fold a.1 listed twice"),
         ("fold_label_relation2.txt", "", "no fold labels"),
+        ("fold_label_relation2.txt", "Fold\tLabel\na.1\t\u00b2\n", "line 2: expected 'FOLD<TAB>"),
     ],
 )
 def test_malformed_scop_files_are_one_line_data_errors(tmp_path, file, content, message):

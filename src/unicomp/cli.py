@@ -1,5 +1,5 @@
 """Command line: ``unicomp list | demo | fpt train | perceiver train | perceiver search-latents
-| dt collect | dt train``.
+| dt collect | dt train | dt eval | dt compare``.
 
 Errors a user can act on (unknown names, missing weights, bad files) print as one line
 ``unicomp: error: ...`` and exit with status 2.
@@ -147,18 +147,57 @@ def cmd_dt_train(args: argparse.Namespace) -> None:
         args.config = args.config or str(Path(args.out) / "config.yaml")
     cfg = resolve(DTConfig, args, dt_task_defaults)
     metrics = run_dt(cfg, resume=args.resume)
-    keys = ("env", "test_loss", "best_step", "steps", "trainable_params", "train_seconds")
+    keys = ("env", "algo", "test_loss", "best_step", "steps", "trainable_params", "train_seconds")
     summary = {k: metrics[k] for k in keys}
-    summary["eval"] = [
-        {
-            k: e[k]
-            for k in ("target_return", "return_mean", "return_std", "normalized_score_mean")
-            if k in e
-        }
-        for e in metrics.get("eval", [])
-    ]
+    summary["eval"] = [_eval_summary(e) for e in metrics.get("eval", [])]
     print(json.dumps(summary, indent=2))
     print(f"run folder: {cfg.out}")
+
+
+def _eval_summary(e: dict) -> dict:
+    keys = ("target_return", "return_mean", "return_std", "normalized_score_mean")
+    return {k: e[k] for k in (*keys, "success_rate") if k in e}
+
+
+def _targets(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UnicompError(f"--targets {text!r}: expected numbers like 3600,1800") from None
+
+
+def cmd_dt_eval(args: argparse.Namespace) -> None:
+    import torch
+
+    from unicomp.rl.runs import evaluate_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = evaluate_run(
+        args.run,
+        episodes=args.episodes,
+        seed=args.seed,
+        targets=_targets(args.targets),
+        n_envs=args.n_envs,
+        max_steps=args.max_steps,
+        window=args.window,
+        out=args.out,
+    )
+    keys = ("env", "algo", "train_steps", "episodes", "return_mean", "normalized_score_mean")
+    summary = {k: result[k] for k in (*keys, "success_rate") if k in result}
+    summary["eval"] = [_eval_summary(e) for e in result["eval"]]
+    print(json.dumps(summary, indent=2))
+    print(f"written: {args.out or Path(args.run) / 'eval.json'}")
+
+
+def cmd_dt_compare(args: argparse.Namespace) -> None:
+    from unicomp.rl.runs import write_comparison
+
+    text, _ = write_comparison(args.runs, args.out)
+    print(text, end="")
+    print(f"written: {Path(args.out).with_suffix('.md')}, {Path(args.out).with_suffix('.csv')}")
 
 
 def _add_dt_commands(sub) -> None:
@@ -202,6 +241,29 @@ def _add_dt_commands(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     add_dataclass_args(p, DTConfig)
     p.set_defaults(func=cmd_dt_train)
+
+    p = dt.add_parser(
+        "eval",
+        help="act with a run folder's best weights in its environment; write DIR/eval.json",
+    )
+    p.add_argument("--run", required=True, help="a dt train run folder")
+    p.add_argument("--episodes", type=int, default=10, help="episodes per target return [10]")
+    p.add_argument("--seed", type=int, help="episode i resets with seed + i [the run's eval_seed]")
+    p.add_argument("--targets", help="target returns, comma-separated [the run's]; BC: ignored")
+    p.add_argument("--n-envs", type=int, default=16, help="environments stepped together [16]")
+    p.add_argument("--max-steps", type=int, help="time limit [the env's own]")
+    p.add_argument("--window", choices=("exact", "rolling"), help="context past K [the run's]")
+    p.add_argument("--threads", type=int, help="torch threads [torch's default]")
+    p.add_argument("--out", help="where to write the result [RUN/eval.json]")
+    p.set_defaults(func=cmd_dt_eval)
+
+    p = dt.add_parser(
+        "compare",
+        help="one table of DT/BC runs: mean ± std over seeds; printed, written as .md and .csv",
+    )
+    p.add_argument("--runs", nargs="+", required=True, help="run folders (eval.json preferred)")
+    p.add_argument("--out", default="dt-compare", help="file stem for .md and .csv [dt-compare]")
+    p.set_defaults(func=cmd_dt_compare)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,23 @@ class DTConfig:
 
     data: str = _f("", "trajectory data set: a Minari folder (unicomp dt collect) or D4RL .hdf5")
     env: str | None = _f(None, "gymnasium id to act in (default: the data set's)")
+    algo: str = _f(
+        "dt",
+        "dt: Decision Transformer | bc: behaviour cloning | pbc: %%BC, BC on the best "
+        "--top-percent of the data",
+        choices=("dt", "bc", "pbc"),
+    )
+    policy: str = _f(
+        "dt-noreturn",
+        "BC/%%BC network: dt-noreturn (the DT without return tokens) | mlp (state -> action)",
+        choices=("dt-noreturn", "mlp"),
+    )
+    top_percent: float = _f(
+        100.0, "train on the best X%% of the data's steps by episode return (paper %%BC: 10/25/40)"
+    )
+    delayed_reward: bool = _f(
+        False, "all of an episode's reward at its last step, in training and acting (paper 5.5)"
+    )
     context: int = _f(20, "K, the context in timesteps (paper: 20 for gym)")
     rtg_scale: float = _f(1000.0, "returns-to-go are divided by this (paper: 1000 for MuJoCo)")
     max_ep_len: int = _f(1000, "rows of the timestep embedding (later steps reuse the last)")
@@ -168,6 +186,8 @@ def _checked(f: dataclasses.Field, value: Any, where: str) -> Any:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise UnicompError(f"{where}: {f.name} must be one of {', '.join(choices)}, got {value!r}")
+    if kind.startswith("float") and not math.isfinite(value):
+        raise UnicompError(f"{where}: {f.name} must be a finite number, got {value!r}")
     return float(value) if kind.startswith("float") else value
 
 
@@ -175,7 +195,7 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     """Build a config dataclass, rejecting unknown keys and wrongly typed values with a
     message naming them."""
     names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(names))
+    unknown = sorted(str(k) for k in set(data) - set(names))  # YAML keys can be numbers
     if unknown:
         raise UnicompError(
             f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(names)}"
@@ -203,6 +223,8 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UnicompError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as err:  # a folder, unreadable, not UTF-8 text
+        raise UnicompError(f"config file {path}: cannot read it ({err})") from None
     except yaml.YAMLError as err:
         raise UnicompError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
     if not isinstance(data, dict):
@@ -279,9 +301,13 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
     ``task_defaults(task_name) -> dict`` gives the task's TrainConfig overrides."""
     data: dict[str, Any] = {}
     train: dict[str, Any] = {}
+    where = f"config file {args.config}" if getattr(args, "config", None) else "config"
     if getattr(args, "config", None):
         data = load_yaml(args.config)
         train = data.pop("train", None) or {}
+        for name, value in (("train", train), ("task_args", data.get("task_args") or {})):
+            if not isinstance(value, dict):
+                raise UnicompError(f"{where}: {name} must be a mapping, got {value!r}")
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in vars(args).items():
         if value is None or key in ("config", "func", "command", "sub", "resume"):
@@ -294,12 +320,18 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
                 k, sep, v = item.partition("=")
                 if not sep:
                     raise UnicompError(f"--task-arg {item!r}: expected KEY=VALUE")
-                pairs[k] = _parse_value(v)
-            data["task_args"] = {**data.get("task_args", {}), **pairs}
+                try:
+                    pairs[k] = _parse_value(v)
+                except yaml.YAMLError as err:
+                    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                    raise UnicompError(f"--task-arg {item!r}: bad YAML value ({problem})") from None
+            data["task_args"] = {**(data.get("task_args") or {}), **pairs}
         elif key in train_fields:
             train[key] = value
         else:
             data[key] = value
     task = data.get("task", cls().task)
+    if not isinstance(task, str):
+        raise UnicompError(f"{where}: task must be str, got {task!r}")
     data["train"] = {**task_defaults(task), **train}
-    return from_dict(cls, data)
+    return from_dict(cls, data, where)

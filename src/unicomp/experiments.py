@@ -94,7 +94,10 @@ def train_and_record(
     metrics.json: ``header`` (what was run), the seed, the training result, ``summary``
     (what was built), then the data and the machine.
     """
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # --out names a file, or a folder we may not create
+        raise UnicompError(f"run folder {out}: cannot create it ({err.strerror})") from None
     is_main = _is_main()
     if not resume and is_main:
         save_yaml(cfg, out / "config.yaml")
@@ -214,42 +217,39 @@ def dt_task_defaults(name: str) -> dict:
     return dict(DTTask.default_train)
 
 
-def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
-    """Train a Decision Transformer on ``cfg.data`` through the one loop (checkpoint chosen on
-    held-out episodes' action loss), then act in the environment with the chosen weights,
-    conditioned on each target return. Writes the usual run folder; ``metrics.json`` adds
-    ``eval`` (return and normalised score per target) and ``normalization`` (what acting
-    needs: state mean/std, return scale)."""
-    from unicomp.models.decision_transformer import build_decision_transformer
-    from unicomp.rl.dt_task import DTTask
-    from unicomp.rl.evaluate import default_targets, evaluate_dt
+def dt_default_out(cfg: DTConfig) -> Path:
+    """runs/<algo>-<data folder>-s<seed>, e.g. runs/dt-hopper-medium-s0, runs/pbc10-...;
+    the algo part names the BC network when it is not the default."""
+    algo = cfg.algo + (f"{cfg.top_percent:g}" if cfg.algo == "pbc" else "")
+    if cfg.algo != "dt" and cfg.policy != "dt-noreturn":
+        algo += f"-{cfg.policy}"
+    return Path("runs") / f"{algo}-{Path(cfg.data).name}-s{cfg.train.seed}"
 
-    if not cfg.data:
-        raise UnicompError("--data is required: a Minari folder (unicomp dt collect) or .hdf5")
-    task = DTTask(
-        cfg.data,
-        context=cfg.context,
-        rtg_scale=cfg.rtg_scale,
-        max_ep_len=cfg.max_ep_len,
-        val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction,
-        split_seed=cfg.train.seed,
-        env_id=cfg.env,
-    )
-    env_id = task.env_id
-    if cfg.eval_episodes > 0 and not env_id:
-        raise UnicompError(f"{cfg.data} names no environment; pass --env to evaluate in one")
-    try:
-        targets = [float(t) for t in cfg.eval_targets.split(",") if t.strip()]
-    except ValueError:
-        raise UnicompError(f"--eval-targets {cfg.eval_targets!r}: expected numbers") from None
-    targets = targets or list(default_targets(env_id, float(task.dataset.returns().max())))
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"dt-{Path(cfg.data).name}-s{cfg.train.seed}"
-    cfg.out = str(out)
-    torch.manual_seed(cfg.train.seed)
+
+def build_dt_policy(cfg: DTConfig, task) -> nn.Module:
+    """The network ``cfg`` trains: the DT, or for BC/%BC the DT without return tokens or the
+    MLP policy (unicomp.rl.baselines)."""
+    from unicomp.models.decision_transformer import build_decision_transformer
+    from unicomp.rl.baselines import MLPPolicy, MLPPolicyConfig
+
     obs_shape = task.dataset.obs_shape
-    model = build_decision_transformer(
-        int(obs_shape[0]) if len(obs_shape) == 1 else 0,
+    state_dim = int(obs_shape[0]) if len(obs_shape) == 1 else 0
+    if cfg.algo != "dt" and cfg.policy == "mlp":
+        if len(obs_shape) != 1:
+            raise UnicompError(f"--policy mlp needs vector states; {cfg.data} has {obs_shape}")
+        return MLPPolicy(
+            MLPPolicyConfig(
+                state_dim=state_dim,
+                act_dim=task.act_dim,
+                discrete=task.discrete,
+                hidden_size=cfg.hidden_size,
+                n_layer=cfg.n_layer,
+                dropout=cfg.dropout,
+                max_ep_len=cfg.max_ep_len,
+            )
+        )
+    return build_decision_transformer(
+        state_dim,
         task.act_dim,
         discrete=task.discrete,
         max_length=cfg.context,
@@ -260,18 +260,100 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
         dropout=cfg.dropout,
         attn_implementation=cfg.attn_implementation,
         image_shape=tuple(obs_shape) if len(obs_shape) == 3 else None,
+        use_returns=cfg.algo == "dt",
     )
+
+
+# The score keys a DT run folder's metrics.json (and eval.json) carry at the top level, taken
+# from the evaluation with the first target return (the paper's higher one by default).
+SCORE_KEYS = (
+    "return_mean",
+    "return_std",
+    "normalized_score_mean",
+    "normalized_score_std",
+    "success_rate",
+    "episodes",
+)
+
+
+def primary_scores(evals: list[dict]) -> dict:
+    """The first evaluation's scores, for the top level of metrics.json / eval.json."""
+    if not evals:
+        return {}
+    first = evals[0]
+    scores = {k: first[k] for k in SCORE_KEYS if k in first}
+    # always present; null where the environment has no D4RL reference returns
+    scores.setdefault("normalized_score_mean", None)
+    scores.setdefault("normalized_score_std", None)
+    return {"primary_target": first["target_return"], **scores}
+
+
+def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
+    """Train a Decision Transformer (or, ``cfg.algo`` bc/pbc, a behaviour-cloning baseline) on
+    ``cfg.data`` through the one loop (checkpoint chosen on held-out episodes' action loss),
+    then act in the environment with the chosen weights, conditioned on each target return
+    (BC: once, it reads no return). Writes the usual run folder; ``metrics.json`` adds ``eval``
+    (return and normalised score per target), the first target's scores at the top level
+    (``return_mean``, ``normalized_score_mean``, ..., ``train_steps``), ``normalization``
+    (what acting needs: state mean/std, return scale) and ``model_config`` (what
+    ``unicomp dt eval`` rebuilds the network from)."""
+    from unicomp.rl.baselines import policy_spec
+    from unicomp.rl.dt_task import DTTask
+    from unicomp.rl.evaluate import default_targets, evaluate_dt
+
+    if not cfg.data:
+        raise UnicompError("--data is required: a Minari folder (unicomp dt collect) or .hdf5")
+    if cfg.algo == "bc" and cfg.top_percent < 100:
+        raise UnicompError("--algo bc trains on all the data; use --algo pbc with --top-percent")
+    try:
+        task = DTTask(
+            cfg.data,
+            context=cfg.context,
+            rtg_scale=cfg.rtg_scale,
+            max_ep_len=cfg.max_ep_len,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            split_seed=cfg.train.seed,
+            env_id=cfg.env,
+            use_returns=cfg.algo == "dt",
+            top_percent=cfg.top_percent,
+            delayed_reward=cfg.delayed_reward,
+        )
+    except ValueError as err:
+        raise UnicompError(str(err)) from None
+    env_id = task.env_id
+    if cfg.eval_episodes > 0 and not env_id:
+        raise UnicompError(f"{cfg.data} names no environment; pass --env to evaluate in one")
+    try:
+        targets = [float(t) for t in cfg.eval_targets.split(",") if t.strip()]
+    except ValueError:
+        raise UnicompError(f"--eval-targets {cfg.eval_targets!r}: expected numbers") from None
+    targets = targets or list(default_targets(env_id, float(task.dataset.returns().max())))
+    eval_targets: list[float | None] = list(targets) if cfg.algo == "dt" else [None]
+    out = Path(cfg.out) if cfg.out else dt_default_out(cfg)
+    cfg.out = str(out)
+    torch.manual_seed(cfg.train.seed)
+    model = build_dt_policy(cfg, task)
     trainable, total = count_parameters(model)
     norm = task.normalization()
     summary = {
         "env": env_id,
+        "data_path": cfg.data,
+        "algo": cfg.algo,
+        "policy": "decision-transformer" if cfg.algo == "dt" else cfg.policy,
+        "top_percent": cfg.top_percent,
+        "delayed_reward": cfg.delayed_reward,
+        "context": cfg.context,
         "data": task.dataset.summary(),
+        "source_data": task.source_summary,
         "trainable_params": trainable,
         "total_params": total,
         "normalization": norm,
+        "model_config": policy_spec(model),
     }
-    header = {"task": "dt", "model": "decision-transformer", "data": cfg.data}
+    header = {"task": "dt", "model": summary["policy"], "data": cfg.data}
     metrics = train_and_record(cfg, task, model, header, summary, out, resume)
+    metrics["train_steps"] = metrics["steps"]
     if cfg.eval_episodes > 0 and _is_main():
         metrics["eval"] = [
             evaluate_dt(
@@ -286,8 +368,11 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
                 n_envs=cfg.eval_envs,
                 max_episode_steps=cfg.eval_max_steps or None,
                 window=cfg.eval_window,
+                delayed_reward=cfg.delayed_reward,
             )
-            for target in targets
+            for target in eval_targets
         ]
+        metrics.update(primary_scores(metrics["eval"]))
+    if _is_main():
         atomic_write_json(out / "metrics.json", metrics)
     return metrics

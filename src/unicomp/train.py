@@ -103,9 +103,19 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.enabled = self.world > 1
-        if self.enabled and not td.is_initialized():
+        self.owned = self.enabled and not td.is_initialized()
+        if self.owned:
             td.init_process_group("nccl" if device.type == "cuda" else "gloo")
         self.is_main = self.rank == 0
+
+    def close(self) -> None:
+        """Tear down a group we created: exiting with gloo's threads alive can abort."""
+        if self.owned:
+            import torch.distributed as td
+
+            td.barrier()
+            td.destroy_process_group()
+            self.owned = False
 
     def shard(self, batch: Batch) -> Batch:
         if not self.enabled:
@@ -362,6 +372,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
     dist.barrier()  # best.safetensors is complete before any rank reads it
     load_trainable_state(model, load_file(best_path, device=str(device)))
     test = evaluate(model, task, task.split("test"), cfg, device, dist)
+    dist.close()
     best_row = next(r for r in rows if r["step"] == state.best_step)
     return {
         "test_accuracy": test["accuracy"],

@@ -228,6 +228,11 @@ def load_backbone(
         raise UnknownNameError("backbone", name, choices)
     overrides = {"dropout": dropout, "attn_implementation": attn_implementation}
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    # transformers' own loading bars would interleave with ours (and ignore --no-progress);
+    # backbone_source in metrics.json says what was loaded.
+    transformers.utils.logging.disable_progress_bar()
     if random_init:
         config, where = _random_config(base, spec)
         model = _from_config(config, overrides, seed)

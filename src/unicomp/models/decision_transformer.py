@@ -28,6 +28,9 @@ Against the official code (github.com/kzl/decision-transformer, gym/):
   and actions are an embedding table. We use the gym design for both (one-hot actions into
   a linear layer is the same as an embedding table); the conv encoder is the Atari one
   (Nature-DQN layers, then a linear layer and tanh).
+* ``use_returns=False`` drops the return tokens: 2K tokens (s_1, a_1, s_2, ...), the same
+  network otherwise. It is our behaviour-cloning baseline "the DT without returns-to-go"
+  (unicomp.rl.baselines); the official gym code's BC is an MLP instead (also offered there).
 """
 
 from __future__ import annotations
@@ -64,7 +67,12 @@ class DecisionTransformerConfig:
     action_tanh: bool = True  # continuous actions in [-1, 1], as the gym tasks' bounds
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) for image states
     attn_implementation: str | None = None  # "eager" | "sdpa"; None = transformers' default
+    use_returns: bool = True  # False: no return-to-go tokens (a behaviour-cloning baseline)
     extra: dict = field(default_factory=dict)  # further GPT2Config fields
+
+    @property
+    def tokens_per_step(self) -> int:
+        return 3 if self.use_returns else 2
 
     @classmethod
     def gym(cls, state_dim: int, act_dim: int, **kw) -> DecisionTransformerConfig:
@@ -161,7 +169,7 @@ class DecisionTransformer(nn.Module):
             n_head=c.n_head,
             n_inner=4 * h,
             activation_function=c.activation,
-            n_positions=3 * c.max_length,
+            n_positions=c.tokens_per_step * c.max_length,
             resid_pdrop=c.dropout,
             attn_pdrop=c.dropout,
             embd_pdrop=c.dropout,
@@ -175,7 +183,7 @@ class DecisionTransformer(nn.Module):
         self.transformer.wte.weight.requires_grad_(False)  # unused (inputs are embeddings)
 
         self.embed_timestep = nn.Embedding(c.max_ep_len, h)
-        self.embed_return = nn.Linear(1, h)
+        self.embed_return = nn.Linear(1, h) if c.use_returns else None
         if c.image_shape is not None:
             self.embed_state: nn.Module = ConvEncoder(c.image_shape, h)
         else:
@@ -196,10 +204,11 @@ class DecisionTransformer(nn.Module):
         return flat.reshape(*lead, -1)
 
     def _embed_steps(self, rtg, states, actions, timesteps):
-        """(R, s, a) token embeddings of each step, timestep embedding added: 3 x (B, T, H)."""
+        """(R, s, a) token embeddings of each step, timestep embedding added: 3 x (B, T, H)
+        (R is None without return tokens)."""
         time = self.embed_timestep(timesteps)  # (B, T, H)
         return (
-            self.embed_return(rtg) + time,
+            None if self.embed_return is None else self.embed_return(rtg) + time,
             self._embed_states(states) + time,
             self.embed_action(actions) + time,
         )
@@ -224,12 +233,14 @@ class DecisionTransformer(nn.Module):
         )
         B, K = timesteps.shape
         r, s, a = self._embed_steps(rtg, states, actions, timesteps)  # 3 x (B, K, H)
-        tokens = torch.stack((r, s, a), dim=2).reshape(B, 3 * K, -1)  # (B, 3K, H): R1 s1 a1 R2..
+        per = self.config.tokens_per_step
+        parts = (r, s, a) if r is not None else (s, a)
+        tokens = torch.stack(parts, dim=2).reshape(B, per * K, -1)  # (B, 3K, H): R1 s1 a1 R2..
         attn = None
         if mask is not None:
-            attn = mask.to(torch.long).repeat_interleave(3, dim=1)  # (B, 3K), per token
+            attn = mask.to(torch.long).repeat_interleave(per, dim=1)  # (B, 3K), per token
         hidden, _ = self._backbone(tokens, attn)  # (B, 3K, H)
-        state_tokens = hidden.reshape(B, K, 3, -1)[:, :, 1]  # (B, K, H)
+        state_tokens = hidden.reshape(B, K, per, -1)[:, :, per - 2]  # (B, K, H)
         return self.predict_action(state_tokens)
 
     # --- acting, with a key/value cache -----------------------------------------------------------
@@ -304,18 +315,18 @@ class DecisionTransformer(nn.Module):
             rollout.actions[-1][:, None],
             rollout.timesteps[-1][:, None],
         )  # 3 x (B, 1, H)
-        new = [r, s]
+        new = [r, s] if r is not None else [s]
         if rollout.pending:
             # The previous step's action token joins this call: one backbone call per step.
             prev = len(rollout.rtg) - 2
             a_prev = self.embed_action(rollout.actions[prev][:, None]) + self.embed_timestep(
                 rollout.timesteps[prev][:, None]
             )
-            new = [a_prev, r, s]
+            new = [a_prev, *new]
         if rollout.window == "rolling" and rollout.cached_steps >= self.config.max_length:
-            _drop_oldest(rollout.cache, 3)  # the oldest step's R, s, a
+            _drop_oldest(rollout.cache, self.config.tokens_per_step)  # oldest R, s, a
             rollout.cached_steps -= 1
-        tokens = torch.cat(new, dim=1)  # (B, 2 or 3, H)
+        tokens = torch.cat(new, dim=1)  # (B, 1 to 3, H)
         hidden, rollout.cache = self._backbone(tokens, cache=rollout.cache, use_cache=True)
         rollout.cached_steps += 1
         rollout.pending = False

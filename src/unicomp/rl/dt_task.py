@@ -19,6 +19,14 @@ percent less data. Set both to small values to approach the paper's setting.
 
 Targets ``y``: continuous actions as (B, K, act + 1), the last channel the mask (the loop
 passes only ``y`` to the loss); discrete actions as (B, K) ids with -100 at padding.
+
+Options for the baselines and the paper's other experiments (unicomp.rl.baselines):
+``use_returns=False`` feeds zeros as returns-to-go (behaviour cloning: the models built for it
+do not read them at all); ``top_percent`` keeps the best X% of the data's steps by episode
+return before the split (%BC), so validation and test episodes come from the same selection;
+``delayed_reward`` moves every reward of an episode to its last step (paper sec. 5.5).
+Departure for %BC: the state mean/std come from the selected training episodes (the official
+code takes them from all episodes, before selecting).
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from unicomp.errors import DataError
+from unicomp.rl.baselines import delay_rewards, select_top_percent
 from unicomp.rl.trajectories import TrajectoryDataset, read_dataset
 from unicomp.tasks.base import Batch, Task, TaskSpec, batch_generator
 
@@ -89,12 +98,24 @@ class DTTask(Task):
         eval_windows: int = 2048,
         split_seed: int = 0,
         env_id: str | None = None,
+        use_returns: bool = True,
+        top_percent: float = 100.0,
+        delayed_reward: bool = False,
     ):
         ds = dataset if isinstance(dataset, TrajectoryDataset) else read_dataset(dataset, env_id)
+        self.source_summary = ds.summary()  # before any selection
+        if not 0 < top_percent <= 100:
+            raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")
+        ds = select_top_percent(ds, top_percent)
+        if delayed_reward:
+            ds = delay_rewards(ds)
+        self.use_returns, self.top_percent = use_returns, float(top_percent)
+        self.delayed_reward = delayed_reward
         if len(ds) < 3:
             raise DataError(
                 f"{ds.source}: {len(ds)} episode(s); the DT task needs at least 3 "
                 f"(train, validation and test hold whole episodes)"
+                + ("; raise --top-percent" if top_percent < 100 else "")
             )
         if context < 1:
             raise ValueError(f"context must be at least 1, got {context}")
@@ -179,8 +200,9 @@ class DTTask(Task):
         else:
             y = torch.cat([actions, mask[..., None].float()], dim=-1)  # (B, K, act + 1)
             action_in = actions
+        rtg = take(t["rtg"])[..., None]  # (B, K, 1)
         x = {
-            "returns_to_go": take(t["rtg"])[..., None],  # (B, K, 1)
+            "returns_to_go": rtg if self.use_returns else torch.zeros_like(rtg),
             "states": take(t["states"]),  # (B, K, *obs)
             "actions": action_in,  # (B, K, act)
             "timesteps": take(t["timesteps"]),  # (B, K)
@@ -234,4 +256,6 @@ class DTTask(Task):
             "rtg_scale": self.rtg_scale,
             "max_ep_len": self.max_ep_len,
             "context": self.context,
+            "use_returns": self.use_returns,
+            "delayed_reward": self.delayed_reward,
         }

@@ -45,8 +45,12 @@ PAPER_TARGETS: dict[str, tuple[float, ...]] = {
 }
 
 
+# Environments scored by success: an episode succeeds when its return reaches this.
+SUCCESS_RETURNS: dict[str, float] = {"keytodoor": 1.0}
+
+
 def _env_key(env_id: str) -> str:
-    return env_id.split("-")[0].split("/")[-1].lower()
+    return env_id.split("-")[0].split("/")[-1].split(":")[-1].lower()
 
 
 def default_targets(env_id: str | None, best_return: float) -> tuple[float, ...]:
@@ -105,12 +109,17 @@ class RolloutResult:
         if norm is not None:
             out["normalized_score_mean"] = float(norm.mean())
             out["normalized_score_std"] = float(norm.std())
+        if env_id and _env_key(env_id) in SUCCESS_RETURNS:
+            out["success_rate"] = float(np.mean(self.returns >= SUCCESS_RETURNS[_env_key(env_id)]))
         return out
 
 
 def make_env(env_id: str, **kwargs):
-    """``gymnasium.make`` with MuJoCo's warnings routed to Python's (see below)."""
+    """``gymnasium.make`` with MuJoCo's warnings routed to Python's (see below); our own
+    environments (unicomp.rl.envs: KeyToDoor-v0, ...) are registered first."""
     import gymnasium as gym
+
+    import unicomp.rl.envs  # noqa: F401  (registers our environments)
 
     _route_mujoco_warnings()
     return gym.make(env_id, **kwargs)
@@ -291,7 +300,7 @@ class DTAgent:
 def evaluate_dt(
     model,
     env_id: str,
-    target_return: float,
+    target_return: float | None,
     state_mean: Sequence[float] | np.ndarray | None,
     state_std: Sequence[float] | np.ndarray | None,
     rtg_scale: float,
@@ -300,10 +309,19 @@ def evaluate_dt(
     n_envs: int = 16,
     max_episode_steps: int | None = None,
     window: str = "exact",
+    delayed_reward: bool = False,
 ) -> dict[str, Any]:
-    """Mean/std return and normalised score of the DT conditioned on ``target_return``."""
+    """Mean/std return and normalised score of the DT conditioned on ``target_return``
+    (None for policies that read no returns: BC). ``delayed_reward``: the agent observes the
+    rewards of unicomp.rl.baselines.delay_rewards (none before the episode ends)."""
+    from unicomp.rl.baselines import DelayedRewardAgent
+
     device = next(model.parameters()).device
-    agent = DTAgent(model, target_return, state_mean, state_std, rtg_scale, device, window)
+    agent: Agent = DTAgent(
+        model, target_return or 0.0, state_mean, state_std, rtg_scale, device, window
+    )
+    if delayed_reward:
+        agent = DelayedRewardAgent(agent)
     result = run_episodes(
         env_id, agent, episodes, seed=seed, n_envs=n_envs, max_episode_steps=max_episode_steps
     )

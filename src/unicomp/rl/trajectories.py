@@ -114,12 +114,30 @@ class TrajectoryDataset:
 
 
 def check_episode(ep: Episode, where: str) -> None:
-    """Raise DataError if the episode's fields are empty, disagree in length or hold NaN/inf."""
+    """Raise DataError if the episode's fields are empty, not numbers, of the wrong shape,
+    disagree in length or hold NaN/inf."""
+    for name in ("observations", "actions", "rewards", "terminations", "truncations"):
+        values = getattr(ep, name)
+        if values.dtype.kind not in "biuf":
+            raise DataError(f"{where}: field '{name}' has type {values.dtype}, expected numbers")
+        if values.ndim == 0:
+            raise DataError(f"{where}: field '{name}' is a single value, expected one per step")
+    if ep.rewards.ndim != 1:
+        T = len(ep.rewards)
+        raise DataError(f"{where}: field 'rewards' has shape {ep.rewards.shape}, expected ({T},)")
     T = len(ep.rewards)
     if T == 0:
         raise DataError(f"{where}: field 'rewards' is empty (an episode needs at least 1 step)")
-    if ep.rewards.ndim != 1:
-        raise DataError(f"{where}: field 'rewards' has shape {ep.rewards.shape}, expected ({T},)")
+    if ep.observations.ndim < 2:
+        raise DataError(
+            f"{where}: field 'observations' has shape {ep.observations.shape}, expected "
+            f"(steps, *observation shape)"
+        )
+    if ep.actions.ndim != 2 and not (ep.actions.ndim == 1 and ep.actions.dtype.kind in "iu"):
+        raise DataError(
+            f"{where}: field 'actions' has shape {ep.actions.shape} ({ep.actions.dtype}), "
+            f"expected ({T}, action_dim), or ({T},) integers for discrete actions"
+        )
     for name in ("actions", "terminations", "truncations"):
         n = len(getattr(ep, name))
         if n != T:
@@ -129,7 +147,7 @@ def check_episode(ep: Episode, where: str) -> None:
             f"{where}: field 'observations' has {len(ep.observations)} rows, expected {T + 1} "
             f"(or {T}) for {T} steps"
         )
-    for name in ("observations", "actions", "rewards"):
+    for name in ("observations", "actions", "rewards", "terminations", "truncations"):
         _check_finite(getattr(ep, name), where, name)
 
 
@@ -139,6 +157,37 @@ def _check_finite(values: np.ndarray, where: str, name: str) -> None:
         if bad.any():
             row = int(np.argwhere(bad)[0][0])
             raise DataError(f"{where}: field '{name}' holds NaN or inf (first at row {row})")
+
+
+def _one_line(err: BaseException) -> str:
+    """A library's error message on one line (the CLI prints errors as one line)."""
+    return " ".join(str(err).split())
+
+
+def _d4rl_keys(f: Any, path: Path) -> set[str]:
+    """The names at the top of a D4RL file."""
+    try:
+        return set(f.keys())
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:  # corrupt file
+        raise DataError(f"{path}: cannot list its fields ({_one_line(err)})") from None
+
+
+def _d4rl_field(f: Any, key: str, path: Path) -> np.ndarray:
+    """One field of a D4RL file: a dataset of numbers or booleans with one row per step."""
+    import h5py
+
+    try:
+        obj = f[key]
+        if not isinstance(obj, h5py.Dataset):
+            raise DataError(f"{path}: field '{key}' is an HDF5 group, expected a dataset")
+        values = np.asarray(obj[()])
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:  # corrupt file
+        raise DataError(f"{path}: cannot read field '{key}' ({_one_line(err)})") from None
+    if values.ndim == 0:
+        raise DataError(f"{path}: field '{key}' is a single value, expected one row per step")
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{path}: field '{key}' has type {values.dtype}, expected numbers")
+    return values
 
 
 # --- D4RL HDF5 -----------------------------------------------------------------------------------
@@ -166,20 +215,25 @@ def read_d4rl_hdf5(
     except OSError as err:
         raise DataError(f"{path}: not a readable HDF5 file ({err})") from None
     with f:
+        present = _d4rl_keys(f, path)
         for key in D4RL_REQUIRED:
-            if key not in f:
+            if key not in present:
                 raise DataError(
                     f"{path}: missing field '{key}'; a D4RL file needs "
                     f"{', '.join(D4RL_REQUIRED)} and 'timeouts'"
                 )
-        if "timeouts" not in f and max_episode_steps is None:
+        if "timeouts" not in present and max_episode_steps is None:
             raise DataError(
                 f"{path}: missing field 'timeouts'; pass max_episode_steps to cut episodes at the "
                 f"time limit instead"
             )
-        data = {k: np.asarray(f[k][()]) for k in (*D4RL_REQUIRED, "timeouts") if k in f}
-        next_obs = np.asarray(f["next_observations"][()]) if "next_observations" in f else None
-        attrs = {k: _jsonable(v) for k, v in f.attrs.items()}
+        data = {k: _d4rl_field(f, k, path) for k in (*D4RL_REQUIRED, "timeouts") if k in present}
+        has_next = "next_observations" in present
+        next_obs = _d4rl_field(f, "next_observations", path) if has_next else None
+        try:
+            attrs = {k: _jsonable(v) for k, v in f.attrs.items()}
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
+            raise DataError(f"{path}: cannot read its attributes ({_one_line(err)})") from None
     where = str(path)
     obs = data["observations"]
     n = len(obs)
@@ -199,8 +253,13 @@ def read_d4rl_hdf5(
     if rewards.ndim != 1:
         shape = data["rewards"].shape
         raise DataError(f"{where}: field 'rewards' has shape {shape}, expected ({n},)")
-    for key in ("observations", "actions"):
-        _check_finite(data[key], where, key)
+    for key in ("terminals", "timeouts"):
+        if key in data and data[key].size != n:
+            shape = data[key].shape
+            raise DataError(f"{where}: field '{key}' has shape {shape}, expected ({n},)")
+    for key in ("observations", "actions", "terminals", "timeouts"):
+        if key in data:
+            _check_finite(data[key], where, key)
     _check_finite(rewards, where, "rewards")
     if next_obs is not None:
         _check_finite(next_obs, where, "next_observations")
@@ -279,8 +338,11 @@ def read_minari(path: str | os.PathLike) -> TrajectoryDataset:
     try:
         ds = minari.MinariDataset(data_dir)
         raw = [(e.id, e) for e in ds.iterate_episodes()]
-    except (ValueError, KeyError, OSError, AssertionError) as err:
-        raise DataError(f"{data_dir}: not a readable Minari data set ({err})") from None
+        space, env_spec = ds.action_space, ds.env_spec
+    except Exception as err:  # minari and h5py raise many error types on malformed files
+        raise DataError(
+            f"{data_dir}: not a readable Minari data set ({type(err).__name__}: {_one_line(err)})"
+        ) from None
     episodes = []
     for ep_id, e in raw:
         if not isinstance(e.observations, np.ndarray) or not isinstance(e.actions, np.ndarray):
@@ -291,11 +353,14 @@ def read_minari(path: str | os.PathLike) -> TrajectoryDataset:
         episode = Episode(
             np.asarray(e.observations),
             np.asarray(e.actions),
-            np.asarray(e.rewards, dtype=np.float64),
-            np.asarray(e.terminations, dtype=bool),
-            np.asarray(e.truncations, dtype=bool),
+            np.asarray(e.rewards),
+            np.asarray(e.terminations),
+            np.asarray(e.truncations),
         )
-        check_episode(episode, f"{where}: episode_{ep_id}")
+        check_episode(episode, f"{where}: episode_{ep_id}")  # before converting the types
+        episode.rewards = episode.rewards.astype(np.float64)
+        episode.terminations = episode.terminations.astype(bool)
+        episode.truncations = episode.truncations.astype(bool)
         episodes.append(episode)
     if not episodes:
         raise DataError(f"{where}: the data set holds no episodes")
@@ -305,10 +370,9 @@ def read_minari(path: str | os.PathLike) -> TrajectoryDataset:
         for k in ("dataset_id", "algorithm_name", "description", "ref_min_score", "ref_max_score")
         if k in meta
     }
-    space = ds.action_space
     if hasattr(space, "n"):
         extra["n_actions"] = int(space.n)
-    env_id = ds.env_spec.id if ds.env_spec is not None else None
+    env_id = env_spec.id if env_spec is not None else None
     result = TrajectoryDataset(episodes, env_id=env_id, source=f"minari:{data_dir}", metadata=extra)
     result.validate(where)
     return result
@@ -331,7 +395,7 @@ def write_minari(
     from minari.data_collector.episode_buffer import EpisodeBuffer
     from minari.dataset.minari_storage import MinariStorage
 
-    path = Path(path)
+    path = Path(path).absolute()  # Minari joins a relative folder onto itself (get_size)
     final = path / "data"
     if final.exists():
         raise UnicompError(f"{path} already holds a Minari data set; choose another folder")

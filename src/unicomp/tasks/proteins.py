@@ -39,8 +39,8 @@ accuracies by 0.9739; we keep every example so that the whole test split is scor
 
 from __future__ import annotations
 
+import io
 import json
-import pickle
 import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -119,6 +119,8 @@ def read_tape_json(path: Path) -> list[Any]:
         raise DataError(
             f"{path}: not valid JSON: {err.msg} at line {err.lineno} column {err.colno}"
         ) from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply; expected a list of records") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, found {type(records).__name__}")
     return records
@@ -139,20 +141,37 @@ def read_tape_lmdb(path: Path) -> list[Any]:
     except lmdb.Error as err:
         raise DataError(f"{path}: cannot open it as an LMDB database: {err}") from None
     # TAPE stores its records as pickles, and unpickling can run code: we only ever unpickle
-    # from the folder the user named as holding TAPE's data (data_root / UNICOMP_DATA).
+    # from the folder the user named as holding TAPE's data (data_root / UNICOMP_DATA), and
+    # only containers, numbers, strings and numpy arrays (datasets.load_data_pickle).
     try:
+        # LMDB maps the file into memory: reading a page past the end of a truncated file
+        # kills the process (SIGBUS), so compare the size the database claims with the file's.
+        data_file = path / "data.mdb" if path.is_dir() else path
+        need = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        if data_file.stat().st_size < need:
+            raise DataError(
+                f"{data_file}: truncated LMDB file ({data_file.stat().st_size} bytes, the "
+                f"database needs {need})"
+            )
         with env.begin(write=False) as txn:
             raw_count = txn.get(b"num_examples")
             if raw_count is None:
                 keys = sorted((k for k, _ in txn.cursor() if k.isdigit()), key=int)
             else:
-                keys = [str(i).encode() for i in range(_unpickle(raw_count, path, "num_examples"))]
+                count = _unpickle(raw_count, path, "num_examples")
+                if isinstance(count, bool) or not isinstance(count, Integral) or count < 0:
+                    raise DataError(
+                        f"{path}: num_examples is {repr(count)[:40]}, expected a count >= 0"
+                    )
+                keys = [str(i).encode() for i in range(int(count))]
             records = []
             for key in keys:
                 raw = txn.get(key)
                 if raw is None:
                     raise DataError(f"{path}: record {key.decode()} is missing")
                 records.append(_unpickle(raw, path, f"record {key.decode()}"))
+    except lmdb.Error as err:
+        raise DataError(f"{path}: cannot read the LMDB database: {err}") from None
     finally:
         env.close()
     if not records:
@@ -162,7 +181,7 @@ def read_tape_lmdb(path: Path) -> list[Any]:
 
 def _unpickle(raw: bytes, path: Path, what: str) -> Any:
     try:
-        return pickle.loads(raw)  # see read_tape_lmdb: only from the user's own TAPE folder
+        return datasets.load_data_pickle(io.BytesIO(raw))  # see read_tape_lmdb
     except Exception as err:
         raise DataError(f"{path}: {what} cannot be unpickled: {err}") from None
 
@@ -177,7 +196,7 @@ def tape_records(
     for i, rec in enumerate(records):
         name = f"record {i}"
         if isinstance(rec, dict) and "id" in rec:
-            name += f" (id {rec['id']})"
+            name += f" (id {' '.join(str(rec['id']).split())[:60]})"  # one line, whatever it is
         if not isinstance(rec, dict):
             raise DataError(f"{path}: {name}: expected a mapping, found {type(rec).__name__}")
         for field in ("primary", "fold_label"):
@@ -256,7 +275,7 @@ def read_fold_table(path: Path) -> dict[str, int]:
         fields = line.split()
         if not fields or (lineno == 1 and fields == ["Fold", "Label"]):
             continue
-        if len(fields) != 2 or not fields[1].isdigit():
+        if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
             raise DataError(f"{path}: line {lineno}: expected 'FOLD<TAB>LABEL', found {line!r}")
         fold, label = fields[0], int(fields[1])
         if label >= N_FOLDS:

@@ -1,0 +1,183 @@
+"""Baselines on the Decision Transformer's data: behaviour cloning (BC) and %BC, plus the
+data transformations behind the paper's other experiments (delayed rewards).
+
+BC (paper sec. 5, "imitation learning"): regress the data's actions from states, no returns.
+Two policies, both trained by the one loop through ``DTTask(use_returns=False)``:
+
+* ``dt-noreturn``: the DT network itself without return-to-go tokens
+  (``DecisionTransformerConfig(use_returns=False)``: tokens s_1, a_1, s_2, ... over K steps).
+  The paper runs its Atari BC with the DT architecture.
+* ``mlp``: an MLP from the current state to the action (``MLPPolicy``). Departure: the
+  official gym code's BC (``MLPBCModel``) reads the last K states concatenated and is trained
+  on the last action of each window; ours reads one state (the MuJoCo states are Markov) and
+  is trained on every real step of a window, so a window of K steps gives K examples.
+
+%BC (paper sec. 5.3): BC on the best X% of the data. As in the official gym code
+(``pct_traj``), X% counts timesteps: the episodes are ranked by return and the best ones are
+kept while their steps fit in X% of all steps (at least the single best episode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from unicomp.errors import DataError
+from unicomp.rl.trajectories import TrajectoryDataset
+
+
+# --- data selections --------------------------------------------------------------------------
+def top_episode_ids(dataset: TrajectoryDataset, percent: float) -> np.ndarray:
+    """Indices (sorted) of the best episodes by return whose steps fit in ``percent`` % of the
+    data set's steps; always at least the best episode. Ties keep the earlier episode first."""
+    if not 0 < percent <= 100:
+        raise ValueError(f"top_percent must be in (0, 100], got {percent}")
+    returns = dataset.returns()
+    lengths = np.array([len(e) for e in dataset.episodes], dtype=np.int64)
+    order = np.argsort(-returns, kind="stable")  # best first
+    budget = max(1, int(percent / 100.0 * lengths.sum()))
+    fits = np.cumsum(lengths[order]) <= budget  # a prefix of the ranking
+    n = max(1, int(fits.sum()))
+    return np.sort(order[:n])
+
+
+def select_top_percent(dataset: TrajectoryDataset, percent: float) -> TrajectoryDataset:
+    """The data set restricted to its best ``percent`` % of steps (see ``top_episode_ids``)."""
+    if percent >= 100:
+        return dataset
+    ids = top_episode_ids(dataset, percent)
+    meta = {
+        **dataset.metadata,
+        "top_percent": percent,
+        "selected_episodes": len(ids),
+        "source_episodes": len(dataset),
+        "min_selected_return": float(dataset.returns()[ids].min()),
+    }
+    return TrajectoryDataset(
+        [dataset.episodes[i] for i in ids],
+        env_id=dataset.env_id,
+        source=f"{dataset.source} (best {percent:g}% of steps: {len(ids)} episodes)",
+        metadata=meta,
+    )
+
+
+def delay_rewards(dataset: TrajectoryDataset) -> TrajectoryDataset:
+    """Paper sec. 5.5 (sparse, delayed reward): every reward of an episode is withheld and
+    their sum given at its last step. Returns-to-go then equal the episode's return at every
+    step; the data set's returns are unchanged."""
+    episodes = []
+    for e in dataset.episodes:
+        rewards = np.zeros_like(e.rewards)
+        rewards[-1] = e.rewards.sum(dtype=np.float64)
+        episodes.append(dataclasses.replace(e, rewards=rewards))
+    return TrajectoryDataset(
+        episodes,
+        env_id=dataset.env_id,
+        source=f"{dataset.source} (rewards delayed to the episode's end)",
+        metadata={**dataset.metadata, "delayed_reward": True},
+    )
+
+
+class DelayedRewardAgent:
+    """Wraps an agent so that it observes the delayed reward of ``delay_rewards`` while
+    acting: zero at every step. The sum would arrive with the episode's last step, after
+    which the agent does not act again in that episode, so zeros throughout are exact. The
+    rollout still scores the environment's own rewards (their sum is the same)."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def reset(self, n: int) -> None:
+        self.agent.reset(n)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.agent.act(obs)
+
+    def observe(self, rewards: np.ndarray) -> None:
+        self.agent.observe(np.zeros_like(rewards))
+
+
+# --- the MLP policy -----------------------------------------------------------------------------
+@dataclass
+class MLPPolicyConfig:
+    state_dim: int
+    act_dim: int
+    discrete: bool = False
+    hidden_size: int = 128
+    n_layer: int = 3  # hidden layers (the official MLPBCModel's n_layer)
+    dropout: float = 0.1
+    action_tanh: bool = True
+    max_ep_len: int = 1000  # unused by the network; DTAgent reads it
+
+
+class MLPPolicy(nn.Module):
+    """Behaviour cloning by an MLP from each step's state to its action.
+
+    ``forward(x, mask)`` takes the DT's batch (x["states"] (B, K, obs)) and returns (B, K, act):
+    actions in [-1, 1] (tanh) or logits (discrete); the other inputs are ignored. It also has
+    the DT's acting interface (``start``/``step``/``record_action``), so
+    ``unicomp.rl.evaluate.DTAgent`` drives it unchanged.
+    """
+
+    def __init__(self, config: MLPPolicyConfig):
+        super().__init__()
+        self.config = c = config
+        layers: list[nn.Module] = []
+        width = c.state_dim
+        for _ in range(c.n_layer):
+            layers += [nn.Linear(width, c.hidden_size), nn.ReLU(), nn.Dropout(c.dropout)]
+            width = c.hidden_size
+        layers.append(nn.Linear(width, c.act_dim))
+        if c.action_tanh and not c.discrete:
+            layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        states = x["states"]
+        if states.dim() != 3:
+            raise DataError(
+                f"the MLP policy takes vector states (B, K, obs); got shape {tuple(states.shape)} "
+                f"(image states need --policy dt-noreturn)"
+            )
+        return self.net(states)
+
+    # --- acting: the DT's interface, without memory ---------------------------------------
+    def start(self, batch_size: int, window: str = "exact") -> None:
+        return None
+
+    @torch.no_grad()
+    def step(self, rollout, returns_to_go, state: torch.Tensor, timestep) -> torch.Tensor:
+        return self.net(state)
+
+    def record_action(self, rollout, action: torch.Tensor) -> None:
+        pass
+
+
+# --- building the policy of a run -------------------------------------------------------------
+def build_policy(spec: dict) -> nn.Module:
+    """The network a run trained, from the ``model_config`` its metrics.json records:
+    ``{"kind": "dt" | "mlp", **config fields}``."""
+    from unicomp.models.decision_transformer import DecisionTransformer, DecisionTransformerConfig
+
+    fields = dict(spec)
+    kind = fields.pop("kind", "dt")
+    if kind == "mlp":
+        return MLPPolicy(MLPPolicyConfig(**fields))
+    if kind != "dt":
+        raise DataError(f"unknown model kind {kind!r} in model_config (expected dt or mlp)")
+    if fields.get("image_shape") is not None:
+        fields["image_shape"] = tuple(fields["image_shape"])
+    return DecisionTransformer(DecisionTransformerConfig(**fields))
+
+
+def policy_spec(model: nn.Module) -> dict:
+    """What ``build_policy`` needs to rebuild ``model`` (JSON-ready)."""
+    kind = "mlp" if isinstance(model, MLPPolicy) else "dt"
+    fields = dataclasses.asdict(model.config)  # type: ignore[arg-type]
+    if fields.get("image_shape") is not None:
+        fields["image_shape"] = list(fields["image_shape"])
+    return {"kind": kind, **fields}
