@@ -33,14 +33,29 @@ def cmd_list(args: argparse.Namespace) -> None:
     print("  (also: random:<name>, any hub id owner/name, or a local model folder)")
 
 
-def cmd_fpt_train(args: argparse.Namespace) -> None:
-    from unicomp.config import resolve
-    from unicomp.experiments import run_fpt, task_defaults
-
+def _resume_from_run_folder(args: argparse.Namespace) -> None:
+    """``--resume --out DIR`` continues the run in DIR from its own config.yaml."""
     if args.resume:
         if not args.out:
             raise UnicompError("--resume needs --out DIR, the folder of the run to continue")
         args.config = args.config or str(Path(args.out) / "config.yaml")
+
+
+def _add_train_command(group, name: str, help: str, cls: type, func) -> argparse.ArgumentParser:
+    """A ``train``-like subcommand: --config, --resume and one flag per config field."""
+    p = group.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_dataclass_args(p, cls)
+    p.set_defaults(func=func)
+    return p
+
+
+def cmd_fpt_train(args: argparse.Namespace) -> None:
+    from unicomp.config import resolve
+    from unicomp.experiments import run_fpt, task_defaults
+
+    _resume_from_run_folder(args)
     cfg = resolve(FPTConfig, args, task_defaults)
     metrics = run_fpt(cfg, resume=args.resume)
     keys = (
@@ -69,10 +84,7 @@ def _resolve_perceiver(args: argparse.Namespace):
 def cmd_perceiver_train(args: argparse.Namespace) -> None:
     from unicomp.experiments import run_perceiver
 
-    if args.resume:
-        if not args.out:
-            raise UnicompError("--resume needs --out DIR, the folder of the run to continue")
-        args.config = args.config or str(Path(args.out) / "config.yaml")
+    _resume_from_run_folder(args)
     cfg = _resolve_perceiver(args)
     metrics = run_perceiver(cfg, resume=args.resume)
     keys = (
@@ -141,10 +153,7 @@ def cmd_dt_train(args: argparse.Namespace) -> None:
     from unicomp.config import DTConfig, resolve
     from unicomp.experiments import dt_task_defaults, run_dt
 
-    if args.resume:
-        if not args.out:
-            raise UnicompError("--resume needs --out DIR, the folder of the run to continue")
-        args.config = args.config or str(Path(args.out) / "config.yaml")
+    _resume_from_run_folder(args)
     cfg = resolve(DTConfig, args, dt_task_defaults)
     metrics = run_dt(cfg, resume=args.resume)
     keys = ("env", "algo", "test_loss", "best_step", "steps", "trainable_params", "train_seconds")
@@ -232,15 +241,13 @@ def _add_dt_commands(sub) -> None:
 
     from unicomp.config import DTConfig
 
-    p = dt.add_parser(
+    _add_train_command(
+        dt,
         "train",
-        help="train a DT on a data set, then act in the environment; writes a run folder",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "train a DT on a data set, then act in the environment; writes a run folder",
+        DTConfig,
+        cmd_dt_train,
     )
-    p.add_argument("--config", help="YAML config (a run's config.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_dataclass_args(p, DTConfig)
-    p.set_defaults(func=cmd_dt_train)
 
     p = dt.add_parser(
         "eval",
@@ -300,28 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
     fpt = sub.add_parser("fpt", help="Frozen Pretrained Transformer").add_subparsers(
         dest="sub", required=True
     )
-    p = fpt.add_parser(
-        "train",
-        help="train an FPT on a task; writes a run folder",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    _add_train_command(
+        fpt, "train", "train an FPT on a task; writes a run folder", FPTConfig, cmd_fpt_train
     )
-    p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_dataclass_args(p, FPTConfig)
-    p.set_defaults(func=cmd_fpt_train)
 
     perceiver = sub.add_parser("perceiver", help="Perceiver IO and Perceiver").add_subparsers(
         dest="sub", required=True
     )
-    p = perceiver.add_parser(
+    _add_train_command(
+        perceiver,
         "train",
-        help="train a Perceiver (IO) on a task; writes a run folder",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "train a Perceiver (IO) on a task; writes a run folder",
+        PerceiverConfig,
+        cmd_perceiver_train,
     )
-    p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_dataclass_args(p, PerceiverConfig)
-    p.set_defaults(func=cmd_perceiver_train)
     p = perceiver.add_parser(
         "search-latents",
         help="train one run per latent size; pick the smallest within a tolerance of the best",
