@@ -52,6 +52,26 @@ def tiny_llama(tmp_path_factory) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer BERT encoder with a 16-row position table, as a local folder."""
+    import torch
+    import transformers
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=64,
+        max_position_embeddings=16,
+    )
+    transformers.BertModel(cfg).save_pretrained(path)
+    return str(path)
+
+
 def small_train(**overrides):
     from unicomp.config import TrainConfig
 

@@ -4,27 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 
 from unicomp.backbones.hf import load_backbone
 from unicomp.models.fpt import FPT
 from unicomp.tasks.base import TaskSpec
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=64,
-        max_position_embeddings=16,
-    )
-    transformers.BertModel(cfg).save_pretrained(path)
-    return str(path)
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_bert", "tiny_llama"])
