@@ -9,6 +9,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+try:  # property tests: the same examples on every CI run; HYPOTHESIS_PROFILE=explore varies them
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, deadline=None)
+    settings.register_profile("explore", deadline=None, max_examples=500)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+except ImportError:
+    pass
+
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory) -> str:

@@ -195,7 +195,8 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     """Build a config dataclass, rejecting unknown keys and wrongly typed values with a
     message naming them."""
     names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in set(data) - set(names))  # YAML keys can be numbers
+    # YAML keys can be numbers or hold control characters: keep the message on one line.
+    unknown = sorted(k if k.isprintable() else repr(k) for k in map(str, set(data) - set(names)))
     if unknown:
         raise UnicompError(
             f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(names)}"
