@@ -15,28 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.test_images import make_cifar_batches, make_image_folder, make_mnist, write_idx
+from tests.test_images import (  # _offline: autouse, no data root, private cache, no downloads
+    _offline,  # noqa: F401
+    make_cifar_batches,
+    make_image_folder,
+    make_mnist,
+    write_idx,
+)
 from tests.test_listops import write_tsvs
 from tests.test_proteins import write_json, write_lmdb, write_scop
 from unicomp.cli import main
-from unicomp.tasks import images
 
 h5py = pytest.importorskip("h5py")
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.delenv("UNICOMP_DATA", raising=False)
-    monkeypatch.setenv("UNICOMP_CACHE", str(tmp_path / "cache"))
-
-    def no_download(url, *args, **kwargs):
-        raise AssertionError(f"tests must not download ({url})")
-
-    monkeypatch.setattr(images, "download", no_download)
-    # transformers draws a "Loading weights" bar on stderr; only unicomp's own lines count here
-    from transformers.utils import logging as hf_logging
-
-    monkeypatch.setattr(hf_logging, "_tqdm_active", False)
 
 
 # Each maker writes a data set with one damaged file under ``data`` and returns the arguments
