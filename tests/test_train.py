@@ -97,3 +97,11 @@ def test_metrics_are_json_with_counts(tmp_path, tiny_gpt2):
     assert metrics["trainable_params"] < metrics["total_params"]
     assert metrics["trainable_params"] == sum(metrics["trainable_by_group"].values())
     assert torch.__version__ == metrics["torch"]
+
+
+def test_time_limit_stops_at_an_evaluation(tmp_path, tiny_gpt2):
+    cfg = _cfg(tiny_gpt2, tmp_path / "r", steps=50, eval_every=2, time_limit_minutes=1e-9)
+    metrics = run_fpt(cfg)
+    assert (metrics["steps"], metrics["stopped_by"]) == (2, "time_limit")
+    free = run_fpt(_cfg(tiny_gpt2, tmp_path / "free", steps=4, eval_every=2))
+    assert (free["steps"], free["stopped_by"]) == (4, "steps")

@@ -47,6 +47,9 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation, sampling and dropout")
     target_accuracy: float = _f(0.99, "note the first step with validation accuracy >= this")
     stop_at_target: bool = _f(False, "stop training once validation accuracy reaches the target")
+    time_limit_minutes: float = _f(
+        0.0, "stop at the first evaluation after this much training time (0 = no limit)"
+    )
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     progress: bool = _f(True, "show a progress bar")
 

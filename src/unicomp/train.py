@@ -302,6 +302,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         leave=False,
     )
     step = state.step
+    stopped_by = "steps"
     while step < cfg.steps:
         net.train()
         batch = dist.shard(task.train_batch(step, cfg.batch_size, cfg.seed))
@@ -366,7 +367,13 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
                 _write_curve(curve_path, rows)
                 _save_checkpoint(ckpt_path, model, opt, sched, state)
             if cfg.stop_at_target and state.steps_to_target is not None:
+                stopped_by = "target"
                 break
+            if cfg.time_limit_minutes > 0:
+                out_of_time = state.seconds >= 60 * cfg.time_limit_minutes
+                if dist.sum([float(out_of_time)])[0] > 0:  # every rank stops at the same step
+                    stopped_by = "time_limit"
+                    break
     bar.close()
     train_seconds = time.perf_counter() - started
     dist.barrier()  # best.safetensors is complete before any rank reads it
@@ -381,6 +388,7 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         "val_accuracy": float(best_row["val_accuracy"]),
         "best_step": state.best_step,
         "steps": step,
+        "stopped_by": stopped_by,
         "steps_to_target": state.steps_to_target,
         "target_accuracy": cfg.target_accuracy,
         "train_seconds": round(train_seconds, 2),
