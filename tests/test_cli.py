@@ -215,10 +215,15 @@ def test_report_tables_from_run_folders(tmp_path, capsys):
         }
         (run / "metrics.json").write_text(json.dumps(metrics))
     (tmp_path / "unfinished").mkdir()
+    perceiver = tmp_path / "p0"
+    perceiver.mkdir()
+    metrics = {"task": "mnist", "model": "perceiver-io", "num_latents": 32, "seed": 0}
+    (perceiver / "metrics.json").write_text(json.dumps({**metrics, "stopped_by": "time_limit"}))
     folders = [str(tmp_path / n) for n in ("r0", "r1", "unfinished")]
-    assert main(["report", *folders]) == 0
+    assert main(["report", *folders, str(perceiver)]) == 0
     rows = capsys.readouterr().out.strip().splitlines()
-    assert len(rows) == 4 and "| bit-xor | minilm-l6 | paper | 1 | 0.9800 | 1500 | - |" in rows[3]
+    assert len(rows) == 5 and "| bit-xor | minilm-l6 | paper | 1 | 0.9800 | 1500 | - |" in rows[3]
+    assert "| mnist | perceiver-io (N=32) | - | 0 | - | - | time_limit |" in rows[4]
     assert main(["report", "--by-seed", *folders]) == 0
     out = capsys.readouterr().out
     assert "| 2 | 0.9900 ± 0.0141 | 400, - |" in out

@@ -20,10 +20,19 @@ COLUMNS = (
     "seed",
     "test_accuracy",
     "steps",
+    "stopped_by",
     "steps_to_target",
     "train_seconds",
     "trainable_params",
 )
+
+
+def _get(run: dict, column: str):
+    if column == "backbone" and "backbone" not in run and "model" in run:
+        # Perceiver runs have no backbone: name the model and its latent array instead
+        latents = run.get("num_latents")
+        return run["model"] + (f" (N={latents})" if latents else "")
+    return run.get(column)
 
 
 def load_runs(folders: list[str]) -> list[dict]:
@@ -50,7 +59,7 @@ def _cell(value) -> str:
 def runs_table(runs: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in runs:
-        lines.append("| " + " | ".join(_cell(r.get(c)) for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(_get(r, c)) for c in COLUMNS) + " |")
     return "\n".join(lines)
 
 
@@ -58,7 +67,7 @@ def seeds_table(runs: list[dict]) -> str:
     """Mean and spread over seeds of each (task, backbone, freeze)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[(r.get("task"), r.get("backbone"), r.get("freeze"))].append(r)
+        groups[(r.get("task"), _get(r, "backbone"), r.get("freeze"))].append(r)
     lines = [
         "| task | backbone | freeze | seeds | test accuracy mean ± std | steps to target "
         "(each seed) |",
