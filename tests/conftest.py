@@ -93,3 +93,14 @@ def small_train(**overrides):
         "precision": "fp32",
     }
     return TrainConfig(**{**base, **overrides})
+
+
+def cli_train(out, *args: str) -> dict:
+    """``unicomp fpt train ARGS --out OUT`` for two steps of four examples; its metrics.json."""
+    import json
+
+    from unicomp.cli import main
+
+    budget = ["--steps", "2", "--eval-every", "2", "--batch-size", "4", "--no-progress"]
+    assert main(["fpt", "train", *args, *budget, "--out", str(out)]) == 0
+    return json.loads((out / "metrics.json").read_text())

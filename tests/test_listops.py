@@ -3,7 +3,6 @@ TSV files (good and malformed), and one CLI run."""
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from unicomp.cli import main
+from tests.conftest import cli_train
 from unicomp.errors import DataError
 from unicomp.tasks.listops import (
     DIGITS,
@@ -363,28 +362,8 @@ def test_missing_tsv_files_are_data_errors(tmp_path):
 def test_cli_trains_on_listops(tmp_path, tiny_gpt2):
     out = tmp_path / "run"
     args = ["n_train=32", "n_val=8", "n_test=8", "min_len=10", "max_len=60"]
-    code = main(
-        [
-            "fpt",
-            "train",
-            "--task",
-            "listops",
-            *(x for a in args for x in ("--task-arg", a)),
-            "--backbone",
-            tiny_gpt2,
-            "--steps",
-            "2",
-            "--eval-every",
-            "2",
-            "--batch-size",
-            "4",
-            "--no-progress",
-            "--out",
-            str(out),
-        ]
-    )
-    assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
+    task_args = (x for a in args for x in ("--task-arg", a))
+    metrics = cli_train(out, "--task", "listops", *task_args, "--backbone", tiny_gpt2)
     assert metrics["steps"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
     assert metrics["data_source"].startswith("generated (LRA grammar")
     assert metrics["split_sizes"] == {"train": 32, "val": 8, "test": 8}

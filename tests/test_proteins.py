@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import cli_train
 from unicomp.cli import main
 from unicomp.errors import DataError
 from unicomp.tasks.proteins import (
@@ -337,29 +338,9 @@ def test_scop_without_train_files_is_an_error(tmp_path):
 def test_cli_trains_on_remote_homology(tmp_path, tiny_gpt2):
     root = write_json(tmp_path / "data")
     out = tmp_path / "run"
-    code = main(
-        [
-            "fpt",
-            "train",
-            "--task",
-            "remote-homology",
-            "--task-arg",
-            f"data_root={root}",
-            "--backbone",
-            tiny_gpt2,
-            "--steps",
-            "2",
-            "--eval-every",
-            "2",
-            "--batch-size",
-            "4",
-            "--no-progress",
-            "--out",
-            str(out),
-        ]
+    metrics = cli_train(
+        out, "--task", "remote-homology", "--task-arg", f"data_root={root}", "--backbone", tiny_gpt2
     )
-    assert code == 0
-    metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["data_source"].startswith("TAPE remote homology")
     assert metrics["split_sizes"] == {"train": 12, "val": 4, "test": 3}
 
