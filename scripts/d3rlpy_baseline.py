@@ -199,6 +199,9 @@ def main() -> None:
     env = args.env or exported["env"]
     if not env:
         raise SystemExit(f"{args.data} names no environment; pass --env")
+    from unicomp.experiments import primary_scores
+    from unicomp.files import atomic_write_json
+
     cmd = [args.d3rlpy_python, __file__, "--stage", "train", "--algo", args.algo]
     cmd += ["--data", args.data, "--out", str(out), "--steps", str(args.steps)]
     cmd += ["--seed", str(args.seed), "--device", args.device]
@@ -222,23 +225,9 @@ def main() -> None:
         "data": exported["data"],
         "d3rlpy": trained["d3rlpy"],
         "eval": [ev],
-        "primary_target": None,
-        **{
-            k: ev[k]
-            for k in (
-                "return_mean",
-                "return_std",
-                "normalized_score_mean",
-                "normalized_score_std",
-                "success_rate",
-                "episodes",
-            )
-            if k in ev
-        },
+        **primary_scores([ev]),  # CQL/IQL read no return: primary_target is null
     }
-    for key in ("normalized_score_mean", "normalized_score_std"):
-        metrics.setdefault(key, None)  # null where the env has no D4RL reference returns
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write_json(out / "metrics.json", metrics)
     keys = ("algo", "env", "train_steps", "return_mean", "normalized_score_mean")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
     print(f"run folder: {out}")
