@@ -19,15 +19,23 @@ except ImportError:
     pass
 
 
-@pytest.fixture(scope="session")
-def tiny_gpt2(tmp_path_factory) -> str:
-    """A 2-layer, width-32 GPT-2 saved with random weights, loadable as a local folder."""
+def _save_random(tmp_path_factory, name: str, model_class: str, config) -> str:
+    """Save a transformers model with seeded random weights; return its folder."""
     import torch
     import transformers
 
-    path = tmp_path_factory.mktemp("tiny-gpt2")
+    path = tmp_path_factory.mktemp(name)
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(
+    getattr(transformers, model_class)(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    """A 2-layer, width-32 GPT-2 saved with random weights, loadable as a local folder."""
+    from transformers import GPT2Config
+
+    cfg = GPT2Config(
         n_layer=2,
         n_embd=32,
         n_head=2,
@@ -36,19 +44,15 @@ def tiny_gpt2(tmp_path_factory) -> str:
         bos_token_id=0,
         eos_token_id=0,
     )
-    transformers.GPT2Model(cfg).save_pretrained(path)
-    return str(path)
+    return _save_random(tmp_path_factory, "tiny-gpt2", "GPT2Model", cfg)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:
     """A 2-layer Llama (rotary positions, RMSNorm) like SmolLM2, as a local folder."""
-    import torch
-    import transformers
+    from transformers import LlamaConfig
 
-    path = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
+    cfg = LlamaConfig(
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -57,19 +61,15 @@ def tiny_llama(tmp_path_factory) -> str:
         vocab_size=64,
         max_position_embeddings=256,
     )
-    transformers.LlamaModel(cfg).save_pretrained(path)
-    return str(path)
+    return _save_random(tmp_path_factory, "tiny-llama", "LlamaModel", cfg)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A 2-layer BERT encoder with a 16-row position table, as a local folder."""
-    import torch
-    import transformers
+    from transformers import BertConfig
 
-    path = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
+    cfg = BertConfig(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
@@ -77,8 +77,7 @@ def tiny_bert(tmp_path_factory) -> str:
         vocab_size=64,
         max_position_embeddings=16,
     )
-    transformers.BertModel(cfg).save_pretrained(path)
-    return str(path)
+    return _save_random(tmp_path_factory, "tiny-bert", "BertModel", cfg)
 
 
 def small_train(**overrides):
