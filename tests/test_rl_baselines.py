@@ -529,3 +529,20 @@ def test_d3rlpy_iql_run_folder_compares_with_dt_runs(tmp_path):
     assert metrics["algo"] == "iql" and metrics["train_steps"] == 5 and metrics["episodes"] == 2
     assert np.isfinite(metrics["normalized_score_mean"])
     assert main(["dt", "compare", "--runs", str(tmp_path / "iql"), "--out", "c"]) == 0
+
+
+def test_gym_paper_preset_is_the_papers_settings_and_the_defaults():
+    """configs/dt-gym-paper.yaml spells out the paper's gym settings; they are also what a
+    bare `unicomp dt train` uses, so the two cannot drift apart."""
+    from pathlib import Path
+
+    from unicomp.config import DTConfig, TrainConfig, from_dict, load_yaml
+
+    data = load_yaml(Path(__file__).parents[1] / "configs" / "dt-gym-paper.yaml")
+    cfg = from_dict(DTConfig, data)
+    defaults = DTConfig(train=TrainConfig(**DTTask.default_train))
+    assert cfg == defaults
+    assert (cfg.context, cfg.n_layer, cfg.n_head, cfg.hidden_size) == (20, 3, 1, 128)
+    t = cfg.train
+    assert (t.steps, t.batch_size, t.lr, t.weight_decay) == (100_000, 64, 1e-4, 1e-4)
+    assert (t.warmup_steps, t.grad_clip, t.schedule) == (10_000, 0.25, "constant")

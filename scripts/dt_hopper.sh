@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The Hopper table in docs/rl-experiments.md: DT, BC, %BC (10%), DT with K=1, CQL and IQL on
+# our Hopper-v5 medium and medium-replay sets, 3 training seeds each, two runs at a time (one
+# CPU thread each). Skips finished runs, so it can be started again after an interruption.
+# Needs $UNICOMP_DATA/sb3-agents (the data) and .venv-d3rlpy (CQL/IQL, see
+# scripts/d3rlpy_baseline.py).
+#   scripts/dt_hopper.sh [OUT]      (default runs/hopper)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/hopper}
+export OMP_NUM_THREADS=1 OUT
+U=.venv/bin/unicomp
+for suite in medium medium-replay; do
+  n=$([ $suite = medium ] && echo 1000 || echo 2000)
+  [ -d $OUT/$suite/data ] || $U dt collect --env Hopper-v5 --suite $suite --episodes $n \
+    --n-envs 50 --out $OUT/$suite --agents "${UNICOMP_DATA:?set UNICOMP_DATA}/sb3-agents"
+done
+
+jobs() {  # one line per run: NAME DATA ARGS...
+  for d in medium-replay medium; do
+    for s in 0 1 2; do
+      echo "$d/dt-s$s $d --seed $s"
+      echo "$d/bc-s$s $d --seed $s --algo bc"
+    done
+  done
+  for s in 0 1 2; do echo "medium-replay/dt-k1-s$s medium-replay --seed $s --context 1"; done
+  for d in medium-replay medium; do
+    for s in 0 1 2; do echo "$d/pbc10-s$s $d --seed $s --algo pbc --top-percent 10"; done
+  done
+  for algo in cql iql; do
+    steps=$([ $algo = cql ] && echo 2000 || echo 10000)
+    for d in medium-replay medium; do
+      for s in 0 1 2; do echo "$d/$algo-s$s $d --seed $s --steps $steps D3RLPY=$algo"; done
+    done
+  done
+}
+
+run_one() {
+  name=$1 data=$2; shift 2
+  [ -f $OUT/$name/metrics.json ] && return 0
+  mkdir -p "$(dirname $OUT/$name)"
+  case "$*" in
+    *D3RLPY=*)
+      algo=${*##*D3RLPY=}; args=${*% D3RLPY=*}
+      .venv/bin/python scripts/d3rlpy_baseline.py --algo $algo --data $OUT/$data $args \
+        --eval-episodes 10 --out $OUT/$name > $OUT/$name.log 2>&1 ;;
+    *)
+      [ -d $OUT/$name ] && resume=--resume || resume=
+      .venv/bin/unicomp dt train --config configs/dt-gym-quick.yaml --data $OUT/$data "$@" \
+        --no-progress --out $OUT/$name $resume > $OUT/$name.log 2>&1 ;;
+  esac
+  echo "done: $name"
+}
+export -f run_one
+jobs | xargs -P 2 -L 1 bash -c 'run_one "$@"' _
+
+for d in medium-replay medium; do $U dt compare --runs $OUT/$d/*-s* --out $OUT/$d/compare; done
