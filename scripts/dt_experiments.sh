@@ -24,6 +24,15 @@ done_ $K/pbc5-s0 || $U dt train $kc1 --context 16 --algo pbc --top-percent 5 --o
 done_ $K/pbc10-s0 || $U dt train $kc1 --context 16 --algo pbc --top-percent 10 --out $K/pbc10-s0
 done_ $K/dt-k1-s0 || $U dt train $kc1 --context 1 --out $K/dt-k1-s0
 done_ $K/dt-rtg0.1-s0 || $U dt train $kc --context 16 --rtg-scale 0.1 --out $K/dt-rtg0.1-s0
+for s in 1 2; do  # seeds 1 and 2 of the three-seed rows (DT at scale 0.1, BC, K=1)
+  done_ $K/dt-rtg0.1-s$s || $U dt train $kc --context 16 --rtg-scale 0.1 --seed $s \
+    --out $K/dt-rtg0.1-s$s
+  done_ $K/bc-s$s || $U dt train $kc1 --context 16 --algo bc --seed $s --out $K/bc-s$s
+done
+for s in 0 1 2; do
+  done_ $K/dt-k1-rtg0.1-s$s || $U dt train $kc --context 1 --rtg-scale 0.1 --seed $s \
+    --out $K/dt-k1-rtg0.1-s$s
+done
 if ! grep -qs '"steps": 4000' $K/dt4k-s0/metrics.json; then  # the DT continued to 4,000 steps
   [ -d $K/dt4k-s0 ] || cp -r $K/dt-s0 $K/dt4k-s0
   $U dt train --resume --out $K/dt4k-s0 --steps 4000
@@ -33,7 +42,7 @@ for steps in 3000 30000; do
   done_ $K/$name || .venv/bin/python scripts/d3rlpy_baseline.py --algo cql --data $K/random-4k \
     --steps $steps --eval-episodes 500 --eval-envs 100 --out $K/$name
 done
-$U dt compare --runs $K/*-s0 --out $K/compare
+$U dt compare --runs $K/*-s? --out $K/compare
 
 # --- CartPole-v1: discrete actions; DT vs BC; delayed reward and K = 1
 C=$OUT/cartpole
