@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/hopper}
-export OMP_NUM_THREADS=1 OUT
 U=.venv/bin/unicomp
+export OMP_NUM_THREADS=1 OUT U
 for suite in medium medium-replay; do
   n=$([ $suite = medium ] && echo 1000 || echo 2000)
   [ -d $OUT/$suite/data ] || $U dt collect --env Hopper-v5 --suite $suite --episodes $n \
@@ -37,17 +37,23 @@ jobs() {  # one line per run: NAME DATA ARGS...
 
 run_one() {
   name=$1 data=$2; shift 2
-  [ -f $OUT/$name/metrics.json ] && return 0
+  if [ -f $OUT/$name/metrics.json ]; then  # trained: only the 50-episode evaluation may be missing
+    [ -f $OUT/$name/eval.json ] || [[ "$*" == *D3RLPY=* ]] ||
+      $U dt eval --run $OUT/$name --episodes 50 --n-envs 50 --threads 1 > $OUT/$name.eval.log
+    return 0
+  fi
   mkdir -p "$(dirname $OUT/$name)"
   case "$*" in
     *D3RLPY=*)
       algo=${*##*D3RLPY=}; args=${*% D3RLPY=*}
       .venv/bin/python scripts/d3rlpy_baseline.py --algo $algo --data $OUT/$data $args \
-        --eval-episodes 10 --out $OUT/$name > $OUT/$name.log 2>&1 ;;
+        --eval-episodes 50 --eval-envs 50 --out $OUT/$name > $OUT/$name.log 2>&1 ;;
     *)
-      [ -d $OUT/$name ] && resume=--resume || resume=
+      [ -f $OUT/$name/checkpoint.pt ] && resume=--resume || resume=
       .venv/bin/unicomp dt train --config configs/dt-gym-quick.yaml --data $OUT/$data "$@" \
-        --no-progress --out $OUT/$name $resume > $OUT/$name.log 2>&1 ;;
+        --no-progress --out $OUT/$name $resume > $OUT/$name.log 2>&1
+      # 10 episodes per target while training; the table uses 50 (the same first 10 and 40 more)
+      $U dt eval --run $OUT/$name --episodes 50 --n-envs 50 --threads 1 > $OUT/$name.eval.log ;;
   esac
   echo "done: $name"
 }
