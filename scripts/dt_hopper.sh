@@ -45,8 +45,8 @@ run_one() {
   mkdir -p "$(dirname $OUT/$name)"
   case "$*" in
     *D3RLPY=*)
-      algo=${*##*D3RLPY=}; args=${*% D3RLPY=*}
-      .venv/bin/python scripts/d3rlpy_baseline.py --algo $algo --data $OUT/$data $args \
+      algo=${!#}; set -- "${@:1:$#-1}"  # the last word is D3RLPY=<algo>
+      .venv/bin/python scripts/d3rlpy_baseline.py --algo ${algo#D3RLPY=} --data $OUT/$data "$@" \
         --eval-episodes 50 --eval-envs 50 --out $OUT/$name > $OUT/$name.log 2>&1 ;;
     *)
       [ -f $OUT/$name/checkpoint.pt ] && resume=--resume || resume=
@@ -55,7 +55,7 @@ run_one() {
       # 10 episodes per target while training; the table uses 50 (the same first 10 and 40 more)
       $U dt eval --run $OUT/$name --episodes 50 --n-envs 50 --threads 1 > $OUT/$name.eval.log ;;
   esac
-  echo "done: $name"
+  [ -f $OUT/$name/metrics.json ] && echo "done: $name" || echo "FAILED: $name (see $OUT/$name.log)"
 }
 export -f run_one
 jobs | xargs -P 2 -L 1 bash -c 'run_one "$@"' _

@@ -331,6 +331,17 @@ def test_compare_groups_seeds_but_not_training_budgets(tmp_path):
         ("DT (lr=0.001)", 2),
         ("DT (lr=0.0001)", 1),
     ]
+    # a key the older run's config.yaml lacks reads as its default: same setting, one row;
+    # set to something else, it is another setting
+    for name, seed, limit in (("g", 1, 0.0), ("h", 2, 5.0)):
+        folder = run(name, seed, 300, 5.0)
+        train = {"seed": seed, "lr": 1e-3, "time_limit_minutes": limit}
+        (folder / "config.yaml").write_text(yaml.safe_dump({"data": "d/hop", "train": train}))
+    rows = compare_runs([tmp_path / n for n in "degh"])
+    assert [(r["algo"], r["n_seeds"]) for r in rows] == [
+        ("DT (time_limit_minutes=0.0)", 3),
+        ("DT (time_limit_minutes=5.0)", 1),
+    ]
 
 
 # --- Key-to-Door ----------------------------------------------------------------------------------

@@ -169,13 +169,19 @@ _NOT_SETTINGS = {"out", "train.seed", "train.progress", "train.device", "train.e
 
 def _settings(run: Path) -> dict[str, str]:
     """The run's config.yaml flattened (train.lr, ...), minus what does not define the
-    setting, values as JSON text; {} for runs without one (other programs' runs)."""
+    setting, values as JSON text; {} for runs without one (other programs' runs). A key the
+    file lacks (a setting added after the run) reads as its default, so that a run written
+    before ``time_limit_minutes`` existed still groups with runs that left it at 0."""
     if not (run / "config.yaml").exists():
         return {}
-    from unicomp.config import load_yaml
+    from unicomp.config import DTConfig, load_yaml, to_dict
 
+    config = to_dict(DTConfig())
+    saved = load_yaml(run / "config.yaml")
+    config.update({k: v for k, v in saved.items() if k != "train"})
+    config["train"].update(saved.get("train") or {})
     flat: dict[str, str] = {}
-    for key, value in load_yaml(run / "config.yaml").items():
+    for key, value in config.items():
         items = value.items() if key == "train" and isinstance(value, dict) else [(None, value)]
         for sub, v in items:
             name = f"{key}.{sub}" if sub else key
