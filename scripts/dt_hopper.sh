@@ -17,8 +17,10 @@ for suite in medium medium-replay; do
 done
 
 jobs() {  # one line per run: NAME DATA ARGS...
-  # does a longer budget widen DT's lead? one seed at 10,000 steps
-  echo "medium-replay/dt-10k-s0 medium-replay --seed 0 --steps 10000 --warmup-steps 1000"
+  # does a longer budget widen DT's lead? 10,000 steps
+  for s in 0 1 2; do
+    echo "medium-replay/dt-10k-s$s medium-replay --seed $s --steps 10000 --warmup-steps 1000"
+  done
   for d in medium-replay medium; do
     for s in 0 1 2; do
       echo "$d/dt-s$s $d --seed $s"
