@@ -379,6 +379,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
     dist.barrier()  # best.safetensors is complete before any rank reads it
     load_trainable_state(model, load_file(best_path, device=str(device)))
     test = evaluate(model, task, task.split("test"), cfg, device, dist)
+    # DDP's reducer holds the process group: freed after close(), the group's destructor
+    # joined gloo threads waiting on a peer that had already exited (a hang seen under load)
+    del net
     dist.close()
     best_row = next(r for r in rows if r["step"] == state.best_step)
     return {
