@@ -97,8 +97,23 @@ def test_two_processes_match_one(tmp_path, tiny_gpt2):
         "unicomp.cli",
         *_train_args(tiny_gpt2, tmp_path / "two", steps=20),
     ]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # output to a file, not a pipe: a hung worker (torchrun starts each in its own session)
+    # would hold a pipe open past any timeout; on a timeout torchrun's SIGTERM handler stops
+    # its workers and the test fails instead of waiting forever
+    log = tmp_path / "torchrun.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            pytest.fail(f"torchrun did not finish in 300 s: {log.read_text()[-3000:]}")
+    stderr = log.read_text()
+    assert proc.returncode == 0, stderr[-3000:]
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
