@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Hopper table in docs/results.md: DT, BC, %BC (10%), CQL on our Hopper-v5 medium and
 # medium-replay sets, DT with K=1 and IQL on medium-replay, 3 training seeds each, two runs at
-# a time (one CPU thread each). Skips finished runs, so it can be started again after an interruption.
+# a time (one CPU thread each). Skips finished runs and evaluations, so it can be started
+# again after an interruption (a killed DT run resumes from its checkpoint).
 # Needs $UNICOMP_DATA/sb3-agents (the data) and .venv-d3rlpy (CQL/IQL, see
 # scripts/d3rlpy_baseline.py).
 #   scripts/dt_hopper.sh [OUT]      (default runs/hopper)
@@ -39,25 +40,25 @@ jobs() {  # one line per run: NAME DATA ARGS...
 
 run_one() {
   name=$1 data=$2; shift 2
-  if [ -f $OUT/$name/metrics.json ]; then  # trained: only the 50-episode evaluation may be missing
-    [ -f $OUT/$name/eval.json ] || [[ "$*" == *D3RLPY=* ]] ||
-      $U dt eval --run $OUT/$name --episodes 50 --n-envs 50 --threads 1 > $OUT/$name.eval.log
-    return 0
-  fi
-  mkdir -p "$(dirname $OUT/$name)"
+  run=$OUT/$name
+  mkdir -p "$(dirname $run)"
   case "$*" in
     *D3RLPY=*)
       algo=${!#}; set -- "${@:1:$#-1}"  # the last word is D3RLPY=<algo>
-      .venv/bin/python scripts/d3rlpy_baseline.py --algo ${algo#D3RLPY=} --data $OUT/$data "$@" \
-        --eval-episodes 50 --eval-envs 50 --out $OUT/$name > $OUT/$name.log 2>&1 ;;
+      [ -f $run/metrics.json ] || .venv/bin/python scripts/d3rlpy_baseline.py \
+        --algo ${algo#D3RLPY=} --data $OUT/$data "$@" --eval-episodes 50 --eval-envs 50 \
+        --out $run > $run.log 2>&1 ;;
     *)
-      [ -f $OUT/$name/checkpoint.pt ] && resume=--resume || resume=
-      .venv/bin/unicomp dt train --config configs/dt-gym-quick.yaml --data $OUT/$data "$@" \
-        --no-progress --out $OUT/$name $resume > $OUT/$name.log 2>&1
+      if [ ! -f $run/metrics.json ]; then
+        [ -f $run/checkpoint.pt ] && resume=--resume || resume=
+        $U dt train --config configs/dt-gym-quick.yaml --data $OUT/$data "$@" --no-progress \
+          --out $run $resume > $run.log 2>&1
+      fi
       # 10 episodes per target while training; the table uses 50 (the same first 10 and 40 more)
-      $U dt eval --run $OUT/$name --episodes 50 --n-envs 50 --threads 1 > $OUT/$name.eval.log ;;
+      [ ! -f $run/metrics.json ] || [ -f $run/eval.json ] ||
+        $U dt eval --run $run --episodes 50 --n-envs 50 --threads 1 > $run.eval.log ;;
   esac
-  [ -f $OUT/$name/metrics.json ] && echo "done: $name" || echo "FAILED: $name (see $OUT/$name.log)"
+  [ -f $run/metrics.json ] && echo "done: $name" || echo "FAILED: $name (see $run.log)"
 }
 export -f run_one
 jobs | xargs -P 2 -L 1 bash -c 'run_one "$@"' _
