@@ -1,19 +1,24 @@
-"""FPT training-step cost on the CPU: where an MNIST/CIFAR-10 step's time goes, measured side
-by side in one process (rounds interleave the settings, so machine noise hits all alike).
+"""FPT training-step cost on the CPU at the image tasks' size, with the model FLOP utilisation
+against this machine's matmul peaks, every setting side by side in one process.
 
-    .venv/bin/python benchmarks/fpt_step_speed.py --backbone minilm-l6 --steps 5 --rounds 3
+    .venv/bin/python benchmarks/fpt_step_speed.py --backbone minilm-l6 --steps 3 --rounds 3
 
-One training step (forward, backward, AdamW) of the FPT at the image tasks' size (64 tokens of
-16 values, 10 classes; batch 32 by default) under four settings:
+One training step (forward, backward, AdamW, clipping) of the FPT at 64 tokens of 16 values,
+10 classes, batch 32, built by ``unicomp.experiments.build_fpt`` and stepped as
+``unicomp.train`` steps it. Settings (rounds interleave them, so machine noise hits all alike):
 
-* ``paper, bf16, 1 thread``: what the issue-3 runs used (two runs shared the 2 cores);
-* ``paper, bf16, 2 threads``: the same step with the whole machine;
-* ``paper, fp32, 1 thread``: no autocast;
-* ``output-only, bf16, 1 thread``: only the output layer trains, so the backward pass stops
-  at the top of the network: the gap to the first row is the price of training the input
-  layer (and positions and norms) through the frozen layers.
+* ``paper, default``: the paper's freezing with unicomp's defaults (precision auto, attention
+  auto), ``--threads`` threads;
+* ``paper, fp32 eager`` / ``paper, fp32 sdpa``: each attention implementation in fp32;
+* ``paper, bf16 autocast`` (``--bf16``): forced bf16 (slow on CPUs without native bf16);
+* ``paper, torch.compile`` (``--compile``): the default step with ``torch.compile``; its
+  compile time is printed separately;
+* ``output-only, default``: only the head trains: no backward through the frozen layers;
+* ``paper, default, 1 thread``: the default on one thread (two runs sharing the 2 cores).
 
-Prints median seconds per step of each and the ratios to the first row, and one JSON line.
+Prints median seconds per step, the ratio to the first row, GFLOP per step (counted by torch:
+forward plus the backward the freeze policy needs), the FLOP/s as a fraction of the measured
+peak of the dtype it multiplies in and of the faster dtype's peak, and one JSON line.
 """
 
 from __future__ import annotations
@@ -21,23 +26,57 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import torch
+from _measure import interleaved, matmul_peak, step_flops  # benchmarks/ helper
 
-import unicomp.catalog  # noqa: F401  (registers the backbones)
-from unicomp.backbones.hf import load_backbone
-from unicomp.freezing import apply_freeze_policy
-from unicomp.models.fpt import FPT
-from unicomp.tasks.base import TaskSpec
+from unicomp.config import FPTConfig, TrainConfig
+from unicomp.experiments import build_fpt
+from unicomp.tasks.base import Batch, Task, TaskSpec
+from unicomp.train import autocast, make_optimizer, resolve_precision
 
-SETTINGS = (
-    ("paper, bf16, 1 thread", "paper", True, 1),
-    ("paper, bf16, 2 threads", "paper", True, 2),
-    ("paper, fp32, 1 thread", "paper", False, 1),
-    ("output-only, bf16, 1 thread", "output-only", True, 1),
-)
+
+def make_step(backbone: str, batch: int, tokens: int, freeze: str, **options):
+    """(step function, precision used, attention used) for one setting."""
+    gen = torch.Generator().manual_seed(0)
+    fixed = Batch(
+        torch.randn(batch, tokens, 16, generator=gen),
+        torch.randint(0, 10, (batch,), generator=gen),
+        torch.ones(batch, tokens, dtype=torch.long),
+    )
+
+    class FixedTask(Task):
+        name = "fixed-image-sizes"
+        spec = TaskSpec(max_len=tokens, d_in=16, d_out=10, n_classes=10)
+
+        def train_batch(self, step, batch_size, seed):
+            return fixed[:batch_size]
+
+    compile_ = options.pop("compile", False)
+    train = TrainConfig(batch_size=batch, precision=options.pop("precision", "auto"))
+    cfg = FPTConfig(backbone=backbone, freeze=freeze, backbone_dropout=0.0, train=train, **options)
+    task = FixedTask()
+    torch.manual_seed(0)
+    model, summary = build_fpt(cfg, task)
+    model.train()
+    device = torch.device("cpu")
+    precision = resolve_precision(device, train.precision)[0]
+    net = torch.compile(model) if compile_ else model
+    opt = make_optimizer(model, train)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        with autocast(device, precision):
+            logits = net(fixed.x, fixed.mask)
+        loss = task.loss(logits, fixed.y)
+        loss.backward()
+        float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, precision, summary["attention"].split()[0]
 
 
 def main() -> None:
@@ -45,56 +84,86 @@ def main() -> None:
     ap.add_argument("--backbone", default="minilm-l6")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per setting and round")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per setting and round")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bf16", action="store_true", help="also time forced bf16 autocast")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
-    spec = TaskSpec(max_len=args.tokens, d_out=10, n_classes=10, d_in=16)
-    models, opts = {}, {}
-    for name, policy, _, _ in SETTINGS:
-        torch.manual_seed(0)
-        model = FPT(load_backbone(args.backbone, dropout=0.0, seed=0), spec)
-        apply_freeze_policy(model, policy)
-        models[name] = model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opts[name] = torch.optim.AdamW(params, lr=1e-3)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch_size, args.tokens, 16, generator=gen)
-    mask = torch.ones(args.batch_size, args.tokens, dtype=torch.long)
-    y = torch.randint(0, 10, (args.batch_size,), generator=gen)
+    settings = {
+        "paper, default": ("paper", {}),
+        "paper, fp32 eager": ("paper", {"precision": "fp32", "attn_implementation": "eager"}),
+        "paper, fp32 sdpa": ("paper", {"precision": "fp32", "attn_implementation": "sdpa"}),
+        "output-only, default": ("output-only", {}),
+    }
+    if args.bf16:
+        settings["paper, bf16 autocast"] = ("paper", {"precision": "bf16"})
+    built, compile_seconds = {}, None
+    for name, (freeze, options) in settings.items():
+        built[name] = make_step(args.backbone, args.batch_size, args.tokens, freeze, **options)
+    if args.compile:
+        step, precision, attention = make_step(
+            args.backbone, args.batch_size, args.tokens, "paper", compile=True
+        )
+        t = time.perf_counter()
+        step()  # compiles
+        compile_seconds = time.perf_counter() - t
+        built["paper, torch.compile"] = (step, precision, attention)
+    flops = {name: step_flops(b[0]) for name, b in built.items() if "compile" not in name}
+    flops["paper, torch.compile"] = flops["paper, default"]
+    steps = {name: b[0] for name, b in built.items()}
+    seconds = interleaved(steps, args.rounds, args.steps)
+    one_thread = {}
+    torch.set_num_threads(1)
+    one_thread = interleaved({"paper, default, 1 thread": steps["paper, default"]}, 1, args.steps)
+    torch.set_num_threads(args.threads)
+    seconds.update(one_thread)
+    built["paper, default, 1 thread"] = built["paper, default"]
+    flops["paper, default, 1 thread"] = flops["paper, default"]
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    best = max(peaks.values())
 
-    def step(name: str, bf16: bool) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = models[name](x, mask)
-        loss = torch.nn.functional.cross_entropy(logits.float().reshape(len(y), -1), y)
-        loss.backward()
-        opts[name].step()
-        opts[name].zero_grad(set_to_none=True)
-
-    times: dict[str, list[float]] = {name: [] for name, *_ in SETTINGS}
-    for _ in range(args.rounds):
-        for name, _, bf16, threads in SETTINGS:
-            torch.set_num_threads(threads)
-            step(name, bf16)  # warm-up after the thread change
-            for _ in range(args.steps):
-                t = time.perf_counter()
-                step(name, bf16)
-                times[name].append(time.perf_counter() - t)
-    base = statistics.median(times[SETTINGS[0][0]])
-    size = f"batch {args.batch_size} x {args.tokens} tokens"
-    print(f"{args.backbone}, {size}, torch {torch.__version__}")
-    print(f"{'setting':32s} {'s/step':>8s} {'vs first':>9s}")
-    result = {}
-    for name, *_ in SETTINGS:
-        med = statistics.median(times[name])
-        result[name] = round(med, 4)
-        print(f"{name:32s} {med:8.3f} {med / base:8.2f}x")
+    print(
+        f"{args.backbone}, batch {args.batch_size} x {args.tokens} tokens, {args.threads} threads,"
+        f" torch {torch.__version__}, CPU {torch.backends.cpu.get_cpu_capability()}; matmul "
+        f"peak fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s"
+    )
+    if compile_seconds is not None:
+        print(f"torch.compile: first step (compilation) {compile_seconds:.1f} s")
+    print(
+        f"{'setting':28s} {'s/step':>7s} {'vs first':>8s} {'GFLOP':>6s} {'MFU':>6s} "
+        f"{'MFU best':>8s}  precision, attention"
+    )
+    first = seconds["paper, default"]
+    rows = {}
+    for name in seconds:
+        _, precision, attention = built[name]
+        peak = peaks["bf16" if precision == "bf16" else "fp32"]
+        rate = flops[name] / seconds[name]
+        rows[name] = {
+            "seconds_per_step": round(seconds[name], 4),
+            "gflop_per_step": round(flops[name] / 1e9, 1),
+            "mfu_own_dtype": round(rate / peak, 3),
+            "mfu_best_dtype": round(rate / best, 3),
+            "precision": precision,
+            "attention": attention,
+        }
+        print(
+            f"{name:28s} {seconds[name]:7.3f} {seconds[name] / first:7.2f}x "
+            f"{flops[name] / 1e9:6.1f} {rate / peak:6.1%} {rate / best:8.1%}  "
+            f"{precision}, {attention}"
+        )
     print(
         json.dumps(
             {
                 "backbone": args.backbone,
                 "machine": platform.processor() or platform.machine(),
-                "seconds_per_step": result,
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+                "compile_seconds": compile_seconds,
+                "settings": rows,
             }
         )
     )

@@ -169,7 +169,7 @@ def test_config_file_round_trip(tmp_path, tiny_gpt2):
     ("text", "expected"),
     [
         ("train: {steps: many}\n", "train: steps must be int, got 'many'"),
-        ("train: {precision: fp8}\n", "precision must be one of bf16, fp32"),
+        ("train: {precision: fp8}\n", "precision must be one of auto, bf16, fp32"),
         ("trian: {}\n", "unknown key(s) trian"),
         ("- a\n- b\n", "expected a mapping"),
         ("task: [unclosed\n", "is not valid YAML"),

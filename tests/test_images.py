@@ -410,6 +410,20 @@ def test_cifar_image_folder_png_exact_and_cached(tmp_path):
     assert torch.equal(again.split("train").x, train.x)
 
 
+def test_cifar_image_folder_cache_sees_an_image_moved_to_another_class(tmp_path):
+    """Issue 14 case 7: the cache key covers each file's name (its class folder), so an image
+    moved between class folders (same count, sizes and newest change) is decoded again."""
+    from unicomp.tasks.images import _read_image_folder
+
+    folder = tmp_path / "cifar10"
+    make_image_folder(folder, "PNG", per_class=(2, 1))
+    before = np.bincount(_read_image_folder(folder).train_y, minlength=10)
+    (folder / "train" / "cat" / "0000.png").rename(folder / "train" / "dog" / "0009.png")
+    after = np.bincount(_read_image_folder(folder).train_y, minlength=10)
+    cat, dog = CIFAR_CLASSES.index("cat"), CIFAR_CLASSES.index("dog")
+    assert (after[cat], after[dog]) == (before[cat] - 1, before[dog] + 1)
+
+
 def test_cifar_image_folder_jpeg_shapes(tmp_path):
     make_image_folder(tmp_path, "JPEG")
     task = CIFAR10LRA(data_root=str(tmp_path), val_size=4)

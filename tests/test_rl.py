@@ -16,6 +16,7 @@ from unicomp.errors import DataError, UnicompError
 from unicomp.models.decision_transformer import (
     DecisionTransformer,
     DecisionTransformerConfig,
+    KVCache,
     build_decision_transformer,
 )
 from unicomp.rl.dt_task import IGNORE, DTTask
@@ -315,6 +316,64 @@ def test_kv_cache_steps_equal_full_recomputation(attn):
     assert torch.allclose(torch.stack(preds, 1), full, atol=1e-5)
     # one backbone call per step: the cache holds 3 tokens per step, the last action pending
     assert rollout.cache.get_seq_length() == 3 * 5 - 1
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize(
+    "kw", [{"n_head": 1}, {"n_head": 4}, {"extra": {"scale_attn_by_inverse_layer_idx": True}}]
+)
+def test_act_backbone_equals_the_transformer(attn, kw):
+    """Acting's own backbone (last token only, plain key/value tensors) computes what
+    transformers' GPT-2 computes, whole or fed in pieces through the cache."""
+    m = _model(attn, **kw)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randn(3, 11, 32, generator=g)
+    full = m._backbone(tokens)  # (B, T, H)
+    out, cache = m._act_backbone(tokens)
+    assert torch.allclose(out, full[:, -1], atol=1e-5)
+    assert cache.get_seq_length() == 11
+    for cut in (1, 7, 10):  # the rest fed after a cache of the first ``cut`` tokens
+        _, head = m._act_backbone(tokens[:, :cut])
+        assert torch.allclose(head.layers[-1][0], cache.layers[-1][0][:, :, :cut], atol=1e-5)
+        out, tail = m._act_backbone(tokens[:, cut:], head)
+        assert torch.allclose(out, full[:, -1], atol=1e-5), cut
+        assert tail.get_seq_length() == 11
+        for (k, v), (k_ref, v_ref) in zip(tail.layers, cache.layers, strict=True):
+            assert torch.allclose(k, k_ref, atol=1e-5) and torch.allclose(v, v_ref, atol=1e-5)
+
+
+def test_kv_cache_buffer_moves_and_grows():
+    """Rolling far past the buffer's capacity (the live tokens moved back to the front, the
+    buffer grown) gives what a buffer with room for every token gives."""
+    m = _model()
+    g = torch.Generator().manual_seed(2)
+    small, big = KVCache(capacity=4), KVCache(capacity=1000)
+    moved = False
+    for step in range(12):
+        tokens = torch.randn(2, 3 if step else 5, 32, generator=g)
+        if step >= 3:
+            small.drop_oldest(3)
+            big.drop_oldest(3)
+        a, _ = m._act_backbone(tokens, small)
+        b, _ = m._act_backbone(tokens, big)
+        assert torch.allclose(a, b, atol=1e-6), step
+        assert small.get_seq_length() == big.get_seq_length() == min(5 + 3 * step, 11)
+        for (k, v), (k_big, v_big) in zip(small.layers, big.layers, strict=True):
+            assert torch.allclose(k, k_big, atol=1e-6) and torch.allclose(v, v_big, atol=1e-6)
+        moved = moved or (step >= 3 and small.start == 0)
+    assert small.capacity == 22 and moved  # grown twice (4 -> 10 -> 22), moved back later
+
+
+def test_exact_window_matches_recomputation_with_many_heads():
+    m = _model(n_head=4, n_layer=2)
+    T, K = 9, 6
+    x = _inputs(K=T, t0=50)  # late timesteps
+    rollout = m.start(2, window="exact")
+    for t in range(T):
+        pred = m.step(rollout, x["returns_to_go"][:, t], x["states"][:, t], x["timesteps"][:, t])
+        m.record_action(rollout, x["actions"][:, t])
+        ref = m({k: v[:, max(0, t + 1 - K) : t + 1] for k, v in x.items()})[:, -1]
+        assert torch.allclose(pred, ref, atol=1e-5), t
 
 
 def test_sliding_window_exact_and_rolling():

@@ -41,7 +41,13 @@ class TrainConfig:
         choices=("constant", "cosine", "linear"),
     )
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
-    precision: str = _f("bf16", "bf16 (autocast) | fp32", choices=("bf16", "fp32"))
+    precision: str = _f(
+        "auto",
+        "auto: bf16 autocast where this device multiplies bf16 faster than fp32 (measured "
+        "once; recorded as precision in metrics.json), else fp32 | bf16 | fp32",
+        choices=("auto", "bf16", "fp32"),
+    )
+    compile: bool = _f(False, "torch.compile the training forward (start-up cost; see docs)")
     eval_every: int = _f(100, "evaluate on the validation split and checkpoint every N steps")
     eval_batch_size: int = _f(256, "batch size for evaluation")
     seed: int = _f(0, "seed for initialisation, sampling and dropout")
@@ -68,9 +74,22 @@ class FPTConfig:
     # layers: noise in fixed features only slows learning (bit XOR on minilm-l6 reached 99.8%
     # validation accuracy at step 400 without it, 76% at step 1250 with it). Set 0.1 to match.
     backbone_dropout: float | None = _f(0.0, "dropout inside the backbone (None: its own)")
-    attn_implementation: str | None = _f(None, "eager | sdpa (default: transformers' choice)")
+    attn_implementation: str | None = _f(
+        "auto",
+        "auto: time a training step with eager and with sdpa attention and keep the faster "
+        "(the choice is saved in config.yaml) | eager | sdpa (null in a config file: "
+        "transformers' default)",
+        choices=("auto", "eager", "sdpa"),
+    )
     task_args: dict = _f({}, "task constructor arguments, KEY=VALUE (repeatable)")
     out: str | None = _f(None, "run folder (default runs/<task>-<backbone>-<freeze>-s<seed>)")
+    feature_cache: str = _f(
+        "auto",
+        "output-only runs: train the head on features computed once (unicomp.features). "
+        "auto: cached on disk where they are fixed (a data set without augmentation) | off "
+        "| memory | disk",
+        choices=("auto", "off", "memory", "disk"),
+    )
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -338,4 +357,112 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
     if not isinstance(task, str):
         raise UnicompError(f"{where}: task must be str, got {task!r}")
     data["train"] = {**task_defaults(task), **train}
-    return from_dict(cls, data, where)
+    return check_config(from_dict(cls, data, where), where)
+
+
+# --- ranges: one place checks every value before anything is built or written -----------------
+_MAX_BATCH = 1 << 20  # examples in one batch; far above any task here, far below memory errors
+_MAX_LR = 1e6
+_MAX_SEED = 2**63 - 1
+
+
+def _range_problems(cfg: Any) -> list[str]:
+    """Each value outside its range, as ``name must be ..., got value``."""
+    problems: list[str] = []
+
+    def need(ok: bool, name: str, what: str, value: Any) -> None:
+        if not ok:
+            problems.append(f"{name} must be {what}, got {value!r}")
+
+    def at_least(name: str, low: int | float, obj: Any, high: int | float | None = None) -> None:
+        value = getattr(obj, name)
+        top = "" if high is None else f" and <= {high}"
+        need(low <= value and (high is None or value <= high), name, f">= {low}{top}", value)
+
+    def fraction(name: str, obj: Any, top_open: bool = True) -> None:
+        value = getattr(obj, name)
+        if value is None:
+            return
+        ok = 0 <= value < 1 if top_open else 0 <= value <= 1
+        need(ok, name, "in [0, 1)" if top_open else "in [0, 1]", value)
+
+    t = cfg.train if hasattr(cfg, "train") else cfg
+    at_least("steps", 1, t)
+    at_least("batch_size", 1, t, _MAX_BATCH)
+    at_least("grad_accum", 1, t, _MAX_BATCH)
+    need(t.lr > 0 and t.lr < _MAX_LR, "lr", f"> 0 and < {_MAX_LR:g}", t.lr)
+    at_least("weight_decay", 0, t)
+    at_least("warmup_steps", 0, t)
+    at_least("grad_clip", 0, t)
+    at_least("eval_every", 1, t)
+    at_least("eval_batch_size", 1, t, _MAX_BATCH)
+    need(0 <= t.seed <= _MAX_SEED, "seed", f"in 0..{_MAX_SEED}", t.seed)
+    fraction("target_accuracy", t, top_open=False)
+    at_least("time_limit_minutes", 0, t)
+    if not problems and t.batch_size % t.grad_accum:
+        problems.append(f"batch_size {t.batch_size} must be divisible by grad_accum {t.grad_accum}")
+    device_problem = _device_problem(t.device)
+    if device_problem:
+        problems.append(device_problem)
+    if isinstance(cfg, FPTConfig):
+        fraction("backbone_dropout", cfg)
+    elif isinstance(cfg, PerceiverConfig):
+        for name in ("num_latents", "d_latent", "num_blocks", "self_attends_per_block"):
+            at_least(name, 1, cfg, 1 << 16)
+        at_least("num_heads", 1, cfg, 1 << 10)
+        at_least("widening", 1, cfg, 1 << 10)
+        fraction("dropout", cfg)
+    elif isinstance(cfg, DTConfig):
+        at_least("context", 1, cfg, 1 << 16)
+        need(cfg.rtg_scale > 0, "rtg_scale", "> 0", cfg.rtg_scale)
+        at_least("max_ep_len", 1, cfg, 1 << 24)
+        at_least("hidden_size", 1, cfg, 1 << 16)
+        at_least("n_layer", 1, cfg, 1 << 10)
+        at_least("n_head", 1, cfg, 1 << 10)
+        if cfg.n_head >= 1 and cfg.hidden_size % cfg.n_head:
+            problems.append(
+                f"n_head must divide hidden_size, got n_head {cfg.n_head} for hidden_size "
+                f"{cfg.hidden_size}"
+            )
+        fraction("dropout", cfg)
+        fraction("val_fraction", cfg)
+        fraction("test_fraction", cfg)
+        if cfg.val_fraction + cfg.test_fraction >= 1:
+            problems.append("val_fraction + test_fraction must be < 1")
+        need(0 < cfg.top_percent <= 100, "top_percent", "in (0, 100]", cfg.top_percent)
+        at_least("eval_episodes", 0, cfg)
+        at_least("eval_envs", 1, cfg, 1 << 12)
+        at_least("eval_max_steps", 0, cfg)
+        need(0 <= cfg.eval_seed <= _MAX_SEED, "eval_seed", f"in 0..{_MAX_SEED}", cfg.eval_seed)
+    return problems
+
+
+def _device_problem(device: str) -> str | None:
+    """None if ``device`` names a device this machine has, else why not."""
+    if device in ("auto", "cpu"):
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
+    if parsed.type == "cpu":
+        return None
+    if parsed.type != "cuda":
+        return f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
+    if not torch.cuda.is_available():
+        return f"device {device!r}: this machine (torch {torch.__version__}) has no CUDA device"
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        return f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    return None
+
+
+def check_config(cfg: Any, where: str = "config") -> Any:
+    """Raise one UnicompError naming every value outside its range (``steps: 0``, ``lr: -1``,
+    ``device: banana``, DT heads that do not divide the width, ...); else return ``cfg``.
+    Called when a config is resolved and again before a run writes anything."""
+    problems = _range_problems(cfg)
+    if problems:
+        raise UnicompError(f"{where}: {'; '.join(problems)}")
+    return cfg

@@ -18,14 +18,23 @@ from torch import nn
 
 import unicomp.catalog  # noqa: F401  (registers everything)
 from unicomp.backbones.hf import load_backbone
-from unicomp.config import DTConfig, FPTConfig, PerceiverConfig, save_yaml
+from unicomp.config import (
+    DTConfig,
+    FPTConfig,
+    PerceiverConfig,
+    check_config,
+    from_dict,
+    load_yaml,
+    save_yaml,
+    to_dict,
+)
 from unicomp.errors import UnicompError
-from unicomp.files import atomic_write_json
+from unicomp.files import atomic_write_json, claim_run_folder
 from unicomp.freezing import apply_freeze_policy, count_parameters
-from unicomp.models.fpt import FPT
+from unicomp.models.fpt import FPT, choose_attention
 from unicomp.registry import FREEZE_POLICIES, TASKS
 from unicomp.tasks.base import Task
-from unicomp.train import train
+from unicomp.train import pick_device, resolve_precision, train
 
 
 def task_defaults(name: str) -> dict:
@@ -46,16 +55,30 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
     """The FPT model with its freeze policy applied, and a summary of what was built."""
     FREEZE_POLICIES.entry(cfg.freeze)  # fail on a bad name before loading any weights
     torch.manual_seed(cfg.train.seed)  # new layers (and random:<name> backbones) are seeded
+    auto_attention = cfg.attn_implementation == "auto"
     backbone = load_backbone(
         cfg.backbone,
         dropout=cfg.backbone_dropout,
-        attn_implementation=cfg.attn_implementation,
+        attn_implementation=None if auto_attention else cfg.attn_implementation,
         seed=cfg.train.seed,
     )
     model = FPT(backbone, task.spec, readout=cfg.readout)
     groups = apply_freeze_policy(model, cfg.freeze)
     trainable, total = count_parameters(model)
+    attention = cfg.attn_implementation or "transformers' default"
+    if auto_attention:
+        # Measured on this run's device, batch and precision; the choice is written into
+        # the config (config.yaml), so a resumed or repeated run uses the same one.
+        device = pick_device(cfg.train.device)
+        micro = max(1, min(32, cfg.train.batch_size // cfg.train.grad_accum))
+        probe = task.train_batch(0, micro, cfg.train.seed)
+        precision = resolve_precision(device, cfg.train.precision)[0]
+        attention = choose_attention(
+            model, probe.x, probe.mask, lambda out: task.loss(out, probe.y), device, precision
+        )
+        cfg.attn_implementation = attention.split()[0]
     summary = {
+        "attention": attention,
         "backbone_source": backbone.source,
         "backbone_type": backbone.model_type,
         "backbone_is_decoder": backbone.is_decoder,
@@ -74,12 +97,33 @@ def default_out(cfg: FPTConfig) -> Path:
 
 
 def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
+    """Build the FPT and train it. Output-only runs on fixed data train the head alone on
+    features computed once (unicomp.features; ``cfg.feature_cache``); metrics.json records
+    ``feature_cache`` (what was used, or why not) and ``feature_seconds``."""
+    from unicomp import features as fc
+
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
+    if resume and cfg.attn_implementation == "auto" and (out / "config.yaml").is_file():
+        # The attention measured when the run started, so a resumed run computes alike.
+        cfg.attn_implementation = load_yaml(out / "config.yaml").get("attn_implementation")
     task = build_task(cfg.task, cfg.task_args)
+    why_not = fc.feature_cache_plan(cfg, task)  # an explicit memory/disk that cannot apply fails
     model, summary = build_fpt(cfg, task)
     header = {"task": cfg.task, "backbone": cfg.backbone, "freeze": cfg.freeze}
-    return train_and_record(cfg, task, model, header, summary, out, resume)
+    if why_not is not None:
+        summary["feature_cache"] = f"off: {why_not}"
+        return train_and_record(cfg, task, model, header, summary, out, resume)
+    device = fc.run_device(cfg.train.device)
+    precision = fc.resolved_precision(device, cfg.train.precision)
+    prepared = fc.prepare_features(cfg, task, model, device, precision, cfg.feature_cache)
+    summary["feature_cache"] = prepared.report
+    summary["feature_seconds"] = prepared.seconds
+    summary["feature_key"] = prepared.key
+    # The head module is the FPT's own: the trained weights land in ``model.head``, and
+    # best.safetensors / checkpoint.pt name them head.weight / head.bias as the FPT does.
+    cached = fc.CachedFeatureTask(task, prepared.features)
+    return train_and_record(cfg, cached, fc.HeadOnly(model.head), header, summary, out, resume)
 
 
 def _is_main() -> bool:
@@ -94,30 +138,78 @@ def train_and_record(
     metrics.json: ``header`` (what was run), the seed, the training result, ``summary``
     (what was built), then the data and the machine.
     """
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # --out names a file, or a folder we may not create
-        raise UnicompError(f"run folder {out}: cannot create it ({err.strerror})") from None
+    check_config(cfg)  # every value in range before anything is written
     is_main = _is_main()
-    if not resume and is_main:
-        save_yaml(cfg, out / "config.yaml")
-    t0 = time.perf_counter()
-    result = train(model, task, cfg.train, out, resume=resume)
-    metrics = {
-        **header,
-        "seed": cfg.train.seed,
-        **result,
-        **summary,
-        "data_source": task.data_source,
-        "split_sizes": task.split_sizes(),
-        "wall_seconds": round(time.perf_counter() - t0, 2),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "machine": platform.machine(),
-    }
-    if is_main:
-        atomic_write_json(out / "metrics.json", metrics)
+    changes = check_resume(cfg, out) if resume else {}
+    # Claimed (locked) for the run; a new run into a folder holding one is refused before
+    # config.yaml is written; a start that fails before its first checkpoint is undone.
+    with claim_run_folder(out, resume=resume, enabled=is_main):
+        if is_main and (not resume or changes):
+            save_yaml(cfg, out / "config.yaml")  # on resume: the changes applied, recorded
+        t0 = time.perf_counter()
+        result = train(model, task, cfg.train, out, resume=resume)
+        metrics = {
+            **header,
+            "seed": cfg.train.seed,
+            **result,
+            **summary,
+            "data_source": task.data_source,
+            "split_sizes": task.split_sizes(),
+            "wall_seconds": round(time.perf_counter() - t0, 2),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        }
+        if changes:
+            metrics["resume_changes"] = changes
+        if is_main:
+            atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+# Settings a resumed run may change: they do not change what the run has learnt so far.
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.time_limit_minutes",
+    "train.progress",
+    "train.eval_batch_size",
+    "train.device",
+    "eval_episodes",  # DT: acting after training
+    "eval_seed",
+    "eval_envs",
+    "eval_max_steps",
+    "eval_window",
+    "eval_targets",
+)
+
+
+def _flat(data: dict) -> dict:
+    train_part = data.get("train") or {}
+    return {
+        **{k: v for k, v in data.items() if k != "train"},
+        **{f"train.{k}": v for k, v in train_part.items()},
+    }
+
+
+def check_resume(cfg: Any, out: Path) -> dict:
+    """Compare the config a resume asks for with the run's own config.yaml: a difference in
+    a setting outside ``RESUMABLE_CHANGES`` is refused, naming each; the allowed ones are
+    returned as ``{key: [saved, requested]}`` (recorded in config.yaml and metrics.json)."""
+    path = out / "config.yaml"
+    if not path.is_file():
+        raise UnicompError(f"nothing to resume: {path} does not exist")
+    saved = _flat(to_dict(from_dict(type(cfg), load_yaml(path), f"config file {path}")))
+    asked = _flat(to_dict(cfg))
+    diffs = {k: [saved.get(k), v] for k, v in asked.items() if k != "out" and saved.get(k) != v}
+    refused = {k: v for k, v in diffs.items() if k not in RESUMABLE_CHANGES}
+    if refused:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+        allowed = ", ".join(k.removeprefix("train.") for k in RESUMABLE_CHANGES[:5])
+        raise UnicompError(
+            f"--resume would change what {out} was trained with: {listed}; only {allowed} "
+            "(and DT eval settings) may change on resume; start a new run for the others"
+        )
+    return diffs
 
 
 # --- Perceiver IO ------------------------------------------------------------------------------

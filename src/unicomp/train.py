@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -43,9 +44,62 @@ def pick_device(name: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str):
+    """bf16 autocast, or nothing for fp32; ``auto`` is resolved for ``device`` first."""
+    if precision == "auto":
+        precision = resolve_precision(device, precision)[0]
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+_RESOLVED: dict[str, tuple[str, str]] = {}  # device -> (precision, why), measured once
+
+
+def _matmul_ms(device: torch.device, bf16: bool, n: int = 384, reps: int = 5) -> float:
+    """Best-of time of one (n x n) @ (n x n) linear layer on ``device``, in ms."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, n, generator=gen).to(device)
+    w = torch.randn(n, n, generator=gen).to(device)
+    best = math.inf
+    for _ in range(reps + 1):  # the first call warms up the kernels
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        with autocast(device, "bf16" if bf16 else "fp32"):
+            torch.nn.functional.linear(x, w)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - t)
+    return 1000 * best
+
+
+def resolve_precision(device: torch.device, requested: str) -> tuple[str, str]:
+    """``auto`` -> "bf16" or "fp32" for this device, and why (recorded in metrics.json).
+
+    On a GPU: bf16 where the device supports it. On a CPU it is measured, once per process:
+    bf16 autocast only pays where the CPU multiplies bf16 natively (AMX, AVX512-BF16); on
+    others (e.g. AVX2 only) bf16 matmuls were measured 6-10x slower than fp32 and a whole FPT
+    step 36x slower (docs/benchmarks.md), so a fixed bf16 default would be a trap.
+    """
+    if requested != "auto":
+        return requested, "asked for"
+    key = str(device)
+    if key not in _RESOLVED:
+        if device.type == "cuda":
+            ok = torch.cuda.is_bf16_supported()
+            why = f"{torch.cuda.get_device_name(device)} {'supports' if ok else 'lacks'} bf16"
+            _RESOLVED[key] = ("bf16" if ok else "fp32", why)
+        elif device.type == "cpu":
+            fp32_ms, bf16_ms = _matmul_ms(device, False), _matmul_ms(device, True)
+            pick = "bf16" if bf16_ms < 0.8 * fp32_ms else "fp32"
+            why = (
+                f"measured on this CPU ({torch.backends.cpu.get_cpu_capability()}): a 384x384 "
+                f"linear takes {fp32_ms:.2f} ms in fp32, {bf16_ms:.2f} ms under bf16 autocast"
+            )
+            _RESOLVED[key] = (pick, why)
+        else:
+            _RESOLVED[key] = ("fp32", f"no bf16 measurement for device type {device.type}")
+    return _RESOLVED[key]
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -86,7 +140,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": rest, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+    # One fused kernel for all parameters where this torch has it (CPU and CUDA): the same
+    # update as the per-parameter loop, fewer passes over memory for large trainable sets.
+    device = params[0].device
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
 class Dist:
@@ -143,7 +201,7 @@ class Dist:
             td.barrier()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module,
     task: Task,
@@ -181,6 +239,9 @@ class _State:
     best_step: int = -1
     steps_to_target: int | None = None
     seconds: float = 0.0
+    # Why the run stopped early ("target", "time_limit"), saved with the checkpoint of the
+    # step it stopped at, so a resume after a kill there does not train on.
+    stopped_by: str | None = None
 
 
 def _rng_state() -> dict:
@@ -233,11 +294,38 @@ def _write_curve(path: Path, rows: list[dict]) -> None:
 
 
 def _read_curve(path: Path, upto: int) -> list[dict]:
+    """The curve up to step ``upto``; a damaged file (the run folder's own) is one line."""
     if not path.exists():
         return []
-    with path.open() as f:
-        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
-    return [{**r, "step": int(r["step"])} for r in rows if r["step"] <= upto]
+    try:
+        with path.open() as f:
+            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{**r, "step": int(r["step"])} for r in rows if r["step"] <= upto]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, csv.Error) as err:
+        raise UnicompError(
+            f"{path}: damaged learning curve ({type(err).__name__}: {err})"
+        ) from None
+
+
+def _load_best(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device=str(device))
+    except Exception as err:  # truncated, not safetensors, missing
+        raise UnicompError(
+            f"{path}: cannot read the best weights ({type(err).__name__}: {err})".splitlines()[0]
+        ) from None
+
+
+def _kept_checkpoint(path: Path, state: _State) -> str:
+    """What a stopped run leaves to resume from, named only if it exists."""
+    if path.exists():
+        return f"the last good checkpoint (step {state.step}) is kept in {path}"
+    return "no checkpoint was written (no evaluation step was reached)"
+
+
+def _parameters_finite(model: nn.Module, dist: Dist) -> bool:
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+    return dist.sum([float(finite)])[0] == dist.world
 
 
 def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
@@ -251,6 +339,10 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     dist = Dist(device)
+    precision, precision_why = resolve_precision(device, cfg.precision)
+    if dist.sum([float(precision == "bf16")])[0] not in (0, dist.world):  # ranks must agree
+        precision, precision_why = "fp32", "ranks measured differently; fp32 everywhere"
+    cfg = dataclasses.replace(cfg, precision=precision)
     model.to(device)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
@@ -289,7 +381,15 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if cfg.compile:
+        # Training forward only: its shapes never change, so it compiles once; evaluation
+        # (a shorter last chunk) stays eager. See docs/benchmarks.md for when this pays.
+        net = torch.compile(net)
     rows = _read_curve(curve_path, state.step) if resume else []
+    if resume and state.best_step > 0:  # the run folder's files, checked before training on
+        if not any(r["step"] == state.best_step for r in rows):
+            raise UnicompError(f"{curve_path}: damaged, it lacks step {state.best_step}")
+        _load_best(best_path, device)
     val_split = task.split("val")
     run_loss = run_hits = run_total = 0.0
     started = time.perf_counter() - state.seconds
@@ -303,7 +403,11 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
     )
     step = state.step
     stopped_by = "steps"
-    while step < cfg.steps:
+    if state.stopped_by == "target" and cfg.stop_at_target:
+        stopped_by = "target"  # killed after the checkpoint of the step it stopped at
+    elif state.stopped_by == "time_limit" and 0 < cfg.time_limit_minutes * 60 <= state.seconds:
+        stopped_by = "time_limit"  # (a resume with a longer limit trains on)
+    while step < cfg.steps and stopped_by == "steps":
         net.train()
         batch = dist.shard(task.train_batch(step, cfg.batch_size, cfg.seed))
         for i, chunk in enumerate(iter_chunks(batch, micro)):
@@ -322,8 +426,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         finite = dist.sum([float(math.isfinite(run_loss))])[0] == dist.world
         if not finite:
             raise TrainingDivergedError(
-                f"loss became {run_loss} at step {step}; the last good checkpoint "
-                f"(step {state.step}) is kept in {ckpt_path}; lower --lr or set --grad-clip"
+                f"loss became {run_loss} at step {step}; {_kept_checkpoint(ckpt_path, state)}; "
+                "lower --lr or set --grad-clip"
             )
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(
@@ -335,6 +439,11 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         step += 1
         bar.update(1)
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            if not _parameters_finite(model, dist):  # never evaluate or save bad weights
+                raise TrainingDivergedError(
+                    f"parameters became NaN or inf at step {step}; "
+                    f"{_kept_checkpoint(ckpt_path, state)}; lower --lr or set --grad-clip"
+                )
             val = evaluate(model, task, val_split, cfg, device, dist)
             run_loss, run_hits, run_total = dist.sum([run_loss, run_hits, run_total])
             since = step - (rows[-1]["step"] if rows else 0)  # steps in the running means
@@ -363,21 +472,20 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
             if state.steps_to_target is None and val["accuracy"] >= cfg.target_accuracy:
                 state.steps_to_target = step
             state.step, state.seconds = step, time.perf_counter() - started
-            if dist.is_main:
-                _write_curve(curve_path, rows)
-                _save_checkpoint(ckpt_path, model, opt, sched, state)
             if cfg.stop_at_target and state.steps_to_target is not None:
                 stopped_by = "target"
-                break
-            if cfg.time_limit_minutes > 0:
+            elif cfg.time_limit_minutes > 0:
                 out_of_time = state.seconds >= 60 * cfg.time_limit_minutes
                 if dist.sum([float(out_of_time)])[0] > 0:  # every rank stops at the same step
                     stopped_by = "time_limit"
-                    break
+            state.stopped_by = None if stopped_by == "steps" else stopped_by
+            if dist.is_main:
+                _write_curve(curve_path, rows)
+                _save_checkpoint(ckpt_path, model, opt, sched, state)
     bar.close()
     train_seconds = time.perf_counter() - started
     dist.barrier()  # best.safetensors is complete before any rank reads it
-    load_trainable_state(model, load_file(best_path, device=str(device)))
+    load_trainable_state(model, _load_best(best_path, device))
     test = evaluate(model, task, task.split("test"), cfg, device, dist)
     # DDP's reducer holds the process group: freed after close(), the group's destructor
     # joined gloo threads waiting on a peer that had already exited (a hang seen under load)
@@ -397,5 +505,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         "train_seconds": round(train_seconds, 2),
         "final_train_accuracy": float(rows[-1]["train_accuracy"]) if rows else None,
         "device": str(device),
+        "precision": precision,
+        "precision_reason": precision_why,
+        "compiled": cfg.compile,
         "processes": dist.world,
     }

@@ -115,6 +115,10 @@ class HFBackbone(nn.Module):
             return f"the backbone's learned table (first {max_len} of {old} rows)"
         return f"the backbone's learned table ({old} rows) repeated to {max_len} rows"
 
+    def set_attention(self, name: str) -> None:
+        """Switch the attention implementation (eager | sdpa) of the loaded model in place."""
+        self.model.set_attn_implementation(name)
+
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
         if self.is_decoder:

@@ -13,7 +13,10 @@ a_1..a_{t-1}.
                                                      positions) -> state tokens -> head
 
 Read bottom-up: ``DecisionTransformer.forward`` for training, ``start``/``step``/
-``record_action`` for acting with a key/value cache.
+``record_action`` for acting with a key/value cache. Acting runs the same GPT-2 blocks through
+``_act_backbone``, a lean forward of our own (the same function; tested against ``forward``):
+it keeps keys/values as plain tensors and, since acting reads only the last token's output,
+runs the last layer's queries, attention output and MLP on that token alone.
 
 Against the official code (github.com/kzl/decision-transformer, gym/):
 * Same: per-modality linear embeddings, the timestep table of size max_ep_len, the LayerNorm
@@ -35,19 +38,12 @@ Against the official code (github.com/kzl/decision-transformer, gym/):
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 import transformers
 from torch import nn
-
-# transformers renamed GPT-2's ``past_key_values`` argument and output to ``cache`` during 5.x.
-_CACHE_KW = (
-    "cache"
-    if "cache" in inspect.signature(transformers.GPT2Model.forward).parameters
-    else "past_key_values"
-)
 
 
 @dataclass
@@ -130,6 +126,66 @@ class ConvEncoder(nn.Module):
         return self.proj(self.convs(images))
 
 
+class KVCache:
+    """Keys and values of the tokens fed so far, per layer, in buffers of shape (B, heads,
+    capacity, head_dim) written in place: tokens ``start`` .. ``end - 1`` are live. New
+    tokens are written after ``end``; dropping the oldest moves ``start``; when the buffer is
+    full the live tokens move back to its front (or it grows). Concatenating the cache at
+    every step instead allocated and copied it all, a third of a rolling step's time."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.start = self.end = 0
+
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keys, values) of the live tokens, per layer: (B, heads, tokens, head_dim) views."""
+        return [
+            (k[:, :, self.start : self.end], v[:, :, self.start : self.end])
+            for k, v in zip(self.keys, self.values, strict=True)
+        ]
+
+    def get_seq_length(self) -> int:
+        return self.end - self.start
+
+    def drop_oldest(self, n_tokens: int) -> None:
+        self.start = min(self.start + n_tokens, self.end)
+
+    def reserve(self, n_tokens: int) -> None:
+        """Make room for ``n_tokens`` new tokens after ``end``."""
+        if self.end + n_tokens <= self.capacity:
+            return
+        live = self.end - self.start
+        if live + n_tokens > self.capacity:
+            self.capacity = 2 * (live + n_tokens)
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                kept = old[:, :, self.start : self.end].clone()
+                if old.shape[2] != self.capacity:
+                    shape = (*old.shape[:2], self.capacity, old.shape[3])
+                    buffers[i] = old = old.new_empty(shape)
+                old[:, :, :live] = kept
+        self.start, self.end = 0, live
+
+    def append(self, layer: int, keys: torch.Tensor, values: torch.Tensor):
+        """Write the new tokens' keys/values (B, heads, n, head_dim) of ``layer`` after the
+        live ones (``reserve`` first); returns keys/values of the live and new tokens. Call
+        ``advance(n)`` once every layer has its new tokens."""
+        if layer == len(self.keys):  # first call: buffers in the keys' dtype and device
+            shape = (*keys.shape[:2], self.capacity, keys.shape[3])
+            self.keys.append(keys.new_empty(shape))
+            self.values.append(values.new_empty(shape))
+        end = self.end + keys.shape[2]
+        self.keys[layer][:, :, self.end : end] = keys
+        self.values[layer][:, :, self.end : end] = values
+        return self.keys[layer][:, :, self.start : end], self.values[layer][:, :, self.start : end]
+
+    def advance(self, n_tokens: int) -> None:
+        self.end += n_tokens
+
+
 @dataclass
 class DTRollout:
     """Acting state for a batch of B episodes that advance in lockstep.
@@ -143,10 +199,11 @@ class DTRollout:
     states: list[torch.Tensor] = field(default_factory=list)  # K x (B, *obs)
     actions: list[torch.Tensor] = field(default_factory=list)  # K x (B, act)
     timesteps: list[torch.Tensor] = field(default_factory=list)  # K x (B,)
-    cache: object | None = None
+    cache: KVCache | None = None
     cached_steps: int = 0  # steps whose tokens are in the cache
     pending: bool = False  # the last step's action is known but not yet in the cache
     sliding: bool = False  # exact mode past K steps: recompute every step
+    weights: tuple | None = None  # what the backbone reads (DecisionTransformer._act_weights)
 
 
 class DecisionTransformer(nn.Module):
@@ -213,15 +270,89 @@ class DecisionTransformer(nn.Module):
             self.embed_action(actions) + time,
         )
 
-    def _backbone(self, tokens: torch.Tensor, attention_mask=None, cache=None, use_cache=False):
+    def _backbone(self, tokens: torch.Tensor, attention_mask=None) -> torch.Tensor:
         tokens = self.embed_ln(tokens)
-        out = self.transformer(
-            inputs_embeds=tokens,
-            attention_mask=attention_mask,
-            use_cache=use_cache,
-            **{_CACHE_KW: cache},
-        )
-        return out.last_hidden_state, getattr(out, _CACHE_KW, None)
+        out = self.transformer(inputs_embeds=tokens, attention_mask=attention_mask)
+        return out.last_hidden_state
+
+    def _act_weights(self) -> tuple:
+        """What ``_act_backbone`` reads, per block and for the final LayerNorm: looked up once
+        per rollout, since module attribute lookups cost as much as some of a step's
+        arithmetic. (References to the parameters, not copies: updates in place show.)"""
+        blocks = []
+        for block in self.transformer.h:
+            attn, mlp, ln_1, ln_2 = block.attn, block.mlp, block.ln_1, block.ln_2
+            blocks.append(
+                (
+                    (ln_1.weight, ln_1.bias, ln_1.eps),
+                    (attn.c_attn.weight, attn.c_attn.bias, attn.num_heads),
+                    _attention_scale(attn),
+                    (attn.c_proj.weight, attn.c_proj.bias),
+                    (ln_2.weight, ln_2.bias, ln_2.eps),
+                    (mlp.c_fc.weight, mlp.c_fc.bias, mlp.act, mlp.c_proj.weight, mlp.c_proj.bias),
+                    (attn.attn_dropout.p, attn.resid_dropout.p, mlp.dropout.p),
+                )
+            )
+        ln_f = self.transformer.ln_f
+        return blocks, (ln_f.weight, ln_f.bias, ln_f.eps)
+
+    def _act_backbone(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | None = None,
+        keep: bool = True,
+        weights: tuple | None = None,
+    ) -> tuple[torch.Tensor, KVCache | None]:
+        """The backbone for acting: ``tokens`` (B, T, H) follow the cached ones; returns the
+        last token's output (B, H) and the cache, extended in place with every new token's
+        keys/values (a new one if ``cache`` is None; none if ``keep`` is False).
+
+        The same function as ``self.transformer`` (GPT-2 blocks: pre-LayerNorm, causal
+        attention, MLP; the final LayerNorm) with the blocks' own weights, written out as
+        plain tensor operations: for the few tokens of a step, transformers' module calls,
+        cache and mask objects cost more than the arithmetic. Only the last token's output is
+        wanted, so the last layer computes keys and values of every token but queries,
+        attention output and MLP for the last one only.
+        """
+        train = self.training
+        h = self.embed_ln(tokens)
+        if train:
+            h = self.transformer.drop(h)
+        B, T, H = h.shape
+        h = h.reshape(B * T, H)  # one row per token
+        if keep and cache is None:
+            cache = KVCache(2 * self.config.tokens_per_step * self.config.max_length)
+        if cache is not None:
+            cache.reserve(T)
+        past = 0 if cache is None else cache.get_seq_length()
+        # causal: new token j (position past + j) sees keys 0 .. past + j
+        mask = None
+        if T > 1:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=h.device).tril(past)
+        blocks, ln_f = weights if weights is not None else self._act_weights()
+        last = len(blocks) - 1
+        for i, (ln_1, qkv_w, scale, proj, ln_2, mlp, drop) in enumerate(blocks):
+            a = F.layer_norm(h, (H,), *ln_1)
+            qkv = torch.addmm(qkv_w[1], a, qkv_w[0])  # Conv1D: x W + b
+            heads = qkv_w[2]
+            # 3 x (B, heads, T, head_dim)
+            q, k, v = qkv.view(B, T, 3, heads, H // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            if cache is not None:
+                k, v = cache.append(i, k, v)
+            n_q, m = T, mask
+            if i == last:  # the last token only: it sees every key
+                q, h, n_q, m = q[:, :, -1:], h.view(B, T, H)[:, -1], 1, None
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=m, dropout_p=drop[0] if train else 0.0, scale=scale
+            )
+            o = torch.addmm(proj[1], o.transpose(1, 2).reshape(B * n_q, H), proj[0])
+            h = h + (F.dropout(o, drop[1], True) if train else o)
+            a = F.layer_norm(h, (H,), *ln_2)
+            f = torch.addmm(mlp[4], mlp[2](torch.addmm(mlp[1], a, mlp[0])), mlp[3])
+            h = h + (F.dropout(f, drop[2], True) if train else f)
+        if cache is not None:
+            cache.advance(T)
+        return F.layer_norm(h, (H,), *ln_f), cache
 
     # --- training --------------------------------------------------------------------------------
     def forward(self, x: dict[str, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -239,7 +370,7 @@ class DecisionTransformer(nn.Module):
         attn = None
         if mask is not None:
             attn = mask.to(torch.long).repeat_interleave(per, dim=1)  # (B, 3K), per token
-        hidden, _ = self._backbone(tokens, attn)  # (B, 3K, H)
+        hidden = self._backbone(tokens, attn)  # (B, 3K, H)
         state_tokens = hidden.reshape(B, K, per, -1)[:, :, per - 2]  # (B, K, H)
         return self.predict_action(state_tokens)
 
@@ -260,7 +391,7 @@ class DecisionTransformer(nn.Module):
         """
         if window not in ("exact", "rolling"):
             raise ValueError(f"window must be 'exact' or 'rolling', got {window!r}")
-        return DTRollout(window=window)
+        return DTRollout(window=window, weights=self._act_weights())
 
     @torch.no_grad()
     def step(
@@ -299,14 +430,21 @@ class DecisionTransformer(nn.Module):
         rollout.pending = True
 
     def _recompute(self, rollout: DTRollout) -> torch.Tensor:
-        x = {
-            "returns_to_go": torch.stack(rollout.rtg, 1),  # (B, K, 1)
-            "states": torch.stack(rollout.states, 1),  # (B, K, *obs)
-            "actions": torch.stack(rollout.actions, 1),  # (B, K, act)
-            "timesteps": torch.stack(rollout.timesteps, 1),  # (B, K)
-        }
+        """The last K steps from scratch: what ``forward`` gives at the last state token."""
+        r, s, a = self._embed_steps(
+            torch.stack(rollout.rtg, 1),  # (B, K, 1)
+            torch.stack(rollout.states, 1),  # (B, K, *obs)
+            torch.stack(rollout.actions, 1),  # (B, K, act)
+            torch.stack(rollout.timesteps, 1),  # (B, K)
+        )
+        parts = (r, s, a) if r is not None else (s, a)
+        B, K = s.shape[:2]
+        tokens = torch.stack(parts, dim=2).reshape(B, len(parts) * K, -1)
+        # The last token is this step's action placeholder, after the state token whose output
+        # is the prediction: causal attention never lets it in, so it is left out.
+        hidden, _ = self._act_backbone(tokens[:, :-1], keep=False, weights=rollout.weights)
         rollout.pending = False
-        return self.forward(x)[:, -1]
+        return self.predict_action(hidden)
 
     def _step_cached(self, rollout: DTRollout) -> torch.Tensor:
         r, s, _ = self._embed_steps(
@@ -324,20 +462,24 @@ class DecisionTransformer(nn.Module):
             )
             new = [a_prev, *new]
         if rollout.window == "rolling" and rollout.cached_steps >= self.config.max_length:
-            _drop_oldest(rollout.cache, self.config.tokens_per_step)  # oldest R, s, a
+            rollout.cache.drop_oldest(self.config.tokens_per_step)  # oldest R, s, a
             rollout.cached_steps -= 1
         tokens = torch.cat(new, dim=1)  # (B, 1 to 3, H)
-        hidden, rollout.cache = self._backbone(tokens, cache=rollout.cache, use_cache=True)
+        hidden, rollout.cache = self._act_backbone(tokens, rollout.cache, weights=rollout.weights)
         rollout.cached_steps += 1
         rollout.pending = False
-        return self.predict_action(hidden[:, -1])  # the state token's output
+        return self.predict_action(hidden)  # the state token's output
 
 
-def _drop_oldest(cache, n_tokens: int) -> None:
-    """Remove the first ``n_tokens`` keys/values of every layer of a DynamicCache."""
-    for layer in cache.layers:
-        layer.keys = layer.keys[..., n_tokens:, :]
-        layer.values = layer.values[..., n_tokens:, :]
+def _attention_scale(attn: nn.Module) -> float:
+    """GPT-2's attention scale: 1/sqrt(head_dim) (``scale_attn_weights``), further divided by
+    the layer number with ``scale_attn_by_inverse_layer_idx``."""
+    if hasattr(attn, "scaling"):  # transformers computes it in recent 5.x releases
+        return attn.scaling
+    scale = attn.head_dim**-0.5 if attn.scale_attn_weights else 1.0
+    if attn.scale_attn_by_inverse_layer_idx:
+        scale /= float(attn.layer_idx + 1)
+    return scale
 
 
 def build_decision_transformer(

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from unicomp.datasets import SafeUnpickler
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import atomic_write_json
 from unicomp.rl.evaluate import make_env, reference_scores, run_episodes
@@ -133,20 +134,16 @@ def _find_agent_files(path: Path) -> tuple[Path, Path | None]:
     return zip_path, None
 
 
-class _VecNormalizeUnpickler(pickle.Unpickler):
+class _VecNormalizeUnpickler(SafeUnpickler):
     """Reads a VecNormalize pickle with only the classes such a file needs.
 
     The zoo's pickles name the old ``gym`` package (gym.spaces.Box); we map it to gymnasium.
-    Anything else (a class outside this list) is refused, so a tampered file cannot run code.
+    Anything else (a class outside this list) is refused, so a tampered file cannot run code;
+    numpy arrays are checked as in every data pickle (unicomp.datasets.SafeUnpickler: plain
+    numeric arrays only).
     """
 
     ALLOWED = {
-        ("numpy", "dtype"),
-        ("numpy", "ndarray"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
         ("numpy.random._pickle", "__randomstate_ctor"),
         ("numpy.random._pickle", "__bit_generator_ctor"),
         ("numpy.random._pickle", "__generator_ctor"),
@@ -159,8 +156,10 @@ class _VecNormalizeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if module == "gym" or module.startswith("gym."):
             module = "gymnasium" + module[3:]
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        if (module, name) in self.ALLOWED:
+            import importlib
+
+            return getattr(importlib.import_module(module), name)
         return super().find_class(module, name)
 
 
@@ -173,17 +172,24 @@ def read_vecnormalize(path: Path) -> dict[str, Any] | None:
     try:
         with path.open("rb") as f:
             vn = _VecNormalizeUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+        if not getattr(vn, "norm_obs", False):
+            return None
+        rms = vn.obs_rms
+        return {
+            "mean": np.asarray(rms.mean, dtype=np.float64),
+            "var": np.asarray(rms.var, dtype=np.float64),
+            "epsilon": float(vn.epsilon),
+            "clip": float(vn.clip_obs),
+        }
+    except (
+        pickle.UnpicklingError,
+        OSError,
+        EOFError,
+        AttributeError,
+        TypeError,
+        ValueError,
+    ) as err:
         raise DataError(f"{path}: not a VecNormalize pickle we can read ({err})") from None
-    if not getattr(vn, "norm_obs", False):
-        return None
-    rms = vn.obs_rms
-    return {
-        "mean": np.asarray(rms.mean, dtype=np.float64),
-        "var": np.asarray(rms.var, dtype=np.float64),
-        "epsilon": float(vn.epsilon),
-        "clip": float(vn.clip_obs),
-    }
 
 
 def _algo_of(data: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ Validation and test splits are fixed, held-out tensors evaluated in full.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -103,6 +104,30 @@ def iter_chunks(batch: Batch, size: int) -> Iterator[Batch]:
         yield batch[i : i + size]
 
 
+@functools.lru_cache(maxsize=8)
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Epoch ``epoch``'s order of the ``n`` training examples; kept, since every step of the
+    epoch reads it (drawing it costs more than a whole step of a head-only model)."""
+    return torch.randperm(n, generator=batch_generator(seed, -1 - epoch))
+
+
+def epoch_indices(n: int, step: int, batch_size: int, seed: int) -> torch.Tensor:
+    """The training examples (indices into ``0..n-1``) of ``step``: the global sample positions
+    ``step * batch_size ... (step + 1) * batch_size - 1`` walk seeded epoch permutations, a
+    fresh one per epoch, so a batch is a pure function of (seed, step)."""
+    start = step * batch_size
+    if start // n == (start + batch_size - 1) // n:  # within one epoch: a slice of its order
+        return _epoch_permutation(n, seed, start // n)[start % n : start % n + batch_size].clone()
+    pos = torch.arange(start, start + batch_size)
+    epochs, offsets = pos // n, pos % n
+    idx = torch.empty_like(pos)
+    for epoch in epochs.unique().tolist():
+        perm = _epoch_permutation(n, seed, epoch)
+        sel = epochs == epoch
+        idx[sel] = perm[offsets[sel]]
+    return idx
+
+
 class TensorTask(Task):
     """A task over fixed tensors: ``self.data[split] = Batch`` for train, val and test."""
 
@@ -111,15 +136,10 @@ class TensorTask(Task):
     def split(self, name: str) -> Batch:
         return self.data[name]
 
+    def train_indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
+        """Which training examples ``train_batch`` returns for (step, batch_size, seed); what
+        unicomp.features uses to pick the same examples' cached features."""
+        return epoch_indices(len(self.data["train"]), step, batch_size, seed)
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
-        train = self.data["train"]
-        n = len(train)
-        # Global sample positions of this step; each epoch is a fresh seeded permutation.
-        pos = torch.arange(step * batch_size, (step + 1) * batch_size)
-        epochs, offsets = pos // n, pos % n
-        idx = torch.empty_like(pos)
-        for epoch in epochs.unique().tolist():
-            perm = torch.randperm(n, generator=batch_generator(seed, -1 - epoch))
-            sel = epochs == epoch
-            idx[sel] = perm[offsets[sel]]
-        return train[idx]
+        return self.data["train"][self.train_indices(step, batch_size, seed)]

@@ -483,13 +483,13 @@ def _decode(files: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
 def _read_image_folder(folder: Path) -> _Raw:
     files = {s: _image_files(folder / s) for s in ("train", "test")}
     # Decoding 60k JPEGs takes a while: keep the decoded arrays in the cache as .npz (plain
-    # arrays, no pickle), keyed by the folder, its file count and its newest change.
-    everything = [p for s in files.values() for p, _ in s]
-    stats = [p.stat() for p in everything]
-    key = hashlib.sha256(
-        f"{folder.resolve()}|{len(everything)}|{max(s.st_mtime_ns for s in stats)}|"
-        f"{sum(s.st_size for s in stats)}".encode()
-    ).hexdigest()[:20]
+    # arrays, no pickle), keyed by the folder and every file's name (its class folder: the
+    # label), size and change time, so an image moved to another class is a new key.
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    for path in (p for s in files.values() for p, _ in s):
+        stat = path.stat()
+        digest.update(f"\0{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    key = digest.hexdigest()[:20]
     cached = cache_dir() / "cifar10" / f"images-{key}.npz"
     arrays = None
     if cached.is_file():
