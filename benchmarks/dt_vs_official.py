@@ -52,7 +52,8 @@ What is timed:
 3. Optionally (``--d3rlpy-python``: the python of a virtual environment with d3rlpy, which
    pins an older gymnasium), d3rlpy's DecisionTransformer as a second reference, in a
    subprocess per round (its own timings; start-up not counted): ``fit`` for N steps on the
-   same data, and its ``as_stateful_wrapper`` acting one environment at a time.
+   same data, and its ``as_stateful_wrapper`` acting one environment at a time (the first
+   ``--episodes`` count only: it is slow).
 
 Both sides run in this process with one torch thread (``--threads``; set OMP_NUM_THREADS=1
 too), so the numbers are per core. Each round runs every measurement once, in an order
@@ -587,6 +588,8 @@ def main() -> None:
         counted = fn()
         times.setdefault(name, []).append(time.perf_counter() - t0)
         steps_of[name] = counted if counted is not None else steps
+        per_step = times[name][-1] / steps_of[name]
+        print(f"  {name}: {per_step * 1000:.3f} ms per step", file=sys.stderr)
 
     d3rlpy_runs: list[dict] = []
     npz = None
@@ -602,8 +605,8 @@ def main() -> None:
             str(npz),
             "--env",
             args.env,
-            "--episodes",
-            args.episodes if not args.skip_eval else "",
+            "--episodes",  # the first count only: d3rlpy acts one episode at a time, slowly
+            str(args.episode_counts[0]) if args.episode_counts and not args.skip_eval else "",
             "--max-steps",
             str(args.max_steps),
             "--train-steps",
@@ -809,7 +812,13 @@ def report(args, times, steps_of, returns, d3rlpy_runs, weights_diff, data_summa
                 per_step = [d["train_s_per_step"] for d in d3rlpy_runs]
             else:
                 n = group[4:]
-                per_step = [d["eval"][n]["seconds"] / d["eval"][n]["steps"] for d in d3rlpy_runs]
+                per_step = [
+                    d["eval"][n]["seconds"] / d["eval"][n]["steps"]
+                    for d in d3rlpy_runs
+                    if n in d["eval"]
+                ]
+            if not per_step:
+                continue
             s = median(per_step)
             rows[f"{group} d3rlpy"] = {"s_per_step": s, "steps_per_s": 1 / s, "speedup": base / s}
             print(

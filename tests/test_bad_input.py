@@ -424,3 +424,60 @@ def test_pickles_in_data_files_run_no_code(tmp_path, fmt):
         read()
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
+
+
+# --- issue 14 case 6: trajectory values outside what the DT can embed -------------------------
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"actions": np.array([0, 1, -1, 0, 1, 0, 1, 0, 1, 0])}, r"discrete actions range -1\.\.1"),
+        (
+            {"actions": np.array([0, 1, 10**12, 0, 1, 0, 1, 0, 1, 0])},
+            r"discrete actions range 0\.\.1000000000000, expected 0\.\.65535",
+        ),
+        (
+            {"observations": np.zeros((10, 2, 2), np.float32), "next_observations": None},
+            r"observations have shape \(2, 2\) per step",
+        ),
+        (
+            {"observations": np.zeros((10, 0), np.float32), "next_observations": None},
+            r"observations have shape \(0,\) per step",
+        ),
+        ({"actions": np.zeros((10, 0), np.float32)}, r"actions have shape \(0,\) per step"),
+    ],
+)
+def test_d4rl_values_the_dt_cannot_embed_are_data_errors(tmp_path, override, message):
+    from tests.test_rl import _write_d4rl
+    from unicomp.errors import DataError
+    from unicomp.rl.trajectories import read_d4rl_hdf5
+
+    path = _write_d4rl(tmp_path / "bad.hdf5", **override)
+    with pytest.raises(DataError, match=message) as err:
+        read_d4rl_hdf5(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_d4rl_field_declaring_2_40_rows_is_refused_before_reading(tmp_path):
+    from tests.test_rl import _write_d4rl
+    from unicomp.errors import DataError
+    from unicomp.rl.trajectories import read_d4rl_hdf5
+
+    path = _write_d4rl(tmp_path / "huge.hdf5", rewards=None)
+    with h5py.File(path, "a") as f:  # chunked, never written: a tiny file declaring 4 TiB
+        f.create_dataset("rewards", shape=(2**40,), dtype="f4", chunks=(1024,))
+    with pytest.raises(DataError, match=r"field 'rewards' declares shape \(1099511627776,\)"):
+        read_d4rl_hdf5(path)
+
+
+def test_minari_action_outside_the_action_space_is_a_data_error(tmp_path):
+    from tests.test_rl import _episodes
+    from unicomp.errors import DataError
+    from unicomp.rl.trajectories import TrajectoryDataset, read_minari, write_minari
+
+    data = write_minari(
+        TrajectoryDataset(_episodes([3, 4], discrete=True), source="test"), tmp_path / "set"
+    )
+    _replace(data, "episode_0/actions", np.array([0, 1, 7]))
+    with pytest.raises(DataError, match=r"discrete actions range 0\.\.7, expected 0\.\.1") as err:
+        read_minari(tmp_path / "set")
+    assert "\n" not in str(err.value)

@@ -386,3 +386,21 @@ def test_unwritable_folder_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(UnicompError, match="could not write .*x.json: Permission denied"):
         atomic_write_text(tmp_path / "x.json", "{}")
+
+
+# --- case 9: a CUDA run's checkpoint holds the CUDA generators' state too ------------------------
+def test_cuda_rng_state_is_saved_and_restored(monkeypatch):
+    """Faked CUDA (no GPU needed): the state goes into the checkpoint and comes back."""
+    import unicomp.train as tr
+
+    fake = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4], dtype=torch.uint8)]
+    restored: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: fake)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    state = tr._rng_state()
+    assert state["cuda"] == fake
+    tr._set_rng_state(state)
+    assert restored == fake[:1]  # as many generators as this machine has

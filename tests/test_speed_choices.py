@@ -19,13 +19,13 @@ def fresh_precision(monkeypatch):
     monkeypatch.setattr(train_mod, "_RESOLVED", {})
 
 
-@pytest.mark.parametrize(("fp32_ms", "bf16_ms", "expected"), [(1.0, 9.0, "fp32"), (4.0, 1.0, "bf16")])
+@pytest.mark.parametrize(
+    ("fp32_ms", "bf16_ms", "expected"), [(1.0, 9.0, "fp32"), (4.0, 1.0, "bf16")]
+)
 def test_auto_precision_follows_the_measurement(
     fresh_precision, monkeypatch, fp32_ms, bf16_ms, expected
 ):
-    monkeypatch.setattr(
-        train_mod, "_matmul_ms", lambda device, bf16: bf16_ms if bf16 else fp32_ms
-    )
+    monkeypatch.setattr(train_mod, "_matmul_ms", lambda device, bf16: bf16_ms if bf16 else fp32_ms)
     precision, why = train_mod.resolve_precision(torch.device("cpu"), "auto")
     assert precision == expected
     assert f"{fp32_ms:.2f} ms in fp32" in why and f"{bf16_ms:.2f} ms under bf16" in why

@@ -32,6 +32,9 @@ def test_tiny_model_learns_xor(tmp_path, tiny_gpt2):
         precision="bf16",
     )
     cfg.freeze = "+ff+attn"  # tiny random backbone: let it all learn; the loop is under test
+    # One fixed kernel: with `auto` the measured choice (eager or sdpa, rounding differently in
+    # bf16) varies with the machine's load, and so would this one-seed trajectory.
+    cfg.attn_implementation = "eager"
     metrics = run_fpt(cfg)
     assert metrics["test_accuracy"] > 0.9, metrics
 

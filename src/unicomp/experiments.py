@@ -174,6 +174,7 @@ RESUMABLE_CHANGES = (
     "train.progress",
     "train.eval_batch_size",
     "train.device",
+    "feature_cache",  # FPT: the same head training, on features cached or computed each step
     "eval_episodes",  # DT: acting after training
     "eval_seed",
     "eval_envs",
@@ -207,7 +208,8 @@ def check_resume(cfg: Any, out: Path) -> dict:
         allowed = ", ".join(k.removeprefix("train.") for k in RESUMABLE_CHANGES[:5])
         raise UnicompError(
             f"--resume would change what {out} was trained with: {listed}; only {allowed} "
-            "(and DT eval settings) may change on resume; start a new run for the others"
+            "(and feature_cache, DT eval settings) may change on resume; start a new run for "
+            "the others"
         )
     return diffs
 

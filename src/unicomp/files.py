@@ -138,14 +138,13 @@ def claim_run_folder(out: Path, resume: bool, enabled: bool = True) -> Iterator[
             f"run folder {out}: cannot create it or write in it ({err.strerror})"
         ) from None
     try:
+        if not resume and any((out / name).exists() for name in RUN_FILES):
+            raise UnicompError(
+                f"{out} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        for tmp in out.glob(".*.tmp"):  # left by a process killed mid-write
+            tmp.unlink(missing_ok=True)
         try:
-            if not resume and any((out / name).exists() for name in RUN_FILES):
-                raise UnicompError(
-                    f"{out} already holds a run; pass --resume to continue it or choose "
-                    "another --out"
-                )
-            for tmp in out.glob(".*.tmp"):  # left by a process killed mid-write
-                tmp.unlink(missing_ok=True)
             yield
         except BaseException:
             if not resume and not (out / "checkpoint.pt").exists():

@@ -246,12 +246,16 @@ class _State:
 
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
         "numpy_pos": int(np_state[2]),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # dropout on a GPU draws from the CUDA generators: a resume restores them too
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _set_rng_state(s: dict) -> None:
@@ -260,6 +264,8 @@ def _set_rng_state(s: dict) -> None:
     np.random.set_state(
         ("MT19937", s["numpy_keys"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0)
     )
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"][: torch.cuda.device_count()])
 
 
 def _save_checkpoint(path: Path, model, opt, sched, state: _State) -> None:

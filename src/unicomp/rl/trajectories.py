@@ -111,6 +111,28 @@ class TrajectoryDataset:
         shapes = {(e.observations.shape[1:], e.actions.shape[1:]) for e in self.episodes}
         if len(shapes) > 1:
             raise DataError(f"{where}: episodes disagree on observation/action shapes {shapes}")
+        obs_shape, act_shape = shapes.pop()
+        if len(obs_shape) not in (1, 3) or 0 in obs_shape:
+            raise DataError(
+                f"{where}: observations have shape {obs_shape} per step; expected a vector "
+                "(state_dim,) or an image (C, H, W), with no empty dimension"
+            )
+        if 0 in act_shape:
+            raise DataError(f"{where}: actions have shape {act_shape} per step (no values)")
+        if self.discrete:
+            low = min(int(e.actions.min()) for e in self.episodes)
+            high = max(int(e.actions.max()) for e in self.episodes)
+            n = self.metadata.get("n_actions")
+            limit = int(n) if n else MAX_DISCRETE_ACTIONS
+            if low < 0 or high >= limit:
+                what = f"the {n} actions of the action space" if n else "a discrete action"
+                raise DataError(
+                    f"{where}: discrete actions range {low}..{high}, expected 0..{limit - 1} "
+                    f"({what})"
+                )
+
+
+MAX_DISCRETE_ACTIONS = 1 << 16  # without an action space: a bound on the embedding's size
 
 
 def check_episode(ep: Episode, where: str) -> None:
@@ -172,6 +194,13 @@ def _d4rl_keys(f: Any, path: Path) -> set[str]:
         raise DataError(f"{path}: cannot list its fields ({_one_line(err)})") from None
 
 
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
 def _d4rl_field(f: Any, key: str, path: Path) -> np.ndarray:
     """One field of a D4RL file: a dataset of numbers or booleans with one row per step."""
     import h5py
@@ -180,6 +209,12 @@ def _d4rl_field(f: Any, key: str, path: Path) -> np.ndarray:
         obj = f[key]
         if not isinstance(obj, h5py.Dataset):
             raise DataError(f"{path}: field '{key}' is an HDF5 group, expected a dataset")
+        size = int(np.prod(obj.shape, dtype=np.float64) * obj.dtype.itemsize)
+        if size > _memory_bytes():  # a header can declare any size: refuse before allocating
+            raise DataError(
+                f"{path}: field '{key}' declares shape {obj.shape} ({size / 2**30:.0f} GiB), "
+                "more than this machine's memory"
+            )
         values = np.asarray(obj[()])
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:  # corrupt file
         raise DataError(f"{path}: cannot read field '{key}' ({_one_line(err)})") from None
