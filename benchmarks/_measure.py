@@ -52,3 +52,45 @@ def interleaved(
                 fn()
                 times[name].append(time.perf_counter() - t)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def fpt_training_step(cfg, fixed, n_classes: int, compile_: bool = False):
+    """unicomp's FPT for ``cfg`` (built by ``unicomp.experiments.build_fpt``) on one fixed
+    batch, and the step ``unicomp.train.train`` takes with it (forward under the resolved
+    precision, the task's loss, backward, the metric, clipping at 1.0, the loop's AdamW),
+    without the loop's evaluation and checkpoints. Returns (step, precision, attention)."""
+    from unicomp.experiments import build_fpt
+    from unicomp.tasks.base import Task, TaskSpec
+    from unicomp.train import autocast, make_optimizer, resolve_precision
+
+    _, tokens, d_in = fixed.x.shape
+
+    class FixedTask(Task):
+        name = "fixed-batch"
+        spec = TaskSpec(max_len=tokens, d_in=d_in, d_out=n_classes, n_classes=n_classes)
+
+        def train_batch(self, step, batch_size, seed):
+            return fixed[:batch_size]
+
+    task = FixedTask()
+    torch.manual_seed(0)
+    model, summary = build_fpt(cfg, task)
+    model.train()
+    device = torch.device("cpu")
+    precision = resolve_precision(device, cfg.train.precision)[0]
+    net = torch.compile(model) if compile_ else model
+    opt = make_optimizer(model, cfg.train)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> None:
+        with autocast(device, precision):
+            logits = net(fixed.x, fixed.mask)
+        loss = task.loss(logits, fixed.y)
+        loss.backward()
+        task.correct(logits.detach(), fixed.y)
+        float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, precision, summary["attention"].split()[0]

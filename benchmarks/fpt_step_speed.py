@@ -29,12 +29,10 @@ import platform
 import time
 
 import torch
-from _measure import interleaved, matmul_peak, step_flops  # benchmarks/ helper
+from _measure import fpt_training_step, interleaved, matmul_peak, step_flops  # benchmarks/ helper
 
 from unicomp.config import FPTConfig, TrainConfig
-from unicomp.experiments import build_fpt
-from unicomp.tasks.base import Batch, Task, TaskSpec
-from unicomp.train import autocast, make_optimizer, resolve_precision
+from unicomp.tasks.base import Batch
 
 
 def make_step(backbone: str, batch: int, tokens: int, freeze: str, **options):
@@ -46,37 +44,10 @@ def make_step(backbone: str, batch: int, tokens: int, freeze: str, **options):
         torch.ones(batch, tokens, dtype=torch.long),
     )
 
-    class FixedTask(Task):
-        name = "fixed-image-sizes"
-        spec = TaskSpec(max_len=tokens, d_in=16, d_out=10, n_classes=10)
-
-        def train_batch(self, step, batch_size, seed):
-            return fixed[:batch_size]
-
     compile_ = options.pop("compile", False)
     train = TrainConfig(batch_size=batch, precision=options.pop("precision", "auto"))
     cfg = FPTConfig(backbone=backbone, freeze=freeze, backbone_dropout=0.0, train=train, **options)
-    task = FixedTask()
-    torch.manual_seed(0)
-    model, summary = build_fpt(cfg, task)
-    model.train()
-    device = torch.device("cpu")
-    precision = resolve_precision(device, train.precision)[0]
-    net = torch.compile(model) if compile_ else model
-    opt = make_optimizer(model, train)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def step() -> None:
-        with autocast(device, precision):
-            logits = net(fixed.x, fixed.mask)
-        loss = task.loss(logits, fixed.y)
-        loss.backward()
-        float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, precision, summary["attention"].split()[0]
+    return fpt_training_step(cfg, fixed, n_classes=10, compile_=compile_)
 
 
 def main() -> None:

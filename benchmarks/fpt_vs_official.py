@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _measure import interleaved, matmul_peak, step_flops  # benchmarks/ helper
+from _measure import fpt_training_step, interleaved, matmul_peak, step_flops  # benchmarks/ helper
 
 BATCH, TOKENS, D_IN, CLASSES = 16, 64, 48, 10
 
@@ -125,20 +125,9 @@ def official_step(path: Path, batch: int):
 def unicomp_step(setting: str, batch: int):
     """unicomp's model and training step for one setting; returns (step, precision)."""
     from unicomp.config import FPTConfig, TrainConfig
-    from unicomp.experiments import build_fpt
-    from unicomp.tasks.base import Batch, Task, TaskSpec
-    from unicomp.train import autocast, make_optimizer, resolve_precision
+    from unicomp.tasks.base import Batch
 
     x, y = _fixed_batch(batch)
-    fixed = Batch(torch.from_numpy(x), torch.from_numpy(y))
-
-    class FixedTask(Task):
-        name = "fixed-cifar10-sizes"
-        spec = TaskSpec(max_len=TOKENS, d_in=D_IN, d_out=CLASSES, n_classes=CLASSES)
-
-        def train_batch(self, step, batch_size, seed):
-            return fixed[:batch_size]
-
     options = {
         "default": {},
         "official arithmetic": {
@@ -151,28 +140,9 @@ def unicomp_step(setting: str, batch: int):
     }[setting]
     train = TrainConfig(lr=1e-3, batch_size=batch, precision=options.pop("precision", "auto"))
     cfg = FPTConfig(task="fixed", backbone="random:gpt2", train=train, **options)
-    task = FixedTask()
-    torch.manual_seed(0)
-    model, summary = build_fpt(cfg, task)
-    model.train()
-    device = torch.device("cpu")
-    precision = resolve_precision(device, train.precision)[0]
-    opt = make_optimizer(model, train)
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def step() -> None:
-        batch_ = task.train_batch(0, batch, 0)
-        with autocast(device, precision):
-            logits = model(batch_.x, batch_.mask)
-        loss = task.loss(logits, batch_.y)
-        loss.backward()
-        task.correct(logits.detach(), batch_.y)
-        float(loss.detach())
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    return step, f"{precision}, attention {summary['attention'].split()[0]}"
+    fixed = Batch(torch.from_numpy(x), torch.from_numpy(y))
+    step, precision, attention = fpt_training_step(cfg, fixed, n_classes=CLASSES)
+    return step, f"{precision}, attention {attention}"
 
 
 SETTINGS = {
