@@ -106,6 +106,16 @@ FREEZE_POLICIES.register(
     frozenset({"output"}),
     "only the output layer trains (reservoir-computing baseline)",
 )
+# The paper's grid of parameters added one at a time (Table 9-13 of Lu et al.): output only,
+# + norms, + input, + positions (= paper).
+FREEZE_POLICIES.register(
+    "output+norm", frozenset({"output", "norm"}), "output layer + norms (paper's grid, step 2)"
+)
+FREEZE_POLICIES.register(
+    "output+norm+input",
+    frozenset({"output", "norm", "input"}),
+    "output + norms + input layer (paper's grid, step 3; + positions is `paper`)",
+)
 FREEZE_POLICIES.register(
     "no-norm", frozenset({"input", "output", "pos"}), "as paper, with norms frozen too"
 )

@@ -1,4 +1,4 @@
-"""Command line: ``unicomp list | demo | fpt train | perceiver train | perceiver search-latents
+"""Command line: ``unicomp list | demo | fpt train | fpt ablate | perceiver train | perceiver search-latents
 | dt collect | dt train | dt eval | dt compare``.
 
 Errors a user can act on (unknown names, missing weights, bad files) print as one line
@@ -72,6 +72,33 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
     )
     print(json.dumps({k: metrics[k] for k in keys}, indent=2))
     print(f"run folder: {cfg.out}")
+
+
+def _int_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UnicompError(f"--seeds {text!r}: expected integers separated by commas") from None
+
+
+def cmd_fpt_ablate(args: argparse.Namespace) -> None:
+    from unicomp.ablate import describe, load_suite, run_suite
+
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        raise UnicompError("--jobs and --threads must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        raise UnicompError(f"--steps must be >= 1, got {args.steps}")
+    suite = load_suite(args.suite, Path(args.out), _int_list(args.seeds), args.protocol, args.steps)
+    if args.dry_run:
+        print(describe(suite))
+        return
+    result = run_suite(suite, jobs=args.jobs, threads=args.threads)
+    print((suite.out / "results.md").read_text())
+    failed = [c["key"] for c in result["cells"] if c["status"] == "failed"]
+    if failed:
+        raise UnicompError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; see {suite.out}/logs")
 
 
 def _resolve_perceiver(args: argparse.Namespace):
@@ -310,6 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_command(
         fpt, "train", "train an FPT on a task; writes a run folder", FPTConfig, cmd_fpt_train
     )
+
+    p = fpt.add_parser(
+        "ablate",
+        help="run a suite of FPT comparisons (configs/suites/) and write its tables and plots",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--suite", required=True, help="suite name in configs/suites/ or a YAML file")
+    p.add_argument("--out", default="runs/ablate", help="root folder; the suite writes <out>/<name>")
+    p.add_argument("--jobs", type=int, default=2, help="cells trained at the same time")
+    p.add_argument("--threads", type=int, help="threads per cell (default: CPU cores / jobs)")
+    p.add_argument("--seeds", help="override the suite's seeds, e.g. 0,1,2")
+    p.add_argument("--protocol", choices=("paper", "sweep"), help="override the suite's protocol")
+    p.add_argument("--steps", type=int, help="override every cell's step budget")
+    p.add_argument("--dry-run", action="store_true", help="list the cells, run nothing")
+    p.set_defaults(func=cmd_fpt_ablate)
 
     perceiver = sub.add_parser("perceiver", help="Perceiver IO and Perceiver").add_subparsers(
         dest="sub", required=True

@@ -53,6 +53,11 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation, sampling and dropout")
     target_accuracy: float = _f(0.99, "note the first step with validation accuracy >= this")
     stop_at_target: bool = _f(False, "stop training once validation accuracy reaches the target")
+    patience: int = _f(
+        0,
+        "early stopping: stop after this many evaluations without a better validation score "
+        "(0 = off); the test score is always that of the best validation step",
+    )
     time_limit_minutes: float = _f(
         0.0, "stop at the first evaluation after this much training time (0 = no limit)"
     )
@@ -67,6 +72,11 @@ class FPTConfig:
     task: str = _f("bit-xor", "task name (unicomp list)")
     backbone: str = _f("minilm-l6", "backbone name, random:<name>, hub id or local folder")
     freeze: str = _f("paper", "freeze policy (unicomp list)")
+    backbone_layers: int | None = _f(
+        None,
+        "keep only the first N blocks of the backbone (the paper's smaller from-scratch "
+        "transformers, e.g. 3 layers on CIFAR-10); null: all",
+    )
     readout: str = _f(
         "last", "classification readout: last real token | masked mean", choices=("last", "mean")
     )
@@ -399,6 +409,7 @@ def _range_problems(cfg: Any) -> list[str]:
     need(0 <= t.seed <= _MAX_SEED, "seed", f"in 0..{_MAX_SEED}", t.seed)
     fraction("target_accuracy", t, top_open=False)
     at_least("time_limit_minutes", 0, t)
+    at_least("patience", 0, t)
     if not problems and t.batch_size % t.grad_accum:
         problems.append(f"batch_size {t.batch_size} must be divisible by grad_accum {t.grad_accum}")
     device_problem = _device_problem(t.device)
@@ -406,6 +417,8 @@ def _range_problems(cfg: Any) -> list[str]:
         problems.append(device_problem)
     if isinstance(cfg, FPTConfig):
         fraction("backbone_dropout", cfg)
+        if cfg.backbone_layers is not None:
+            at_least("backbone_layers", 1, cfg, 1 << 10)
     elif isinstance(cfg, PerceiverConfig):
         for name in ("num_latents", "d_latent", "num_blocks", "self_attends_per_block"):
             at_least(name, 1, cfg, 1 << 16)

@@ -62,6 +62,11 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
         attn_implementation=None if auto_attention else cfg.attn_implementation,
         seed=cfg.train.seed,
     )
+    layers = "all"
+    if cfg.backbone_layers is not None:
+        from unicomp.backbones.hf import truncate_layers
+
+        layers = truncate_layers(backbone, cfg.backbone_layers)
     model = FPT(backbone, task.spec, readout=cfg.readout)
     groups = apply_freeze_policy(model, cfg.freeze)
     trainable, total = count_parameters(model)
@@ -81,6 +86,7 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
         "attention": attention,
         "backbone_source": backbone.source,
         "backbone_type": backbone.model_type,
+        "backbone_layers": layers,
         "backbone_is_decoder": backbone.is_decoder,
         "positions": model.positions,
         "trainable_params": trainable,
@@ -171,6 +177,7 @@ def train_and_record(
 RESUMABLE_CHANGES = (
     "train.steps",
     "train.time_limit_minutes",
+    "train.patience",
     "train.progress",
     "train.eval_batch_size",
     "train.device",

@@ -239,9 +239,14 @@ class _State:
     best_step: int = -1
     steps_to_target: int | None = None
     seconds: float = 0.0
-    # Why the run stopped early ("target", "time_limit"), saved with the checkpoint of the
+    # Why the run stopped early ("target", "time_limit", "patience"), saved with the checkpoint of the
     # step it stopped at, so a resume after a kill there does not train on.
     stopped_by: str | None = None
+
+
+def _out_of_patience(cfg: TrainConfig, state: _State) -> bool:
+    """Early stopping: ``cfg.patience`` evaluations in a row without a better validation score."""
+    return cfg.patience > 0 and state.step - state.best_step >= cfg.patience * cfg.eval_every
 
 
 def _rng_state() -> dict:
@@ -413,6 +418,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         stopped_by = "target"  # killed after the checkpoint of the step it stopped at
     elif state.stopped_by == "time_limit" and 0 < cfg.time_limit_minutes * 60 <= state.seconds:
         stopped_by = "time_limit"  # (a resume with a longer limit trains on)
+    elif state.stopped_by == "patience" and _out_of_patience(cfg, state):
+        stopped_by = "patience"
     while step < cfg.steps and stopped_by == "steps":
         net.train()
         batch = dist.shard(task.train_batch(step, cfg.batch_size, cfg.seed))
@@ -480,6 +487,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
             state.step, state.seconds = step, time.perf_counter() - started
             if cfg.stop_at_target and state.steps_to_target is not None:
                 stopped_by = "target"
+            elif _out_of_patience(cfg, state):
+                stopped_by = "patience"
             elif cfg.time_limit_minutes > 0:
                 out_of_time = state.seconds >= 60 * cfg.time_limit_minutes
                 if dist.sum([float(out_of_time)])[0] > 0:  # every rank stops at the same step

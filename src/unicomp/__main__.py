@@ -1,0 +1,7 @@
+"""``python -m unicomp``: the command line (unicomp.cli)."""
+
+import sys
+
+from unicomp.cli import main
+
+sys.exit(main())
