@@ -11,6 +11,18 @@ Where weights come from, in order (a run records which one it used in ``backbone
 Registered names carry their config, so this needs neither weights nor network. If pretrained
 weights are not reachable the loader raises :class:`WeightsNotFoundError`; it never falls back
 to random weights.
+
+The FPT paper's baselines, through the same :func:`load_backbone`:
+
+* ``lstm`` / ``lstm:<layers>x<width>``: a randomly initialised LSTM
+  (:class:`unicomp.backbones.lstm.LSTMBackbone`);
+* ``stats:<name>``: the pretrained ``<name>`` with every parameter tensor re-drawn from a
+  normal distribution with that tensor's own mean and standard deviation (the paper's "random
+  init whose statistics match the pretrained weights");
+* ``run:<DIR>``: the backbone of a finished FPT run folder, with the weights that run trained
+  (e.g. pretrain on bit-memory with ``--freeze full``, then use it frozen on another task).
+
+:func:`truncate_layers` keeps the first n transformer blocks of a loaded backbone.
 """
 
 from __future__ import annotations
@@ -24,7 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from unicomp.errors import UnknownNameError, WeightsNotFoundError
+from unicomp.backbones.lstm import LSTMBackbone, is_lstm_name, parse_lstm_name
+from unicomp.errors import UnicompError, UnknownNameError, WeightsNotFoundError
 from unicomp.registry import BACKBONES
 
 # Encoder families: bidirectional attention (recorded in the run summary).
@@ -213,14 +226,30 @@ def _random_config(name: str, spec: BackboneSpec | None) -> tuple[Any, str]:
         ) from None
 
 
+Backbone = HFBackbone | LSTMBackbone
+
+
 def load_backbone(
     name: str,
     *,
     dropout: float | None = None,
     attn_implementation: str | None = None,
     seed: int = 0,
-) -> HFBackbone:
-    """Load a backbone by registered name, hub id, local folder, or ``random:<any of those>``."""
+) -> Backbone:
+    """Load a backbone by registered name, hub id, local folder, ``random:<any of those>``,
+    ``stats:<any of those>``, ``lstm[:<layers>x<width>]`` or ``run:<DIR>``.
+
+    The ``lstm``, ``stats:`` and ``run:`` prefixes are read before the registry (a local
+    folder called ``lstm`` needs a path such as ``./lstm``).
+    """
+    overrides = {"dropout": dropout, "attn_implementation": attn_implementation}
+    if is_lstm_name(name):
+        layers, width = parse_lstm_name(name)
+        return LSTMBackbone(name, layers, width, dropout=dropout, seed=seed)
+    if name.startswith("stats:"):
+        return _statistics_matched(name, overrides, seed)
+    if name.startswith("run:"):
+        return _from_run(name, overrides)
     random_init = name.startswith("random:")
     base = name.removeprefix("random:")
     if base in BACKBONES:
@@ -228,9 +257,16 @@ def load_backbone(
     elif "/" in base or Path(base).is_dir():
         spec = None  # any hub id (owner/name) or local model folder
     else:
-        choices = BACKBONES.names() + ["random:<name>", "<hub owner/name>", "<local folder>"]
+        choices = BACKBONES.names() + [
+            "random:<name>",
+            "stats:<name>",
+            "lstm",
+            "lstm:<layers>x<width>",
+            "run:<run folder>",
+            "<hub owner/name>",
+            "<local folder>",
+        ]
         raise UnknownNameError("backbone", name, choices)
-    overrides = {"dropout": dropout, "attn_implementation": attn_implementation}
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
@@ -249,3 +285,248 @@ def load_backbone(
         if param.dtype != torch.float32:
             param.data = param.data.float()
     return HFBackbone(model, name, source)
+
+
+# --- stats:<name> -------------------------------------------------------------------------------
+def match_statistics(module: nn.Module, seed: int) -> tuple[int, int]:
+    """Re-draw every parameter tensor of ``module`` in place from a normal distribution with
+    that tensor's own mean and standard deviation (population std, over all its elements).
+    Tensors with a single element, or with std 0 (e.g. a LayerNorm bias still at 0), keep
+    their values. Drawn from a generator seeded by ``seed``, in ``named_parameters`` order;
+    the global random state is untouched. Returns (re-drawn, kept) tensor counts."""
+    gen = torch.Generator().manual_seed(seed)
+    redrawn = kept = 0
+    with torch.no_grad():
+        for _, param in module.named_parameters():
+            if param.numel() < 2:
+                kept += 1
+                continue
+            values = param.detach().double()
+            std, mean = torch.std_mean(values, correction=0)
+            if not bool(torch.isfinite(std)) or float(std) == 0.0:
+                kept += 1
+                continue
+            noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
+            param.copy_((noise * std + mean).to(param.dtype))
+            redrawn += 1
+    return redrawn, kept
+
+
+def _statistics_matched(name: str, overrides: dict[str, Any], seed: int) -> Backbone:
+    base = name.removeprefix("stats:")
+    if not base:
+        raise UnicompError("backbone 'stats:' needs a name: stats:<name> (e.g. stats:minilm-l6)")
+    backbone = load_backbone(
+        base,
+        dropout=overrides.get("dropout"),
+        attn_implementation=overrides.get("attn_implementation"),
+        seed=seed,
+    )
+    redrawn, kept = match_statistics(backbone, seed)
+    backbone.name = name
+    backbone.source = (
+        f"random init (seed {seed}) matched per tensor to the mean and std of "
+        f"{backbone.source} ({redrawn} tensors re-drawn, {kept} kept: single values or std 0)"
+    )
+    return backbone
+
+
+# --- run:<DIR> ----------------------------------------------------------------------------------
+# FPTConfig fields whose effect on the backbone _load_run_backbone reproduces, or that do not
+# change the backbone's weights. A run whose config sets another field to a non-default value
+# is refused: a new field that changes the backbone must be handled there and listed here.
+_RUN_FIELDS_HANDLED = frozenset(
+    {
+        "task", "backbone", "freeze", "readout", "backbone_dropout", "attn_implementation",
+        "task_args", "out", "feature_cache", "train", "backbone_layers",
+    }
+)  # fmt: skip
+_RUNS_LOADING: set[Path] = set()  # run folders being loaded now: a loop of run: names is an error
+
+
+def _from_run(name: str, overrides: dict[str, Any]) -> Backbone:
+    """The backbone of a finished FPT run folder: rebuilt as that run built it (its backbone
+    name, seed, layers and position table fitted to its task), with the trained weights of
+    its best.safetensors loaded. Dropout: ``overrides['dropout']`` where given (the new run's
+    ``backbone_dropout``), else the run's own; the weights do not depend on it."""
+    folder_text = name.removeprefix("run:")
+    if not folder_text:
+        raise UnicompError("backbone 'run:' needs a run folder: run:<DIR>")
+    folder = Path(folder_text)
+    if not folder.is_dir():
+        raise WeightsNotFoundError(f"backbone {name!r}: run folder {folder} does not exist")
+    config_path, best_path = folder / "config.yaml", folder / "best.safetensors"
+    if not config_path.is_file():
+        raise WeightsNotFoundError(
+            f"backbone {name!r}: {folder} has no config.yaml (not a unicomp run folder)"
+        )
+    key = folder.resolve()
+    if key in _RUNS_LOADING:
+        raise UnicompError(f"backbone {name!r}: run folders name each other's backbones in a loop")
+    _RUNS_LOADING.add(key)
+    try:
+        return _load_run_backbone(name, folder, config_path, best_path, overrides)
+    finally:
+        _RUNS_LOADING.discard(key)
+
+
+def _load_run_backbone(
+    name: str, folder: Path, config_path: Path, best_path: Path, overrides: dict[str, Any]
+) -> Backbone:
+    import json
+
+    from safetensors.torch import load_file
+
+    from unicomp.config import FPTConfig, from_dict, load_yaml, to_dict
+    from unicomp.experiments import build_task  # lazily: experiments imports this module
+    from unicomp.freezing import parameter_groups
+    from unicomp.models.fpt import FPT
+    from unicomp.registry import FREEZE_POLICIES
+
+    data = load_yaml(config_path)
+    if "backbone" not in data or "freeze" not in data:
+        kind = ""
+        if "algo" in data or "data" in data:
+            kind = " (it is a Decision Transformer / behaviour cloning run)"
+        elif "num_latents" in data or "pretrained" in data:
+            kind = " (it is a Perceiver run)"
+        raise UnicompError(
+            f"backbone {name!r}: {folder} is not an FPT run{kind}: its config.yaml has no "
+            "backbone and freeze"
+        )
+    cfg = from_dict(FPTConfig, data, f"config file {config_path}")
+    defaults = to_dict(FPTConfig())
+    unknown = sorted(k for k in data if k not in _RUN_FIELDS_HANDLED and data[k] != defaults.get(k))
+    if unknown:  # a setting added to FPTConfig that may change the backbone: refuse, not guess
+        raise UnicompError(
+            f"backbone {name!r}: {config_path} sets {', '.join(unknown)}, which run: backbones "
+            "do not rebuild yet (unicomp.backbones.hf._RUN_FIELDS_HANDLED)"
+        )
+    if not best_path.is_file():
+        raise WeightsNotFoundError(
+            f"backbone {name!r}: {folder} has no best.safetensors (the run has not reached "
+            "its first evaluation)"
+        )
+    try:
+        state = load_file(str(best_path))
+    except Exception as err:  # truncated, not safetensors
+        raise UnicompError(
+            f"backbone {name!r}: cannot read {best_path} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
+    dropout = overrides.get("dropout")
+    seed = cfg.train.seed
+    # As build_fpt built it: the global seed set before the backbone loads (weights a
+    # checkpoint lacks are initialised from it), then the FPT around it for the run's task,
+    # which fits the position table to the task's length. The caller's random state is kept.
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone = load_backbone(
+            cfg.backbone,
+            dropout=cfg.backbone_dropout if dropout is None else dropout,
+            attn_implementation=overrides.get("attn_implementation"),
+            seed=seed,
+        )
+        layers_note = ""
+        if cfg.backbone_layers is not None:  # as build_fpt: between loading and the FPT
+            layers_note = f", {truncate_layers(backbone, cfg.backbone_layers)}"
+        task = build_task(cfg.task, cfg.task_args)
+        model = FPT(backbone, task.spec, readout=cfg.readout)
+    params = dict(model.named_parameters())
+    unexpected = sorted(k for k in state if k not in params)
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(params[k].shape)}"
+        for k in state
+        if k in params and state[k].shape != params[k].shape
+    )
+    trained = FREEZE_POLICIES.entry(cfg.freeze).load()
+    missing = sorted(
+        k for k, g in parameter_groups(model).items() if g in trained and k not in state
+    )
+    if unexpected or shapes or missing:
+        parts = [
+            f"{label} {', '.join(items[:3])}"
+            + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+            for label, items in (
+                ("not in the model:", unexpected),
+                ("shape (file vs model):", shapes),
+                (f"missing (freeze {cfg.freeze} trains them):", missing),
+            )
+            if items
+        ]
+        raise UnicompError(
+            f"backbone {name!r}: {best_path} does not fit the run's rebuilt model (backbone "
+            f"{cfg.backbone}, task {cfg.task}): {'; '.join(parts)}"
+        )
+    model.load_state_dict(state, strict=False)
+    step = "not recorded (no metrics.json)"
+    try:
+        step = str(json.loads((folder / "metrics.json").read_text())["best_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    n_backbone = sum(1 for k in state if k.startswith("backbone."))
+    notes = [] if n_backbone else ["best.safetensors holds no backbone weights (all frozen)"]
+    if model.pos is not None:
+        notes.append(
+            "the run's own input position table (pos, added by its FPT wrapper because the "
+            "backbone has none) is not transferred"
+        )
+    else:
+        notes.append(f"position table: {model.positions}")
+    backbone = model.backbone
+    backbone.name = name
+    backbone.source = (
+        f"the backbone of run {folder} (task {cfg.task}, backbone {cfg.backbone}, freeze "
+        f"{cfg.freeze}{layers_note}, trained weights from best.safetensors, step {step}); "
+        f"{'; '.join(notes)}; rebuilt from: {backbone.source}"
+    )
+    return backbone
+
+
+# --- --backbone-layers --------------------------------------------------------------------------
+def truncate_layers(backbone: Backbone, n: int) -> str:
+    """Keep the first ``n`` transformer blocks of ``backbone`` (in place); describe the cut.
+
+    The blocks are the shallowest ``nn.ModuleList`` of the model whose length is the config's
+    layer count (GPT-2 ``h``, BERT ``encoder.layer``, Llama ``layers``, T5 ``encoder.block``);
+    the config's count (and per-layer ``layer_types``, where present) follow.
+    """
+    if isinstance(backbone, LSTMBackbone):
+        raise UnicompError(
+            f"backbone_layers does not apply to the LSTM backbone {backbone.name!r}; "
+            "name its layers in it instead (lstm:<layers>x<width>)"
+        )
+    model = backbone.model
+    config = model.config
+    total = getattr(config, "num_hidden_layers", None)
+    if not isinstance(total, int):
+        raise UnicompError(f"backbone {backbone.name!r}: its config names no layer count")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
+        raise UnicompError(
+            f"backbone_layers {n!r}: backbone {backbone.name!r} has {total} layers; "
+            f"choose 1 to {total}"
+        )
+    found = [
+        (mod_name, mod)
+        for mod_name, mod in model.named_modules()
+        if isinstance(mod, nn.ModuleList) and len(mod) == total
+    ]
+    if not found:
+        raise UnicompError(
+            f"backbone {backbone.name!r}: found no list of {total} blocks to truncate"
+        )
+    depth = min(mod_name.count(".") for mod_name, _ in found)
+    top = [(mod_name, mod) for mod_name, mod in found if mod_name.count(".") == depth]
+    if len(top) > 1:
+        names = ", ".join(mod_name for mod_name, _ in top)
+        raise UnicompError(
+            f"backbone {backbone.name!r}: several lists of {total} blocks ({names}); "
+            "cannot tell which to truncate"
+        )
+    blocks = top[0][1]
+    del blocks[n:]
+    config.num_hidden_layers = n
+    layer_types = getattr(config, "layer_types", None)
+    if isinstance(layer_types, list) and len(layer_types) == total:
+        config.layer_types = layer_types[:n]
+    return f"first {n} of {total} layers"
