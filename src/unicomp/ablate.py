@@ -225,10 +225,14 @@ def load_suite(
                 grid: list[float | None] = [None] if protocol == "paper" else list(map(float, lrs))
                 for lr in grid:
                     extra = {} if lr is None else {"lr": lr, "patience": sweep.get("patience", 5)}
-                    key = f"{suite_name}/{rslug}/s{seed}" + ("" if lr is None else f"/lr{_lr_text(lr)}")
+                    key = f"{suite_name}/{rslug}/s{seed}" + (
+                        "" if lr is None else f"/lr{_lr_text(lr)}"
+                    )
                     cfg = _cell_config(base, row_s, seed, rwhere, extra)
                     cfg.out = str(root / key)
                     cells.append(Cell(key, label, title, seed, cfg, needs, lr))
+    # Seed by seed: a suite stopped part-way leaves whole tables with fewer seeds.
+    cells.sort(key=lambda c: c.seed)  # (stable: rows keep their order within a seed)
     used = {n for c in cells for n in c.needs}
     prepared = [c for cs in prepare.values() for c in cs if c.key in used]
     return Suite(
@@ -327,9 +331,7 @@ def _read_curve(folder: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def run_cells(
-    cells: list[Cell], logs: Path, jobs: int, threads: int, say=print
-) -> None:
+def run_cells(cells: list[Cell], logs: Path, jobs: int, threads: int, say=print) -> None:
     """Run cells, ``jobs`` at a time; a cell starts when the cells it needs are done."""
     logs.mkdir(parents=True, exist_ok=True)
     by_key = {c.key: c for c in cells}
@@ -381,9 +383,7 @@ def run_cells(
             time.sleep(0.5)
 
 
-def run_suite(
-    suite: Suite, jobs: int = 2, threads: int | None = None, say=print
-) -> dict:
+def run_suite(suite: Suite, jobs: int = 2, threads: int | None = None, say=print) -> dict:
     """Run (or skip) every cell of the suite, then write its tables, JSON and plots."""
     from unicomp.files import _release_lock, _take_lock
 
@@ -505,11 +505,18 @@ def markdown(suite: Suite, rows: list[dict], images: dict[str, list[str]]) -> st
     budget = ""
     if first is not None:
         t = first.train
-        lrs = "lr grid " + ", ".join(sorted({_lr_text(c.lr) for c in suite.cells if c.lr}))
+        if suite.protocol == "paper":
+            rates = f"lr {_lr_text(t.lr)} (rows may override)"
+        else:
+            rates = (
+                f"lr grid {', '.join(sorted({_lr_text(c.lr) for c in suite.cells if c.lr}))}, "
+                f"early stopping after {t.patience} evaluations without gain, the best lr "
+                "chosen on validation"
+            )
         budget = (
             f"task {first.task} {first.task_args or ''}, {t.steps} steps max, batch "
-            f"{t.batch_size}, {'lr ' + _lr_text(t.lr) + ' (rows may override)' if suite.protocol == 'paper' else lrs + f', early stopping after {t.patience} evaluations without gain, best lr chosen on validation'}, "
-            f"{t.schedule} schedule, evaluation every {t.eval_every} steps"
+            f"{t.batch_size}, {rates}, {t.schedule} schedule, evaluation every "
+            f"{t.eval_every} steps"
         )
     lines += [
         f"Protocol **{suite.protocol}**; seeds {', '.join(map(str, suite.seeds))}; {budget}. "
@@ -526,10 +533,10 @@ def markdown(suite: Suite, rows: list[dict], images: dict[str, list[str]]) -> st
         by_table.setdefault(r["table"], []).append(r)
     for title, trs in by_table.items():
         lines += [f"## {title}", ""]
-        head = "| row | backbone | freeze | trainable | test % | paper % | train % | gap | "
+        head = "| row | backbone | freeze | trainable | seeds | test % | paper % | train % | gap | "
         head += f"steps to {100 * (trs[0]['target_accuracy'] or 0):.0f}% val (each seed) | steps | "
         head += "lr | train s/run |"
-        lines += [head, "|" + "---|" * 12]
+        lines += [head, "|" + "---|" * 13]
         for r in trs:
             fails = f" ({len(r['failed'])} failed: {r['failed'][0]})" if r["failed"] else ""
             seconds = [s for s in r["train_seconds"] if s is not None]
@@ -538,14 +545,17 @@ def markdown(suite: Suite, rows: list[dict], images: dict[str, list[str]]) -> st
                 + " | ".join(
                     [
                         r["label"] + fails,
-                        f"`{r['backbone']}`" + (f" ({r['backbone_layers']} layers)" if r["backbone_layers"] else ""),
+                        f"`{r['backbone']}`"
+                        + (f" ({r['backbone_layers']} layers)" if r["backbone_layers"] else ""),
                         str(r["freeze"]),
                         f"{r['trainable_params']:,}" if r["trainable_params"] else "-",
+                        str(r["seeds_done"]),
                         f"**{_pct(r['test_accuracy'])}**",
                         "-" if r["paper"] is None else str(r["paper"]),
                         _pct(r["train_accuracy_at_best"]),
                         "-" if r["gap_mean"] is None else f"{100 * r['gap_mean']:+.1f}",
-                        ", ".join("-" if s is None else str(s) for s in r["steps_to_target"]) or "-",
+                        ", ".join("-" if s is None else str(s) for s in r["steps_to_target"])
+                        or "-",
                         ", ".join(str(s) for s in r["steps"]) or "-",
                         ", ".join(_lr_text(x) for x in r["lr"]) or "-",
                         f"{statistics.mean(seconds):.0f}" if seconds else "-",
@@ -587,7 +597,8 @@ def plot_suite(suite: Suite, rows: list[dict]) -> dict[str, list[str]]:
         ax.set_xlabel("step")
         ax.set_ylabel("validation accuracy (%), mean over seeds")
         ax.set_title(f"{suite.name}: {title} ({suite.protocol} protocol)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(suite.out / f"{name}-curves.png", dpi=110)
         plt.close(fig)
@@ -622,4 +633,3 @@ def describe(suite: Suite) -> str:
             f"batch={t.batch_size}" + (f" needs={','.join(c.needs)}" if c.needs else "")
         )
     return "\n".join(lines)
-

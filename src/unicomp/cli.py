@@ -1,5 +1,5 @@
-"""Command line: ``unicomp list | demo | fpt train | fpt ablate | perceiver train | perceiver search-latents
-| dt collect | dt train | dt eval | dt compare``.
+"""Command line: ``unicomp list | demo | fpt train | fpt ablate | perceiver train
+| perceiver search-latents | dt collect | dt train | dt eval | dt compare``.
 
 Errors a user can act on (unknown names, missing weights, bad files) print as one line
 ``unicomp: error: ...`` and exit with status 2.
@@ -30,7 +30,12 @@ def cmd_list(args: argparse.Namespace) -> None:
             if registry is FREEZE_POLICIES:
                 extra = f" [trains: {', '.join(sorted(entry.load()))}]"
             print(f"  {entry.name:<16} {entry.help}{extra}")
-    print("  (also: random:<name>, any hub id owner/name, or a local model folder)")
+    print(
+        "  (also: random:<name>; stats:<name>, random weights matched per tensor to the "
+        "pretrained ones' mean and std;\n   lstm or lstm:<layers>x<width>, a random LSTM "
+        "(default 3x768); run:<DIR>, the backbone of a finished FPT run;\n   any hub id "
+        "owner/name, or a local model folder)"
+    )
 
 
 def _resume_from_run_folder(args: argparse.Namespace) -> None:
@@ -98,7 +103,9 @@ def cmd_fpt_ablate(args: argparse.Namespace) -> None:
     print((suite.out / "results.md").read_text())
     failed = [c["key"] for c in result["cells"] if c["status"] == "failed"]
     if failed:
-        raise UnicompError(f"{len(failed)} cell(s) failed: {', '.join(failed)}; see {suite.out}/logs")
+        raise UnicompError(
+            f"{len(failed)} cell(s) failed: {', '.join(failed)}; see {suite.out}/logs"
+        )
 
 
 def _resolve_perceiver(args: argparse.Namespace):
@@ -344,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--suite", required=True, help="suite name in configs/suites/ or a YAML file")
-    p.add_argument("--out", default="runs/ablate", help="root folder; the suite writes <out>/<name>")
+    p.add_argument(
+        "--out", default="runs/ablate", help="root folder; the suite writes <out>/<name>"
+    )
     p.add_argument("--jobs", type=int, default=2, help="cells trained at the same time")
     p.add_argument("--threads", type=int, help="threads per cell (default: CPU cores / jobs)")
     p.add_argument("--seeds", help="override the suite's seeds, e.g. 0,1,2")

@@ -70,7 +70,11 @@ class FPTConfig:
     """A Frozen Pretrained Transformer run."""
 
     task: str = _f("bit-xor", "task name (unicomp list)")
-    backbone: str = _f("minilm-l6", "backbone name, random:<name>, hub id or local folder")
+    backbone: str = _f(
+        "minilm-l6",
+        "backbone name, random:<name>, stats:<name>, lstm[:<layers>x<width>], run:<run folder>, "
+        "hub id or local folder",
+    )
     freeze: str = _f("paper", "freeze policy (unicomp list)")
     backbone_layers: int | None = _f(
         None,

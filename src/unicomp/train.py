@@ -239,8 +239,8 @@ class _State:
     best_step: int = -1
     steps_to_target: int | None = None
     seconds: float = 0.0
-    # Why the run stopped early ("target", "time_limit", "patience"), saved with the checkpoint of the
-    # step it stopped at, so a resume after a kill there does not train on.
+    # Why the run stopped early ("target", "time_limit", "patience"), saved with the
+    # checkpoint of the step it stopped at, so a resume after a kill there does not train on.
     stopped_by: str | None = None
 
 
