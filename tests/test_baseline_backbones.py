@@ -14,8 +14,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import small_train
+from unicomp import experiments
 from unicomp import features as fc
-from unicomp.backbones import hf
 from unicomp.backbones.hf import HFBackbone, load_backbone, truncate_layers
 from unicomp.backbones.lstm import LSTMBackbone
 from unicomp.cli import main
@@ -441,8 +441,9 @@ def test_run_errors(tmp_path, gpt2_run, capsys, monkeypatch):
     mean = tmp_path / "mean"
     shutil.copytree(gpt2_run, mean)
     (mean / "config.yaml").write_text(yaml.safe_dump({**config, "readout": "mean"}))
-    monkeypatch.setattr(hf, "_RUN_FIELDS_HANDLED", hf._RUN_FIELDS_HANDLED - {"readout"})
-    with pytest.raises(UnicompError, match="sets readout, which run: backbones do not rebuild"):
+    handled = experiments._RUN_FIELDS_HANDLED - {"readout"}
+    monkeypatch.setattr(experiments, "_RUN_FIELDS_HANDLED", handled)
+    with pytest.raises(UnicompError, match="sets readout, which rebuilding a run's model"):
         load_backbone(f"run:{mean}")
     # through the CLI: one line
     args = ["fpt", "train", "--backbone", f"run:{tmp_path / 'nowhere'}", "--steps", "2"]

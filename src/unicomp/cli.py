@@ -1,4 +1,4 @@
-"""Command line: ``unicomp list | demo | fpt train | fpt ablate | perceiver train
+"""Command line: ``unicomp list | demo | fpt train | fpt ablate | fpt attention | perceiver train
 | perceiver search-latents | dt collect | dt train | dt eval | dt compare``.
 
 Errors a user can act on (unknown names, missing weights, bad files) print as one line
@@ -106,6 +106,31 @@ def cmd_fpt_ablate(args: argparse.Namespace) -> None:
         raise UnicompError(
             f"{len(failed)} cell(s) failed: {', '.join(failed)}; see {suite.out}/logs"
         )
+
+
+def cmd_fpt_attention(args: argparse.Namespace) -> None:
+    from unicomp.attention import attention_command
+
+    result = attention_command(args.run, example=args.example, split=args.split, out=args.out)
+    print(json.dumps(result, indent=2))
+
+
+_ATTENTION_HELP = """\
+Runs example N of a finished FPT run's split through its trained model (best.safetensors,
+eager attention, fp32 on the CPU) and writes:
+  FILE.png  one heatmap per layer (mean over heads): query position (y) by key position (x),
+            over the real tokens; the input tokens as tick labels where short (bit tasks:
+            the bits), the query rows the head reads in red; predicted and true outputs and
+            the run folder, backbone and freeze policy in the title
+  FILE.npz  the raw maps next to it: maps (layers, heads, T, T), each row a query's weights
+            over the keys (summing to 1 over the real keys), with mask, inputs, target,
+            prediction, logits; in Python: numpy.load("FILE.npz")["maps"]
+FILE is RUN/attention-<split>-<N>.png unless --out says otherwise. LSTM runs have no
+attention (an error).
+
+example:
+  unicomp fpt attention runs/bit-xor-minilm-l6-paper-s0 --example 3 --out /tmp/xor-3.png
+"""
 
 
 def _resolve_perceiver(args: argparse.Namespace):
@@ -361,6 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="override every cell's step budget")
     p.add_argument("--dry-run", action="store_true", help="list the cells, run nothing")
     p.set_defaults(func=cmd_fpt_ablate)
+
+    p = fpt.add_parser(
+        "attention",
+        help="draw a finished run's attention maps for one example (PNG + raw .npz)",
+        description=_ATTENTION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="a finished fpt train run folder")
+    p.add_argument("--example", type=int, default=0, metavar="N", help="index in the split [0]")
+    p.add_argument("--split", choices=("test", "val"), default="test", help="[test]")
+    p.add_argument("--out", metavar="FILE.png", help="the picture [RUN/attention-<split>-<N>.png]")
+    p.set_defaults(func=cmd_fpt_attention)
 
     perceiver = sub.add_parser("perceiver", help="Perceiver IO and Perceiver").add_subparsers(
         dest="sub", required=True

@@ -28,7 +28,7 @@ from unicomp.config import (
     save_yaml,
     to_dict,
 )
-from unicomp.errors import UnicompError
+from unicomp.errors import UnicompError, WeightsNotFoundError
 from unicomp.files import atomic_write_json, claim_run_folder
 from unicomp.freezing import apply_freeze_policy, count_parameters
 from unicomp.models.fpt import FPT, choose_attention
@@ -219,6 +219,168 @@ def check_resume(cfg: Any, out: Path) -> dict:
             "the others"
         )
     return diffs
+
+
+# --- a finished FPT run folder, rebuilt ----------------------------------------------------------
+# FPTConfig fields whose effect on the model rebuild_fpt_run reproduces (through build_fpt), or
+# that do not change the model's weights. A run whose config sets another field to a non-default
+# value is refused: a new field that changes the model must be handled there and listed here.
+_RUN_FIELDS_HANDLED = frozenset(
+    {
+        "task", "backbone", "freeze", "readout", "backbone_dropout", "attn_implementation",
+        "task_args", "out", "feature_cache", "train", "backbone_layers",
+    }
+)  # fmt: skip
+
+
+@dataclasses.dataclass
+class FPTRun:
+    """An FPT run folder rebuilt by :func:`rebuild_fpt_run`."""
+
+    folder: Path
+    cfg: FPTConfig  # the run's config.yaml
+    task: Task
+    model: FPT  # with the weights of best.safetensors; its freeze policy applied
+    summary: dict  # build_fpt's description of the rebuilt model
+    loaded: list[str]  # the tensors best.safetensors held: what the run trained
+    best_step: int | None  # from metrics.json; None where the folder has none (yet)
+
+
+def _run_config(folder: Path, where: str) -> FPTConfig:
+    """The FPTConfig of ``folder``'s config.yaml; errors for anything but an FPT run folder."""
+    config_path = folder / "config.yaml"
+    if not folder.is_dir():
+        raise WeightsNotFoundError(f"{where}run folder {folder} does not exist")
+    if not config_path.is_file():
+        raise WeightsNotFoundError(f"{where}{folder} has no config.yaml (not a unicomp run folder)")
+    data = load_yaml(config_path)
+    if "backbone" not in data or "freeze" not in data:
+        kind = ""
+        if "algo" in data or "data" in data:
+            kind = " (it is a Decision Transformer / behaviour cloning run)"
+        elif "num_latents" in data or "pretrained" in data:
+            kind = " (it is a Perceiver run)"
+        raise UnicompError(
+            f"{where}{folder} is not an FPT run{kind}: its config.yaml has no backbone and freeze"
+        )
+    cfg = from_dict(FPTConfig, data, f"config file {config_path}")
+    defaults = to_dict(FPTConfig())
+    unknown = sorted(k for k in data if k not in _RUN_FIELDS_HANDLED and data[k] != defaults.get(k))
+    if unknown:  # a setting added to FPTConfig that may change the model: refuse, not guess
+        raise UnicompError(
+            f"{where}{config_path} sets {', '.join(unknown)}, which rebuilding a run's model "
+            "(run: backbones, fpt attention) does not handle yet "
+            "(unicomp.experiments._RUN_FIELDS_HANDLED)"
+        )
+    return cfg
+
+
+def _best_step(folder: Path, where: str, finished: bool) -> int | None:
+    """metrics.json's best_step; without a readable metrics.json an error where ``finished``
+    is asked for, else None."""
+    import json
+
+    path = folder / "metrics.json"
+    try:
+        return int(json.loads(path.read_text())["best_step"])
+    except FileNotFoundError:
+        why = "has no metrics.json (the run has not finished"
+        resume = f"; unicomp fpt train --resume --out {folder} finishes it)"
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        why = f"has an unreadable metrics.json ({type(err).__name__}"
+        resume = ")"
+    if finished:
+        raise UnicompError(f"{where}{folder} {why}{resume}")
+    return None
+
+
+def rebuild_fpt_run(
+    folder: str | Path,
+    *,
+    where: str = "",
+    finished: bool = True,
+    backbone_overrides: dict[str, Any] | None = None,
+) -> FPTRun:
+    """Rebuild the FPT of the run in ``folder`` as its run built it (``build_fpt`` from its
+    config.yaml: the same seed, backbone, layers, position table, new layers and freeze
+    policy) and load its best.safetensors, checked against the model: every tensor the
+    file holds must fit, and every tensor the run's freeze policy trains must be there.
+
+    ``where`` prefixes error messages (e.g. ``backbone 'run:DIR'``). ``finished``: a
+    metrics.json must be present (else only best.safetensors, the first evaluation).
+    ``backbone_overrides``: ``dropout`` (None: the run's) and ``attn_implementation`` (None:
+    transformers' default) for the backbone; None keeps the run's own settings.
+    Used by :func:`load_fpt_run` and the ``run:<DIR>`` backbones (unicomp.backbones.hf).
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    where = f"{where}: " if where else ""
+    cfg = _run_config(folder, where)
+    best_path = folder / "best.safetensors"
+    if not best_path.is_file():
+        raise WeightsNotFoundError(
+            f"{where}{folder} has no best.safetensors (the run has not reached its first "
+            "evaluation)"
+        )
+    best_step = _best_step(folder, where, finished)
+    try:
+        state = load_file(str(best_path))
+    except Exception as err:  # truncated, not safetensors
+        raise UnicompError(
+            f"{where}cannot read {best_path} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
+    build = dataclasses.replace(cfg)  # build_fpt reads it; the run's own stays as saved
+    if backbone_overrides is None:
+        if build.attn_implementation == "auto":  # not measured again: no training here
+            build.attn_implementation = None
+    else:
+        dropout = backbone_overrides.get("dropout")
+        build.backbone_dropout = cfg.backbone_dropout if dropout is None else dropout
+        build.attn_implementation = backbone_overrides.get("attn_implementation")
+    task = build_task(cfg.task, cfg.task_args)
+    with torch.random.fork_rng():  # build_fpt seeds the global state; the caller's is kept
+        model, summary = build_fpt(build, task)
+    params = dict(model.named_parameters())
+    unexpected = sorted(k for k in state if k not in params)
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(params[k].shape)}"
+        for k in state
+        if k in params and state[k].shape != params[k].shape
+    )
+    missing = sorted(k for k, p in params.items() if p.requires_grad and k not in state)
+    if unexpected or shapes or missing:
+        parts = [
+            f"{label} {', '.join(items[:3])}"
+            + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+            for label, items in (
+                ("not in the model:", unexpected),
+                ("shape (file vs model):", shapes),
+                (f"missing (freeze {cfg.freeze} trains them):", missing),
+            )
+            if items
+        ]
+        raise UnicompError(
+            f"{where}{best_path} does not fit the run's rebuilt model (backbone "
+            f"{cfg.backbone}, task {cfg.task}): {'; '.join(parts)}"
+        )
+    model.load_state_dict(state, strict=False)
+    return FPTRun(folder, cfg, task, model, summary, sorted(state), best_step)
+
+
+def load_fpt_run(folder: str | Path) -> tuple[FPT, Task, FPTConfig]:
+    """The whole trained FPT of a finished run folder (input layer, positions, norms, head and
+    backbone, with best.safetensors loaded and checked; see :func:`rebuild_fpt_run`), in eval
+    mode on the CPU, with the run's task and config. Runs trained from cached features
+    (output-only) load too: their best.safetensors holds the head under the FPT's names.
+
+    Raises a one-line UnicompError for a folder that is not a finished FPT run (missing,
+    no config.yaml, another kind of run, no best.safetensors or metrics.json, weights that
+    do not fit).
+    """
+    run = rebuild_fpt_run(folder)
+    return run.model.eval(), run.task, run.cfg
 
 
 # --- Perceiver IO ------------------------------------------------------------------------------

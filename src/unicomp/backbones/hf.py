@@ -133,10 +133,14 @@ class HFBackbone(nn.Module):
         self.model.set_attn_implementation(name)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        kwargs: dict[str, Any] = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask}
+        return self.run(inputs_embeds, attention_mask).last_hidden_state  # (B, T, H)
+
+    def run(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any):
+        """The transformers model's whole output; ``kwargs`` such as ``output_attentions``."""
+        kwargs.update(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
         if self.is_decoder:
             kwargs["use_cache"] = False
-        return self.model(**kwargs).last_hidden_state  # (B, T, H)
+        return self.model(**kwargs)
 
 
 def _model_class(model_type: str):
@@ -332,140 +336,36 @@ def _statistics_matched(name: str, overrides: dict[str, Any], seed: int) -> Back
 
 
 # --- run:<DIR> ----------------------------------------------------------------------------------
-# FPTConfig fields whose effect on the backbone _load_run_backbone reproduces, or that do not
-# change the backbone's weights. A run whose config sets another field to a non-default value
-# is refused: a new field that changes the backbone must be handled there and listed here.
-_RUN_FIELDS_HANDLED = frozenset(
-    {
-        "task", "backbone", "freeze", "readout", "backbone_dropout", "attn_implementation",
-        "task_args", "out", "feature_cache", "train", "backbone_layers",
-    }
-)  # fmt: skip
 _RUNS_LOADING: set[Path] = set()  # run folders being loaded now: a loop of run: names is an error
 
 
 def _from_run(name: str, overrides: dict[str, Any]) -> Backbone:
-    """The backbone of a finished FPT run folder: rebuilt as that run built it (its backbone
-    name, seed, layers and position table fitted to its task), with the trained weights of
-    its best.safetensors loaded. Dropout: ``overrides['dropout']`` where given (the new run's
-    ``backbone_dropout``), else the run's own; the weights do not depend on it."""
+    """The backbone of a finished FPT run folder: the run's whole FPT rebuilt as that run built
+    it (its backbone name, seed, layers and position table fitted to its task), with the
+    trained weights of its best.safetensors loaded (unicomp.experiments.rebuild_fpt_run).
+    Dropout: ``overrides['dropout']`` where given (the new run's ``backbone_dropout``), else
+    the run's own; the weights do not depend on it."""
+    from unicomp.experiments import rebuild_fpt_run  # lazily: experiments imports this module
+
     folder_text = name.removeprefix("run:")
     if not folder_text:
         raise UnicompError("backbone 'run:' needs a run folder: run:<DIR>")
     folder = Path(folder_text)
-    if not folder.is_dir():
-        raise WeightsNotFoundError(f"backbone {name!r}: run folder {folder} does not exist")
-    config_path, best_path = folder / "config.yaml", folder / "best.safetensors"
-    if not config_path.is_file():
-        raise WeightsNotFoundError(
-            f"backbone {name!r}: {folder} has no config.yaml (not a unicomp run folder)"
-        )
     key = folder.resolve()
     if key in _RUNS_LOADING:
         raise UnicompError(f"backbone {name!r}: run folders name each other's backbones in a loop")
     _RUNS_LOADING.add(key)
     try:
-        return _load_run_backbone(name, folder, config_path, best_path, overrides)
+        run = rebuild_fpt_run(
+            folder, where=f"backbone {name!r}", finished=False, backbone_overrides=overrides
+        )
     finally:
         _RUNS_LOADING.discard(key)
-
-
-def _load_run_backbone(
-    name: str, folder: Path, config_path: Path, best_path: Path, overrides: dict[str, Any]
-) -> Backbone:
-    import json
-
-    from safetensors.torch import load_file
-
-    from unicomp.config import FPTConfig, from_dict, load_yaml, to_dict
-    from unicomp.experiments import build_task  # lazily: experiments imports this module
-    from unicomp.freezing import parameter_groups
-    from unicomp.models.fpt import FPT
-    from unicomp.registry import FREEZE_POLICIES
-
-    data = load_yaml(config_path)
-    if "backbone" not in data or "freeze" not in data:
-        kind = ""
-        if "algo" in data or "data" in data:
-            kind = " (it is a Decision Transformer / behaviour cloning run)"
-        elif "num_latents" in data or "pretrained" in data:
-            kind = " (it is a Perceiver run)"
-        raise UnicompError(
-            f"backbone {name!r}: {folder} is not an FPT run{kind}: its config.yaml has no "
-            "backbone and freeze"
-        )
-    cfg = from_dict(FPTConfig, data, f"config file {config_path}")
-    defaults = to_dict(FPTConfig())
-    unknown = sorted(k for k in data if k not in _RUN_FIELDS_HANDLED and data[k] != defaults.get(k))
-    if unknown:  # a setting added to FPTConfig that may change the backbone: refuse, not guess
-        raise UnicompError(
-            f"backbone {name!r}: {config_path} sets {', '.join(unknown)}, which run: backbones "
-            "do not rebuild yet (unicomp.backbones.hf._RUN_FIELDS_HANDLED)"
-        )
-    if not best_path.is_file():
-        raise WeightsNotFoundError(
-            f"backbone {name!r}: {folder} has no best.safetensors (the run has not reached "
-            "its first evaluation)"
-        )
-    try:
-        state = load_file(str(best_path))
-    except Exception as err:  # truncated, not safetensors
-        raise UnicompError(
-            f"backbone {name!r}: cannot read {best_path} "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from None
-    dropout = overrides.get("dropout")
-    seed = cfg.train.seed
-    # As build_fpt built it: the global seed set before the backbone loads (weights a
-    # checkpoint lacks are initialised from it), then the FPT around it for the run's task,
-    # which fits the position table to the task's length. The caller's random state is kept.
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        backbone = load_backbone(
-            cfg.backbone,
-            dropout=cfg.backbone_dropout if dropout is None else dropout,
-            attn_implementation=overrides.get("attn_implementation"),
-            seed=seed,
-        )
-        layers_note = ""
-        if cfg.backbone_layers is not None:  # as build_fpt: between loading and the FPT
-            layers_note = f", {truncate_layers(backbone, cfg.backbone_layers)}"
-        task = build_task(cfg.task, cfg.task_args)
-        model = FPT(backbone, task.spec, readout=cfg.readout)
-    params = dict(model.named_parameters())
-    unexpected = sorted(k for k in state if k not in params)
-    shapes = sorted(
-        f"{k} {tuple(state[k].shape)} vs {tuple(params[k].shape)}"
-        for k in state
-        if k in params and state[k].shape != params[k].shape
-    )
-    trained = FREEZE_POLICIES.entry(cfg.freeze).load()
-    missing = sorted(
-        k for k, g in parameter_groups(model).items() if g in trained and k not in state
-    )
-    if unexpected or shapes or missing:
-        parts = [
-            f"{label} {', '.join(items[:3])}"
-            + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
-            for label, items in (
-                ("not in the model:", unexpected),
-                ("shape (file vs model):", shapes),
-                (f"missing (freeze {cfg.freeze} trains them):", missing),
-            )
-            if items
-        ]
-        raise UnicompError(
-            f"backbone {name!r}: {best_path} does not fit the run's rebuilt model (backbone "
-            f"{cfg.backbone}, task {cfg.task}): {'; '.join(parts)}"
-        )
-    model.load_state_dict(state, strict=False)
-    step = "not recorded (no metrics.json)"
-    try:
-        step = str(json.loads((folder / "metrics.json").read_text())["best_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    n_backbone = sum(1 for k in state if k.startswith("backbone."))
-    notes = [] if n_backbone else ["best.safetensors holds no backbone weights (all frozen)"]
+    cfg, model = run.cfg, run.model
+    layers_note = "" if cfg.backbone_layers is None else f", {run.summary['backbone_layers']}"
+    step = "not recorded (no metrics.json)" if run.best_step is None else str(run.best_step)
+    has_backbone = any(k.startswith("backbone.") for k in run.loaded)
+    notes = [] if has_backbone else ["best.safetensors holds no backbone weights (all frozen)"]
     if model.pos is not None:
         notes.append(
             "the run's own input position table (pos, added by its FPT wrapper because the "
@@ -474,6 +374,7 @@ def _load_run_backbone(
     else:
         notes.append(f"position table: {model.positions}")
     backbone = model.backbone
+    backbone.requires_grad_(True)  # as any loaded backbone: the new run's policy decides
     backbone.name = name
     backbone.source = (
         f"the backbone of run {folder} (task {cfg.task}, backbone {cfg.backbone}, freeze "

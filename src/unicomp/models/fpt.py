@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from unicomp.backbones.hf import HFBackbone
+from unicomp.errors import UnicompError
 from unicomp.tasks.base import TaskSpec
 
 READOUTS = ("last", "mean")
@@ -24,6 +25,8 @@ class FPT(nn.Module):
     x: (B, T, d_in) float vector tokens, or (B, T) long token ids (0 = padding).
     mask: (B, T) with 1 for real tokens; None means all real.
     Returns (B, d_out) for classification, or (B, n_out_tokens, d_out) for sequence outputs.
+    ``forward_with_attentions`` also returns the backbone's attention weights (unicomp
+    fpt attention draws them).
     """
 
     def __init__(self, backbone: HFBackbone, spec: TaskSpec, readout: str = "last"):
@@ -49,13 +52,45 @@ class FPT(nn.Module):
         self.head = nn.Linear(hidden, spec.d_out)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, T = x.shape[:2]
+        mask = self._mask(x, mask)
+        return self.head_outputs(self.backbone(self.backbone_inputs(x), mask), mask)
+
+    def forward_with_attentions(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward``, and the backbone's attention weights (B, layers, heads, T, T): row q of
+        a map is query position q's weights over the key positions. Needs a transformers
+        backbone running eager attention (``model.backbone.set_attention("eager")``); sdpa
+        and flash kernels do not return the weights."""
+        if not isinstance(self.backbone, HFBackbone):
+            raise UnicompError(
+                f"backbone {self.backbone.name!r} ({self.backbone.model_type}) has no attention"
+            )
+        mask = self._mask(x, mask)
+        out = self.backbone.run(self.backbone_inputs(x), mask, output_attentions=True)
+        maps = out.attentions
+        if not maps or any(m is None for m in maps):
+            raise UnicompError(
+                f"backbone {self.backbone.name!r} returned no attention weights; switch it to "
+                'eager attention first (model.backbone.set_attention("eager"))'
+            )
+        return self.head_outputs(out.last_hidden_state, mask), torch.stack(maps, 1)
+
+    @staticmethod
+    def _mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         if mask is None:
-            mask = torch.ones(B, T, dtype=torch.long, device=x.device)
+            return torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
+        return mask
+
+    def backbone_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the backbone receives: the input layer's tokens (+ our positions, if any)."""
         h = self.embed_in(x)  # (B, T, H)
         if self.pos is not None:
-            h = h + self.pos(torch.arange(T, device=x.device))  # (T, H) broadcast
-        h = self.backbone(h, mask)  # (B, T, H)
+            h = h + self.pos(torch.arange(x.shape[1], device=x.device))  # (T, H) broadcast
+        return h
+
+    def head_outputs(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The logits from the backbone's hidden states ``h`` (B, T, H): readout, then head."""
         if self.spec.n_out_tokens:
             # Sequence outputs: one read position per output token, the last n of the input.
             return self.head(h[:, -self.spec.n_out_tokens :])  # (B, n_out, d_out)
@@ -67,7 +102,7 @@ class FPT(nn.Module):
             # is the only position that has seen the whole input; for an encoder every
             # position has, and we keep the same rule (documented choice).
             last = mask.long().sum(1).clamp_min(1) - 1  # (B,)
-            pooled = h[torch.arange(B, device=h.device), last]  # (B, H)
+            pooled = h[torch.arange(h.shape[0], device=h.device), last]  # (B, H)
         return self.head(pooled)  # (B, d_out)
 
 

@@ -77,6 +77,7 @@ class Task:
     # Validation score that picks the best checkpoint: "accuracy" (higher is better) or
     # "loss" (lower is better; for regression tasks, whose ``correct`` may count nothing).
     select_by: str = "accuracy"
+    vocab: tuple[str, ...] | None = None  # token-id tasks: each id's token (attention plots)
 
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         raise NotImplementedError

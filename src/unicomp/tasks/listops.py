@@ -372,6 +372,7 @@ class ListOps(SequenceTask):
     """
 
     name = "listops"
+    vocab = VOCAB
     # Our defaults, not the paper's: the FPT paper does not list ListOps hyperparameters.
     # Evaluation batches stay small because sequences reach 2,000 tokens.
     default_train = {

@@ -302,6 +302,7 @@ class RemoteHomology(SequenceTask):
     """
 
     name = "remote-homology"
+    vocab = VOCAB
     # Our defaults, not the paper's (it does not list them for this task).
     default_train = {
         "steps": 20000,
