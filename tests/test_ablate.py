@@ -170,3 +170,11 @@ def test_shipped_suites_load(name, tmp_path):
                 "output only", "+ norms", "+ input", "+ feed-forward", "+ attention"):  # fmt: skip
         assert row in labels
     assert len(suite.cells) == 14 * 3 and suite.seeds == [0, 1, 2]
+
+
+def test_the_shipped_sweep_suite_has_one_cell_per_rate(tmp_path):
+    suite = load_suite("bit-xor-sweep", tmp_path)
+    assert suite.protocol == "sweep"
+    assert len(suite.cells) == 4 * 3 * 3
+    assert {c.cfg.train.lr for c in suite.cells} == {3e-4, 1e-3, 3e-3}
+    assert all(c.cfg.train.patience == 4 for c in suite.cells)
