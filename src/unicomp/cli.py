@@ -12,13 +12,17 @@ import json
 import sys
 from pathlib import Path
 
+import unicomp
 import unicomp.catalog  # noqa: F401  (registers everything; imports no torch)
-from unicomp.config import FPTConfig, PerceiverConfig, add_dataclass_args
+from unicomp.config import FPTConfig, HelpFormatter, PerceiverConfig, add_dataclass_args
 from unicomp.errors import UnicompError
 from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    if args.task:
+        _list_task(args.task)
+        return
     for title, registry in (
         ("tasks", TASKS),
         ("backbones", BACKBONES),
@@ -36,6 +40,56 @@ def cmd_list(args: argparse.Namespace) -> None:
         "(default 3x768); run:<DIR>, the backbone of a finished FPT run;\n   any hub id "
         "owner/name, or a local model folder)"
     )
+    from unicomp.models.perceiver_pretrained import KNOWN
+    from unicomp.rl.collect import SUITES
+
+    print("perceiver checkpoints (perceiver train --pretrained NAME):")
+    for name, hub_id in KNOWN.items():
+        print(f"  {name:<26} {hub_id}")
+    print("  (also: any hub id owner/name, or a local folder of a transformers Perceiver)")
+    print("dt collect suites (dt collect --env ENV --suite NAME):")
+    for env, suites in SUITES.items():
+        print(f"  {env + '-v5':<16} {', '.join(suites)}")
+    print(
+        "unicomp list --task NAME: a task's training defaults and --task-arg keys (NAME dt: DT's)"
+    )
+
+
+def _list_task(name: str) -> None:
+    """``unicomp list --task NAME``: the training defaults a run of the task starts from (before
+    --config and flags) and the task's constructor arguments; ``dt``: the DT defaults."""
+    from unicomp.config import TrainConfig, task_train_defaults
+    from unicomp.experiments import (
+        dt_task_defaults,
+        perceiver_task_defaults,
+        task_arguments,
+        task_defaults,
+    )
+
+    base = TrainConfig()
+    if name == "dt":
+        print("dt: Decision Transformer / behaviour cloning (unicomp dt train; no --task-arg)")
+        sources = {"dt train": (dt_task_defaults, "DT")}
+    else:
+        print(f"{name}: {TASKS.entry(name).help}")
+        sources = {"fpt train": (task_defaults, "task"), "perceiver train": None}
+    first, (defaults, label) = next(iter(sources.items()))
+    cfg = task_train_defaults(defaults, name)
+    print(f"training defaults ({first}; --config and flags override them):")
+    for key, value in vars(cfg).items():
+        mark = f"({label})" if value != getattr(base, key) else ""
+        print(f"  {key:<20} {_value(value):<10} {mark}".rstrip())
+    if "perceiver train" in sources:
+        other = task_train_defaults(perceiver_task_defaults, name)
+        diffs = [f"{k} {_value(v)}" for k, v in vars(other).items() if v != getattr(cfg, k)]
+        print(f"perceiver train: {'differs: ' + ', '.join(diffs) if diffs else 'the same'}")
+        print("task arguments (--task-arg KEY=VALUE):")
+        for key, value in task_arguments(TASKS.entry(name).load()).items():
+            print(f"  {key:<20} {_value(value)}")
+
+
+def _value(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _resume_from_run_folder(args: argparse.Namespace) -> None:
@@ -46,12 +100,27 @@ def _resume_from_run_folder(args: argparse.Namespace) -> None:
         args.config = args.config or str(Path(args.out) / "config.yaml")
 
 
-def _add_train_command(group, name: str, help: str, cls: type, func) -> argparse.ArgumentParser:
-    """A ``train``-like subcommand: --config, --resume and one flag per config field."""
-    p = group.add_parser(name, help=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _defaults(name: str):
+    """unicomp.experiments' ``name`` (task_defaults, ...), imported when first called (--help
+    printing the resolved defaults), not when the parser is built."""
+
+    def call(task: str) -> dict:
+        import unicomp.experiments
+
+        return getattr(unicomp.experiments, name)(task)
+
+    return call
+
+
+def _add_train_command(
+    group, name: str, help: str, cls: type, func, defaults: str = "task_defaults"
+) -> argparse.ArgumentParser:
+    """A ``train``-like subcommand: --config, --resume and one flag per config field; --help
+    states the defaults resolved with unicomp.experiments' ``defaults``."""
+    p = group.add_parser(name, help=help, formatter_class=HelpFormatter)
     p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_dataclass_args(p, cls)
+    add_dataclass_args(p, cls, _defaults(defaults))
     p.set_defaults(func=func)
     return p
 
@@ -306,6 +375,7 @@ def _add_dt_commands(sub) -> None:
         "train a DT on a data set, then act in the environment; writes a run folder",
         DTConfig,
         cmd_dt_train,
+        defaults="dt_task_defaults",
     )
 
     p = dt.add_parser(
@@ -345,11 +415,69 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(seeds_table(runs) if args.by_seed else runs_table(runs))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unicomp", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching (``--step 5`` is not ``--steps``); sub-parsers inherit the class."""
 
-    p = sub.add_parser("list", help="registered tasks, backbones and freeze policies")
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[tuple[str, str]]:
+    """(``fpt train``, its help) for every command under ``parser``, nested ones spelt out."""
+    rows: list[tuple[str, str]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                nested = _commands(action.choices[choice.dest])
+                rows += [(f"{choice.dest} {n}", h) for n, h in nested] or [
+                    (choice.dest, choice.help)
+                ]
+    return rows
+
+
+def _commands_epilog(parser: argparse.ArgumentParser) -> str:
+    import shutil
+    import textwrap
+
+    rows = _commands(parser)
+    width = max(len(name) for name, _ in rows) + 4
+    text_width = max(30, min(100, shutil.get_terminal_size().columns) - width)
+    lines = ["commands:"]
+    for name, help in rows:
+        wrapped = textwrap.wrap(help, text_width) or [""]
+        lines.append(f"  {name:<{width - 2}}{wrapped[0]}")
+        lines += [" " * width + more for more in wrapped[1:]]
+    lines += [
+        "",
+        "'unicomp COMMAND --help' shows a command's options and their defaults;",
+        "'unicomp list --task NAME' a task's training defaults and --task-arg keys.",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="unicomp",
+        description=unicomp.__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"unicomp {unicomp.__version__}")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help=argparse.SUPPRESS
+    )
+    parser.usage = "unicomp [-h] [--version] COMMAND ..."  # after: sub-parsers' prog
+
+    p = sub.add_parser(
+        "list",
+        help="registered tasks, backbones, freeze policies, Perceiver checkpoints, DT suites",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--task",
+        metavar="NAME",
+        help="one task's resolved training defaults and --task-arg keys (dt: the DT defaults)",
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("report", help="a markdown table of finished run folders")
@@ -373,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = fpt.add_parser(
         "ablate",
         help="run a suite of FPT comparisons (configs/suites/) and write its tables and plots",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--suite", required=True, help="suite name in configs/suites/ or a YAML file")
     p.add_argument(
@@ -408,18 +536,20 @@ def build_parser() -> argparse.ArgumentParser:
         "train a Perceiver (IO) on a task; writes a run folder",
         PerceiverConfig,
         cmd_perceiver_train,
+        defaults="perceiver_task_defaults",
     )
     p = perceiver.add_parser(
         "search-latents",
         help="train one run per latent size; pick the smallest within a tolerance of the best",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--latents", default="8,16,32,64", help="candidate sizes, comma-separated")
     p.add_argument("--tolerance", type=float, default=0.01, help="allowed drop in validation score")
     p.add_argument("--config", help="YAML config for every candidate run")
-    add_dataclass_args(p, PerceiverConfig)
+    add_dataclass_args(p, PerceiverConfig, _defaults("perceiver_task_defaults"))
     p.set_defaults(func=cmd_perceiver_search, resume=False)
     _add_dt_commands(sub)
+    parser.epilog = _commands_epilog(parser)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,12 +211,26 @@ def to_dict(cfg: Any) -> dict:
 _SIMPLE = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "dict": (dict,)}
 
 
+# A number as YAML 1.2 and Python write it; PyYAML (YAML 1.1) reads 1e-3 or 5E4 (no dot) as a
+# string, so a value matching this for a float field (or a --task-arg) is taken as a float.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def yaml_number(value: Any) -> Any:
+    """``"1e-3"`` -> 0.001: a string that is a number in scientific notation; else ``value``."""
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
 def _checked(f: dataclasses.Field, value: Any, where: str) -> Any:
     """Check a value against the field's declared type (``X | None`` allows null) and its
     choices; ints are accepted where floats are declared."""
     kind = str(f.type)
     if value is None and kind.endswith("| None"):
         return None
+    if kind.startswith("float"):
+        value = yaml_number(value)  # PyYAML reads 1e-3 (no dot) as a string
     allowed = _SIMPLE.get(kind.split(" |")[0], (object,))
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         raise UnicompError(f"{where}: {f.name} must be {kind}, got {value!r}")
@@ -275,7 +290,7 @@ def _flag(name: str) -> str:
 
 
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text)  # numbers, booleans and null as YAML reads them
+    return yaml_number(yaml.safe_load(text))  # numbers (1e-3 too), booleans, null
 
 
 # A flag given as "none" or "null" for an optional field: distinct from "flag not given".
@@ -295,12 +310,85 @@ def _converter(kind: str):
     return convert
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+class HelpFormatter(argparse.HelpFormatter):
+    """States each option's default once, as ``[default: X]``: the text add_dataclass_args
+    attaches (computed only when help is printed: task defaults import the task classes),
+    else the argparse default where it is a value (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = getattr(action, "shown_default", None)
+        if shown is not None:
+            shown = shown()
+        elif action.option_strings and not (
+            action.default is None or action.default is False or action.default == "==SUPPRESS=="
+        ):
+            shown = _show(action.default)
+        if shown is None:
+            return text
+        return f"{text} [default: {str(shown).replace('%', '%%')}]"
+
+
+def _show(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def task_train_defaults(task_defaults: Any, task: str) -> TrainConfig:
+    """The TrainConfig a run of ``task`` gets before --config and flags: the field defaults
+    under ``task_defaults(task)`` (the task's ``default_train``, or the Perceiver or DT
+    defaults); what resolve() starts from, --help states and ``unicomp list --task`` prints."""
+    return from_dict(TrainConfig, task_defaults(task), f"training defaults of task {task}")
+
+
+def _train_default_text(cls: type, task_defaults: Any) -> Any:
+    """For each TrainConfig field: a function giving its resolved default for --help. One
+    value where every task resolves to it (DT has one task); else "task default", with the
+    value for the default task."""
+    fixed = "task" not in {f.name for f in dataclasses.fields(cls)}  # DTConfig: always "dt"
+    main_task = cls().task
+    cache: dict[str, Any] = {}
+
+    def table() -> dict[str, TrainConfig] | None:
+        if "table" not in cache:
+            import unicomp.catalog  # noqa: F401  (registers the tasks)
+            from unicomp.registry import TASKS
+
+            try:
+                cache["table"] = {
+                    t: task_train_defaults(task_defaults, t)
+                    for t in ([main_task] if fixed else TASKS.names())
+                }
+            except (ImportError, UnicompError):  # a task that cannot load: say no number
+                cache["table"] = None
+        return cache["table"]
+
+    def text(name: str) -> Any:
+        def shown() -> str:
+            configs = table()
+            if configs is None:
+                return "task default (unicomp list --task NAME)"
+            values = {_show(getattr(c, name)) for c in configs.values()}
+            main = _show(getattr(configs[main_task], name))
+            if len(values) == 1:
+                return main
+            return f"task default ({main} for {main_task}; others: unicomp list --task NAME)"
+
+        return shown
+
+    return text
+
+
+def add_dataclass_args(
+    parser: argparse.ArgumentParser, cls: type, task_defaults: Any = None, _train_text: Any = None
+) -> None:
     """One flag per field (nested TrainConfig fields flattened); every default is None so
-    that only flags the user typed override the lower layers."""
+    that only flags the user typed override the lower layers. ``task_defaults`` (what
+    resolve() is given) makes --help state each training setting's resolved default
+    (shown with :class:`HelpFormatter`)."""
     for f in dataclasses.fields(cls):
         if f.name == "train":
-            add_dataclass_args(parser, TrainConfig)
+            text = _train_default_text(cls, task_defaults) if task_defaults else None
+            add_dataclass_args(parser, TrainConfig, _train_text=text)
             continue
         help_text = f.metadata.get("help", "")
         if f.name == "task_args":
@@ -310,10 +398,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
                 action="append",
                 default=None,
                 metavar="KEY=VALUE",
-                help=help_text,
+                help=help_text + "; the task's are listed by unicomp list --task NAME",
             )
-        elif f.type in ("bool", bool):
-            parser.add_argument(
+            continue
+        if f.type in ("bool", bool):
+            action = parser.add_argument(
                 _flag(f.name),
                 dest=f.name,
                 default=None,
@@ -321,16 +410,19 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
                 help=help_text,
             )
         else:
-            parser.add_argument(
+            action = parser.add_argument(
                 _flag(f.name),
                 dest=f.name,
                 type=_converter(str(f.type)),
                 default=None,
                 choices=f.metadata.get("choices"),
-                help=f"{help_text} [default: {f.default}]"
-                if f.default is not dataclasses.MISSING
-                else help_text,
+                help=help_text,
             )
+        explained = "default" in help_text or "null:" in help_text  # its help says what None does
+        if _train_text is not None:
+            action.shown_default = _train_text(f.name)
+        elif not (f.default == "" or (f.default is None and explained)):
+            action.shown_default = lambda value=f.default: _show(value)
 
 
 def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
@@ -345,6 +437,8 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
         for name, value in (("train", train), ("task_args", data.get("task_args") or {})):
             if not isinstance(value, dict):
                 raise UnicompError(f"{where}: {name} must be a mapping, got {value!r}")
+        if data.get("task_args"):
+            data["task_args"] = {k: yaml_number(v) for k, v in data["task_args"].items()}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in vars(args).items():
         if value is None or key in ("config", "func", "command", "sub", "resume"):

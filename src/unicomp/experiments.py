@@ -41,8 +41,27 @@ def task_defaults(name: str) -> dict:
     return dict(TASKS.entry(name).load().default_train)
 
 
+def task_arguments(cls: type) -> dict[str, Any]:
+    """A task class's constructor arguments (the --task-arg keys) and their defaults
+    ("required" for those without one), from its signature."""
+    import inspect
+
+    return {
+        p.name: "required" if p.default is p.empty else p.default
+        for p in inspect.signature(cls).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
 def build_task(name: str, args: dict) -> Task:
     cls = TASKS.entry(name).load()
+    valid = task_arguments(cls)
+    unknown = [k for k in args if k not in valid]
+    if unknown:  # (a task taking **kwargs would list them nowhere; none does)
+        keys = ", ".join(f"{k} (default {v!r})" for k, v in valid.items()) or "none"
+        raise UnicompError(
+            f"task {name!r}: bad --task-arg {', '.join(map(str, unknown))}; valid keys: {keys}"
+        )
     try:
         return cls(**args)
     except TypeError as err:

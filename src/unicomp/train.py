@@ -19,6 +19,7 @@ import io
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +129,20 @@ def _lr_lambda(cfg: TrainConfig):
         return max(0.0, 1 - frac)
 
     return factor
+
+
+def schedule_warnings(cfg: TrainConfig) -> list[str]:
+    """Settings that run but not as meant: a warm-up as long as the run or longer never
+    reaches ``lr`` (``dt train --steps 20`` with the DT's 10,000 warm-up steps trains at
+    lr 2e-07). One line each; train() prints them and records them in metrics.json."""
+    if cfg.warmup_steps < cfg.steps:
+        return []
+    peak = cfg.lr * cfg.steps / cfg.warmup_steps  # the factor at the last step
+    return [
+        f"warmup_steps {cfg.warmup_steps} >= steps {cfg.steps}: the run ends inside the "
+        f"warm-up, reaching learning rate {peak:.3g} of lr {cfg.lr:g}; lower --warmup-steps "
+        "or raise --steps"
+    ]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -354,6 +369,9 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
     if dist.sum([float(precision == "bf16")])[0] not in (0, dist.world):  # ranks must agree
         precision, precision_why = "fp32", "ranks measured differently; fp32 everywhere"
     cfg = dataclasses.replace(cfg, precision=precision)
+    warnings = schedule_warnings(cfg)
+    for warning in warnings if dist.is_main else ():
+        print(f"unicomp: warning: {warning}", file=sys.stderr, flush=True)
     model.to(device)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
@@ -524,4 +542,5 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         "precision_reason": precision_why,
         "compiled": cfg.compile,
         "processes": dist.world,
+        "warnings": warnings,
     }
