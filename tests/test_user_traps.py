@@ -179,3 +179,133 @@ def test_bad_task_arg_lists_the_valid_keys(tmp_path, capsys):
         "unicomp: error: task 'bit-xor': bad --task-arg n_bitz; valid keys: n_bits (default 5), "
         "val_pairs (default 128), test_pairs (default 256)"
     )
+
+
+# --- point 5: silent traps ---------------------------------------------------------------------
+def test_quick_demo_has_its_own_folder_and_is_never_reprinted_as_the_full_one(
+    tmp_path, monkeypatch, capsys
+):
+    """The demo's folders and its check of a reused run's budget; the training itself (real
+    in tests/test_cli.py::test_demo_prints_its_table) is replaced by a stub writing what a
+    finished run leaves."""
+    import unicomp.demo
+    from unicomp.config import save_yaml
+
+    trained = []
+
+    def fake_run_fpt(cfg, resume=False):
+        trained.append(cfg.out)
+        folder = tmp_path / cfg.out
+        folder.mkdir(parents=True)
+        save_yaml(cfg, folder / "config.yaml")
+        metrics = {"task": cfg.task, "backbone": cfg.backbone, "data_source": "generated: x"}
+        metrics.update(test_accuracy=0.5, steps=cfg.train.steps, steps_to_target=None)
+        metrics.update(trainable_params=1, train_seconds=0.0, backbone_source="stub")
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        return metrics
+
+    monkeypatch.setattr(unicomp.demo, "run_fpt", fake_run_fpt)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--quick", "--backbone", "tiny"]) == 0
+    assert sorted(trained) == [
+        f"runs/demo-quick/{t}-{b}"
+        for t in ("bit-memory", "bit-xor")
+        for b in ("random-tiny", "tiny")
+    ]
+    assert not (tmp_path / "runs/demo").exists()
+    assert main(["demo", "--quick", "--backbone", "tiny"]) == 0  # reused, not trained again
+    assert len(trained) == 4
+    capsys.readouterr()
+    # the full demo pointed at the quick runs refuses, naming the difference, training nothing
+    assert main(["demo", "--backbone", "tiny", "--out", "runs/demo-quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(
+        "unicomp: error: runs/demo-quick/bit-xor-tiny holds a demo run trained otherwise: "
+        "steps 4 (this demo: 600), eval_every 2 (this demo: 25);"
+    ), err
+    assert len(trained) == 4 and len(err.splitlines()) == 1
+
+
+def test_report_by_seed_groups_by_every_setting_but_the_seed(tmp_path):
+    from unicomp.config import FPTConfig, TrainConfig, save_yaml
+
+    folders = []
+    for name, seed, steps, attention, acc in (
+        ("a", 0, 50, "eager", 1.0),
+        ("b", 1, 50, "sdpa", 0.9),  # attention picked by timing: the same setting
+        ("c", 2, 5, "eager", 0.5),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        train = TrainConfig(steps=steps, seed=seed)
+        cfg = FPTConfig(attn_implementation=attention, out=str(folder), train=train)
+        save_yaml(cfg, folder / "config.yaml")
+        metrics = {"task": cfg.task, "backbone": cfg.backbone, "freeze": cfg.freeze}
+        metrics.update(seed=seed, test_accuracy=acc, steps_to_target=None)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        folders.append(str(folder))
+    proc = _run("report", "--by-seed", *folders)
+    assert proc.returncode == 0, proc.stderr
+    rows = proc.stdout.strip().splitlines()
+    assert rows[0].endswith("| settings that differ |") and len(rows) == 4
+    assert rows[2] == "| bit-xor | minilm-l6 | paper | 2 | 0.9500 ± 0.0707 | -, - | steps=50 |"
+    assert rows[3] == "| bit-xor | minilm-l6 | paper | 1 | 0.5000 ± 0.0000 | - | steps=5 |"
+
+
+def test_metrics_record_versions_commit_and_device(tmp_path, tiny_gpt2):
+    import torch
+    import transformers
+
+    from tests.conftest import cli_train
+
+    metrics = cli_train(tmp_path / "r", "--backbone", tiny_gpt2, "--precision", "fp32")
+    assert metrics["unicomp_version"] == unicomp.__version__
+    assert metrics["transformers_version"] == transformers.__version__
+    assert metrics["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    head = subprocess.run(
+        ["git", "-C", os.path.dirname(unicomp.__file__), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+    )
+    if head.returncode == 0:  # tests run from a checkout (editable install)
+        assert metrics["git_commit"] == head.stdout.strip()
+        assert isinstance(metrics["git_dirty"], bool)
+
+
+def test_no_git_commit_outside_a_checkout(tmp_path, monkeypatch):
+    import unicomp.provenance
+
+    monkeypatch.setattr(unicomp.provenance, "_PACKAGE", tmp_path)
+    assert unicomp.provenance.git_commit() == (None, None)
+
+
+def test_misspelt_environment_is_a_one_line_error(tmp_path, capsys):
+    expected = (
+        "unicomp: error: unknown environment 'Hoper-v5' (not in gymnasium's registry); "
+        "close matches: Hopper-v5, Hopper-v4, Hopper-v3, Hopper-v2"
+    )
+    out = str(tmp_path / "d")
+    proc = _run(
+        "dt", "collect", "--env", "Hoper-v5", "--policy", "random", "--episodes", "1", "--out", out
+    )
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [expected]
+    # a suite for it: the same error, not "no suites for Hoper-v5"
+    assert (
+        main(
+            [
+                "dt",
+                "collect",
+                "--env",
+                "Hoper-v5",
+                "--suite",
+                "medium",
+                "--episodes",
+                "1",
+                "--out",
+                out,
+            ]
+        )
+        == 2
+    )
+    assert capsys.readouterr().err.splitlines() == [expected]
+    assert not (tmp_path / "d").exists()

@@ -405,7 +405,7 @@ def _add_dt_commands(sub) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from unicomp.demo import run_demo
 
-    run_demo(out=Path(args.out), backbone=args.backbone, quick=args.quick)
+    run_demo(out=Path(args.out) if args.out else None, backbone=args.backbone, quick=args.quick)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -486,7 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="FPT on the bit tasks: pretrained vs random init, as a table")
-    p.add_argument("--out", default="runs/demo", help="folder for the demo's run folders")
+    p.add_argument(
+        "--out", help="folder for the demo's run folders [runs/demo; --quick: runs/demo-quick]"
+    )
     p.add_argument("--backbone", default="minilm-l6", help="pretrained backbone to compare")
     p.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
     p.set_defaults(func=cmd_demo)

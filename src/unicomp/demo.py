@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from unicomp.config import FPTConfig, TrainConfig
+from unicomp.config import FPTConfig, TrainConfig, load_yaml
+from unicomp.errors import UnicompError
 from unicomp.experiments import run_fpt, task_defaults
 
 # task -> (task arguments, training budget); both runs of a pair stop at 99% validation.
@@ -24,26 +25,51 @@ DEMO = {
 }
 
 
-def run_demo(out: Path, backbone: str = "minilm-l6", quick: bool = False) -> list[dict]:
-    rows = []
+def default_out(quick: bool) -> Path:
+    """Where the demo's runs go: the quick ones apart, so that a later full demo does not
+    reprint them as its results."""
+    return Path("runs/demo-quick" if quick else "runs/demo")
+
+
+def _check_budget(folder: Path, train: dict, quick: bool) -> None:
+    """A finished (or started) run in ``folder`` is reused only if it was trained as this
+    demo would train it: a --quick run is not a full demo's result, nor the reverse."""
+    saved = load_yaml(folder / "config.yaml").get("train") or {}
+    differ = [k for k, v in train.items() if k != "progress" and saved.get(k) != v]
+    if differ:
+        listed = ", ".join(f"{k} {saved.get(k)!r} (this demo: {train[k]!r})" for k in differ)
+        raise UnicompError(
+            f"{folder} holds a demo run trained otherwise: {listed}; it is not this "
+            f"{'--quick ' if quick else ''}demo's result. Use another --out or delete it"
+        )
+
+
+def run_demo(out: Path | None = None, backbone: str = "minilm-l6", quick: bool = False) -> list:
+    out = default_out(quick) if out is None else out
+    plan = []
     for task, (task_args, budget) in DEMO.items():
         for name in (backbone, f"random:{backbone}"):
             train = {**task_defaults(task), **budget, "progress": True}
             if quick:
                 train.update(steps=4, eval_every=2)
             folder = out / f"{task}-{name.replace(':', '-')}"
-            if (folder / "metrics.json").exists():
-                metrics = json.loads((folder / "metrics.json").read_text())  # already done
-            else:
-                cfg = FPTConfig(
-                    task=task,
-                    backbone=name,
-                    out=str(folder),
-                    task_args=task_args,
-                    train=TrainConfig(**train),
-                )
-                metrics = run_fpt(cfg, resume=(folder / "checkpoint.pt").exists())
-            rows.append(metrics)
+            if (folder / "config.yaml").exists():  # every folder checked before any training
+                _check_budget(folder, train, quick)
+            cfg = FPTConfig(
+                task=task,
+                backbone=name,
+                out=str(folder),
+                task_args=task_args,
+                train=TrainConfig(**train),
+            )
+            plan.append((folder, cfg))
+    rows = []
+    for folder, cfg in plan:
+        if (folder / "metrics.json").exists():
+            metrics = json.loads((folder / "metrics.json").read_text())  # already done
+        else:
+            metrics = run_fpt(cfg, resume=(folder / "checkpoint.pt").exists())
+        rows.append(metrics)
     print_table(rows)
     return rows
 

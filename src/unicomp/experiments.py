@@ -32,6 +32,7 @@ from unicomp.errors import UnicompError, WeightsNotFoundError
 from unicomp.files import atomic_write_json, claim_run_folder
 from unicomp.freezing import apply_freeze_policy, count_parameters
 from unicomp.models.fpt import FPT, choose_attention
+from unicomp.provenance import provenance
 from unicomp.registry import FREEZE_POLICIES, TASKS
 from unicomp.tasks.base import Task
 from unicomp.train import pick_device, resolve_precision, train
@@ -184,6 +185,7 @@ def train_and_record(
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "machine": platform.machine(),
+            **provenance(),  # unicomp and transformers versions, git commit
         }
         if changes:
             metrics["resume_changes"] = changes

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from unicomp.errors import UnicompError
@@ -35,16 +36,88 @@ def _get(run: dict, column: str):
     return run.get(column)
 
 
+# Config keys that do not make two runs different settings: the seed (and the split it
+# seeds), where the run was written, how it was shown and on which device, the evaluation
+# batch size, and (FPT) which attention kernel (auto: timed per run) or feature cache
+# computed the same model.
+NOT_SETTINGS = frozenset(
+    {
+        "out",
+        "train.seed",
+        "train.progress",
+        "train.device",
+        "train.eval_batch_size",
+        "attn_implementation",
+        "feature_cache",
+    }
+)
+
+
+def _config_class(saved: dict) -> type | None:
+    from unicomp.config import DTConfig, FPTConfig, PerceiverConfig
+
+    if "data" in saved or "algo" in saved:
+        return DTConfig
+    if "backbone" in saved or "freeze" in saved:
+        return FPTConfig
+    if "model" in saved or "num_latents" in saved:
+        return PerceiverConfig
+    return None
+
+
+def run_settings(
+    folder: str | Path, cls: type | None = None, ignore: Callable[[str], bool] | None = None
+) -> dict[str, str]:
+    """A run folder's config.yaml flattened (``train.lr``, ...), minus what does not define
+    the setting (``ignore``, default :data:`NOT_SETTINGS`), values as JSON text; {} for runs
+    without one (other programs' runs). A key the file lacks (a setting added after the run)
+    reads as its default (of ``cls``, else the config class the keys belong to), so that a
+    run written before ``time_limit_minutes`` existed still groups with runs that left it
+    at 0."""
+    path = Path(folder) / "config.yaml"
+    if not path.exists():
+        return {}
+    from unicomp.config import load_yaml, to_dict
+
+    ignore = ignore or NOT_SETTINGS.__contains__
+    saved = load_yaml(path)
+    cls = cls or _config_class(saved)
+    config = to_dict(cls()) if cls else {"train": {}}
+    config.update({k: v for k, v in saved.items() if k != "train"})
+    config["train"].update(saved.get("train") or {})
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        items = value.items() if key == "train" and isinstance(value, dict) else [(None, value)]
+        for sub, v in items:
+            name = f"{key}.{sub}" if sub else key
+            if not ignore(name):
+                flat[name] = json.dumps(v, sort_keys=True)
+    return flat
+
+
+def differing_settings(settings: dict[str, str], peers: list[dict[str, str]]) -> list[str]:
+    """``lr=0.001``, ... for each setting in which ``settings`` differs from one of ``peers``
+    (the settings of rows that would otherwise read alike)."""
+    keys = set().union(settings, *peers)
+    differ = sorted(k for k in keys if len({p.get(k) for p in [settings, *peers]}) > 1)
+    return [
+        f"{k.removeprefix('train.')}={json.loads(settings[k])}" for k in differ if k in settings
+    ]
+
+
 def load_runs(folders: list[str]) -> list[dict]:
+    """Each finished run's metrics.json, with ``run`` (its folder) and ``settings`` (its
+    config.yaml's, :func:`run_settings`)."""
     runs = []
     for folder in folders:
         path = Path(folder) / "metrics.json"
         if not path.exists():
             continue  # unfinished or not a run folder
         try:
-            runs.append({**json.loads(path.read_text()), "run": str(folder)})
+            metrics = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise UnicompError(f"{path} is not valid JSON: {err}") from None
+        runs.append({**metrics, "run": str(folder), "settings": run_settings(folder)})
     if not runs:
         raise UnicompError(f"no finished runs (metrics.json) in {', '.join(folders)}")
     return runs
@@ -64,21 +137,28 @@ def runs_table(runs: list[dict]) -> str:
 
 
 def seeds_table(runs: list[dict]) -> str:
-    """Mean and spread over seeds of each (task, backbone, freeze)."""
+    """Mean and spread over seeds of each setting: runs whose config.yaml differ only in the
+    seed (and :data:`NOT_SETTINGS`) are one row; rows of the same task, backbone and freeze
+    name the settings that tell them apart (runs without a config.yaml: by task, backbone
+    and freeze alone)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[(r.get("task"), _get(r, "backbone"), r.get("freeze"))].append(r)
+        setting = tuple(sorted(r.get("settings", {}).items()))
+        groups[(r.get("task"), _get(r, "backbone"), r.get("freeze"), setting)].append(r)
     lines = [
         "| task | backbone | freeze | seeds | test accuracy mean ± std | steps to target "
-        "(each seed) |",
-        "|---|---|---|---|---|---|",
+        "(each seed) | settings that differ |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for (task, backbone, freeze), rs in groups.items():
+    for key, rs in groups.items():
+        task, backbone, freeze, setting = key
+        peers = [dict(k[3]) for k in groups if k[:3] == key[:3] and k != key]
+        shown = (", ".join(differing_settings(dict(setting), peers)) if peers else "") or "-"
         acc = [r["test_accuracy"] for r in rs]
         spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
         reached = ", ".join(_cell(r.get("steps_to_target")) for r in rs)
         lines.append(
             f"| {task} | {backbone} | {freeze} | {len(rs)} | "
-            f"{statistics.mean(acc):.4f} ± {spread:.4f} | {reached} |"
+            f"{statistics.mean(acc):.4f} ± {spread:.4f} | {reached} | {shown} |"
         )
     return "\n".join(lines)

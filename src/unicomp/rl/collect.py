@@ -37,7 +37,7 @@ import numpy as np
 from unicomp.datasets import SafeUnpickler
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import atomic_write_json
-from unicomp.rl.evaluate import make_env, reference_scores, run_episodes
+from unicomp.rl.evaluate import check_env_id, make_env, reference_scores, run_episodes
 from unicomp.rl.trajectories import TrajectoryDataset, write_minari
 
 SB3_ALGOS = ("tqc", "sac", "td3", "ppo", "a2c", "dqn")
@@ -314,6 +314,7 @@ def env_name(env_id: str) -> str:
 def suite_components(env_id: str, suite: str) -> tuple[Component, ...]:
     suites = SUITES.get(env_name(env_id))
     if suites is None:
+        check_env_id(env_id)  # a misspelt id: named as such, with close matches
         raise UnicompError(
             f"no suites for {env_id}; suites exist for {', '.join(f'{e}-v5' for e in SUITES)}. "
             f"Use --agent PATH or --policy random instead"

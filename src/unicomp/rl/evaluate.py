@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from unicomp.errors import UnicompError
 from unicomp.rl.trajectories import Episode
 
 # D4RL reference returns (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE, the same for every
@@ -122,7 +123,31 @@ def make_env(env_id: str, **kwargs):
     import unicomp.rl.envs  # noqa: F401  (registers our environments)
 
     _route_mujoco_warnings()
+    check_env_id(env_id)
     return gym.make(env_id, **kwargs)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a one-line UnicompError for an id gymnasium's registry does not hold, naming
+    the close matches (``Hoper-v5``: Hopper-v5, ...)."""
+    import difflib
+
+    import gymnasium as gym
+
+    import unicomp.rl.envs  # noqa: F401  (registers our environments)
+
+    if ":" in env_id:  # "module:Env-v0": gymnasium imports the module first
+        return
+    try:
+        gym.spec(env_id)
+    except gym.error.UnregisteredEnv as err:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=4, cutoff=0.6)
+        hint = f"close matches: {', '.join(close)}" if close else str(err)
+        raise UnicompError(
+            f"unknown environment {env_id!r} (not in gymnasium's registry); {hint}"
+        ) from None
+    except gym.error.Error:  # e.g. an id without -vN, which gymnasium.make resolves
+        return
 
 
 def _route_mujoco_warnings() -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
+from unicomp.report import differing_settings, run_settings
 
 
 def _read_json(path: Path) -> dict:
@@ -78,6 +79,7 @@ def evaluate_run(
     (else the paper's for the environment); BC runs ignore them. Writes ``out``
     (default ``run/eval.json``) and returns its content."""
     from unicomp.experiments import primary_scores
+    from unicomp.provenance import provenance
     from unicomp.rl.evaluate import default_targets, evaluate_dt
 
     cfg, metrics, model = load_run(run)
@@ -123,6 +125,7 @@ def evaluate_run(
         "best_step": metrics.get("best_step"),
         **primary_scores(evals),
         "eval": evals,
+        **provenance(),
     }
     atomic_write_json(Path(out) if out else Path(run) / "eval.json", result)
     return result
@@ -168,26 +171,10 @@ _NOT_SETTINGS = {"out", "train.seed", "train.progress", "train.device", "train.e
 
 
 def _settings(run: Path) -> dict[str, str]:
-    """The run's config.yaml flattened (train.lr, ...), minus what does not define the
-    setting, values as JSON text; {} for runs without one (other programs' runs). A key the
-    file lacks (a setting added after the run) reads as its default, so that a run written
-    before ``time_limit_minutes`` existed still groups with runs that left it at 0."""
-    if not (run / "config.yaml").exists():
-        return {}
-    from unicomp.config import DTConfig, load_yaml, to_dict
+    """The run's setting (unicomp.report.run_settings), evaluation settings aside."""
+    from unicomp.config import DTConfig
 
-    config = to_dict(DTConfig())
-    saved = load_yaml(run / "config.yaml")
-    config.update({k: v for k, v in saved.items() if k != "train"})
-    config["train"].update(saved.get("train") or {})
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        items = value.items() if key == "train" and isinstance(value, dict) else [(None, value)]
-        for sub, v in items:
-            name = f"{key}.{sub}" if sub else key
-            if name not in _NOT_SETTINGS and not name.startswith("eval_"):
-                flat[name] = json.dumps(v, sort_keys=True)
-    return flat
+    return run_settings(run, DTConfig, lambda k: k in _NOT_SETTINGS or k.startswith("eval_"))
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -223,13 +210,8 @@ def compare_runs(runs: list[str | Path]) -> list[dict[str, Any]]:
         label, data, env, steps, _ = key
         peers = alike[key[:4]]
         if len(peers) > 1:
-            keys = set().union(*(settings[p] for p in peers))
-            differ = sorted(k for k in keys if len({settings[p].get(k) for p in peers}) > 1)
-            mine = settings[key]
-            shown = [
-                f"{k.removeprefix('train.')}={json.loads(mine[k])}" for k in differ if k in mine
-            ]
-            label = f"{label} ({', '.join(shown)})"
+            others = [settings[p] for p in peers if p != key]
+            label = f"{label} ({', '.join(differing_settings(settings[key], others))})"
         entry: dict[str, Any] = {
             "algo": label,
             "dataset": data,

@@ -1,0 +1,53 @@
+"""What produced a run, recorded in its metrics.json: the unicomp and transformers versions
+and, when unicomp runs from a git checkout (an editable install), the commit and whether its
+files differ from it."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import unicomp
+
+_PACKAGE = Path(unicomp.__file__).resolve().parent
+
+
+def _git(*args: str) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(
+            ["git", "-C", str(_PACKAGE), *args], capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):  # no git, or too slow
+        return None
+
+
+def git_commit() -> tuple[str | None, bool | None]:
+    """(HEAD, whether unicomp's tracked files differ from it) of the checkout this package
+    is in; (None, None) where it is not a tracked file of one (an installed wheel, a
+    package copied into some other repository's folder) or git is missing."""
+    tracked = _git("ls-files", "--error-unmatch", "__init__.py")
+    head = _git("rev-parse", "HEAD") if tracked and tracked.returncode == 0 else None
+    if head is None or head.returncode != 0:
+        return None, None
+    diff = _git("diff", "--quiet", "HEAD", "--", ".")
+    dirty = None if diff is None or diff.returncode not in (0, 1) else diff.returncode == 1
+    return head.stdout.strip(), dirty
+
+
+@functools.cache
+def provenance() -> dict:
+    """``unicomp_version``, ``transformers_version``, ``git_commit``, ``git_dirty`` (None
+    where unknown); computed once per process."""
+    try:
+        transformers_version = version("transformers")
+    except PackageNotFoundError:
+        transformers_version = None
+    commit, dirty = git_commit()
+    return {
+        "unicomp_version": unicomp.__version__,
+        "transformers_version": transformers_version,
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
