@@ -175,6 +175,6 @@ def test_shipped_suites_load(name, tmp_path):
 def test_the_shipped_sweep_suite_has_one_cell_per_rate(tmp_path):
     suite = load_suite("bit-xor-sweep", tmp_path)
     assert suite.protocol == "sweep"
-    assert len(suite.cells) == 4 * 3 * 3
+    assert len(suite.cells) == 6 * 3 * 3
     assert {c.cfg.train.lr for c in suite.cells} == {3e-4, 1e-3, 3e-3}
     assert all(c.cfg.train.patience == 4 for c in suite.cells)
