@@ -182,6 +182,15 @@ class DTConfig:
     n_head: int = _f(1, "attention heads (paper: 1 for gym, 8 for Atari)")
     dropout: float = _f(0.1, "dropout on embeddings, attention and residuals (paper: 0.1)")
     attn_implementation: str | None = _f(None, "eager | sdpa (default: transformers' choice)")
+    backbone: str | None = _f(
+        None,
+        "a pretrained transformer as the DT's backbone (minilm-l6, smollm2-135m, random:<name>, "
+        "stats:<name>, hub id or folder; its width replaces hidden_size, n_layer, n_head); "
+        "null: the paper's GPT-2 built from hidden_size/n_layer/n_head",
+    )
+    freeze: str = _f(
+        "full", "freeze policy of the --backbone (unicomp list): paper | full | output-only | ..."
+    )
     val_fraction: float = _f(0.05, "episodes held out for validation (checkpoint selection)")
     test_fraction: float = _f(0.05, "episodes held out for the test loss")
     eval_targets: str = _f(
@@ -536,6 +545,8 @@ def _range_problems(cfg: Any) -> list[str]:
                 f"{cfg.hidden_size}"
             )
         fraction("dropout", cfg)
+        if cfg.freeze != "full" and not cfg.backbone:
+            problems.append(f"freeze {cfg.freeze!r} needs a backbone (--backbone NAME)")
         fraction("val_fraction", cfg)
         fraction("test_fraction", cfg)
         if cfg.val_fraction + cfg.test_fraction >= 1:

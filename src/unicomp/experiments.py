@@ -519,6 +519,8 @@ def build_dt_policy(cfg: DTConfig, task) -> nn.Module:
     obs_shape = task.dataset.obs_shape
     state_dim = int(obs_shape[0]) if len(obs_shape) == 1 else 0
     if cfg.algo != "dt" and cfg.policy == "mlp":
+        if cfg.backbone:
+            raise UnicompError("--backbone goes with a transformer policy, not --policy mlp")
         if len(obs_shape) != 1:
             raise UnicompError(f"--policy mlp needs vector states; {cfg.data} has {obs_shape}")
         return MLPPolicy(
@@ -545,7 +547,31 @@ def build_dt_policy(cfg: DTConfig, task) -> nn.Module:
         attn_implementation=cfg.attn_implementation,
         image_shape=tuple(obs_shape) if len(obs_shape) == 3 else None,
         use_returns=cfg.algo == "dt",
+        **_dt_backbone_fields(cfg),
     )
+
+
+def _dt_backbone_fields(cfg: DTConfig) -> dict:
+    """The DT's backbone settings (none for the paper's GPT-2: its defaults)."""
+    if not cfg.backbone:
+        return {}
+    return {"backbone": cfg.backbone, "freeze": cfg.freeze, "backbone_seed": cfg.train.seed}
+
+
+def _dt_backbone_summary(model: nn.Module, cfg: DTConfig) -> dict:
+    """What metrics.json records of the DT's transformer, as FPT runs do."""
+    if not cfg.backbone:
+        return {"backbone": None, "freeze": cfg.freeze}
+    backbone = model.transformer
+    return {
+        "backbone": cfg.backbone,
+        "freeze": cfg.freeze,
+        "backbone_source": backbone.source,
+        "backbone_type": backbone.model_type,
+        "backbone_is_decoder": backbone.is_decoder,
+        "positions": backbone.positions,
+        "trainable_by_group": model.trainable_by_group,
+    }
 
 
 # The score keys a DT run folder's metrics.json (and eval.json) carry at the top level, taken
@@ -621,6 +647,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
     trainable, total = count_parameters(model)
     norm = task.normalization()
     summary = {
+        **_dt_backbone_summary(model, cfg),
         "env": env_id,
         "data_path": cfg.data,
         "algo": cfg.algo,
@@ -632,6 +659,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
         "source_data": task.source_summary,
         "trainable_params": trainable,
         "total_params": total,
+        "trainable_fraction": trainable / total,
         "normalization": norm,
         "model_config": policy_spec(model),
     }

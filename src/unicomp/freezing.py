@@ -27,7 +27,11 @@ def _is_norm(module: nn.Module) -> bool:
 
 
 def parameter_groups(model: nn.Module) -> dict[str, str]:
-    """Map each parameter name to its group. Top-level ``embed_in``/``head`` are ours."""
+    """Map each parameter name to its group. Top-level ``embed_in``/``head`` are ours (the
+    FPT's); a model names further top-level modules of its own in a ``new_module_groups``
+    dict (module name -> ``input`` or ``output``; the Decision Transformer's embeddings and
+    head). Everything else is grouped by name and module type."""
+    own = {"embed_in": "input", "head": "output", **getattr(model, "new_module_groups", {})}
     norm_params = {
         f"{mod_name}.{p_name}" if mod_name else p_name
         for mod_name, mod in model.named_modules()
@@ -36,10 +40,9 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
     }
     groups = {}
     for name, _ in model.named_parameters():
-        if name.startswith("embed_in."):
-            group = "input"
-        elif name.startswith("head."):
-            group = "output"
+        top = name.split(".", 1)[0]
+        if top in own:
+            group = own[top]
         elif name in norm_params:
             group = "norm"
         elif _POS.search(name):

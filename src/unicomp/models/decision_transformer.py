@@ -34,6 +34,20 @@ Against the official code (github.com/kzl/decision-transformer, gym/):
 * ``use_returns=False`` drops the return tokens: 2K tokens (s_1, a_1, s_2, ...), the same
   network otherwise. It is our behaviour-cloning baseline "the DT without returns-to-go"
   (unicomp.rl.baselines); the official gym code's BC is an MLP instead (also offered there).
+
+A pretrained backbone (``backbone``: any name ``unicomp.backbones.hf.load_backbone`` takes,
+e.g. minilm-l6, smollm2-135m, random:minilm-l6) replaces the GPT-2 built from n_layer/n_head/
+hidden_size: the FPT recipe applied to the DT (no DT implementation offers it; Reid et al.
+2022 found language-pretrained initialisation helps offline RL). Its width is the DT's width;
+the DT's embeddings, embedding LayerNorm and head are new and count as the ``input`` and
+``output`` groups of ``unicomp.freezing`` (``new_module_groups``), so ``freeze`` policies mean
+what they mean for the FPT (``paper``: those, the norms and the backbone's position table
+train). The DT builds the attention mask itself (causal and padding, 4-D): that makes an
+encoder (BERT) causal and equals a decoder's own. Positions: the timestep embedding is added
+as above, and the backbone's own position table (GPT-2, BERT; cut to the 3K token positions)
+or rotary positions (Llama) also apply over the token positions, counted from the first real
+token so that left padding in training and a short context in acting agree. Acting recomputes
+the window at every step (no key/value cache: ``_act_backbone`` is written for GPT-2 blocks).
 """
 
 from __future__ import annotations
@@ -65,6 +79,10 @@ class DecisionTransformerConfig:
     attn_implementation: str | None = None  # "eager" | "sdpa"; None = transformers' default
     use_returns: bool = True  # False: no return-to-go tokens (a behaviour-cloning baseline)
     extra: dict = field(default_factory=dict)  # further GPT2Config fields
+    # A pretrained backbone instead of the GPT-2 above (module docstring); None: that GPT-2.
+    backbone: str | None = None
+    freeze: str = "full"  # freeze policy (unicomp.freezing) of a backbone DT
+    backbone_seed: int = 0  # seeds random:/stats: backbones (rebuilt alike when reloaded)
 
     @property
     def tokens_per_step(self) -> int:
@@ -215,29 +233,23 @@ class DecisionTransformer(nn.Module):
     Returns (B, K, act): actions in [-1, 1] (tanh head) or logits (discrete).
     """
 
+    # unicomp.freezing.parameter_groups: the DT's own modules are its input and output layers.
+    new_module_groups = {
+        **dict.fromkeys(
+            ("embed_timestep", "embed_return", "embed_state", "embed_action", "embed_ln"), "input"
+        ),
+        "predict_action": "output",
+    }
+
     def __init__(self, config: DecisionTransformerConfig):
         super().__init__()
         self.config = c = config
+        self.trainable_by_group: dict[str, int] | None = None  # a backbone DT's, by group
+        if c.backbone:
+            self.transformer = _load_backbone(c)  # sets c.hidden_size to its width
+        else:
+            self.transformer = _gpt2(c)
         h = c.hidden_size
-        gpt_cfg = transformers.GPT2Config(
-            vocab_size=1,  # no token ids: the model is fed embeddings only
-            n_embd=h,
-            n_layer=c.n_layer,
-            n_head=c.n_head,
-            n_inner=4 * h,
-            activation_function=c.activation,
-            n_positions=c.tokens_per_step * c.max_length,
-            resid_pdrop=c.dropout,
-            attn_pdrop=c.dropout,
-            embd_pdrop=c.dropout,
-            bos_token_id=None,
-            eos_token_id=None,
-            **({"attn_implementation": c.attn_implementation} if c.attn_implementation else {}),
-            **c.extra,
-        )
-        self.transformer = transformers.GPT2Model(gpt_cfg)
-        self.transformer.wpe = _NoPositions(h)
-        self.transformer.wte.weight.requires_grad_(False)  # unused (inputs are embeddings)
 
         self.embed_timestep = nn.Embedding(c.max_ep_len, h)
         self.embed_return = nn.Linear(1, h) if c.use_returns else None
@@ -251,6 +263,10 @@ class DecisionTransformer(nn.Module):
         if c.action_tanh and not c.discrete:
             head.append(nn.Tanh())
         self.predict_action = nn.Sequential(*head)
+        if c.backbone:
+            from unicomp.freezing import apply_freeze_policy
+
+            self.trainable_by_group = apply_freeze_policy(self, c.freeze)
 
     # --- embeddings ----------------------------------------------------------------------------
     def _embed_states(self, states: torch.Tensor) -> torch.Tensor:
@@ -272,8 +288,28 @@ class DecisionTransformer(nn.Module):
 
     def _backbone(self, tokens: torch.Tensor, attention_mask=None) -> torch.Tensor:
         tokens = self.embed_ln(tokens)
+        if self.config.backbone:
+            return self._pretrained_backbone(tokens, attention_mask)
         out = self.transformer(inputs_embeds=tokens, attention_mask=attention_mask)
         return out.last_hidden_state
+
+    def _pretrained_backbone(self, tokens: torch.Tensor, attention_mask=None) -> torch.Tensor:
+        """A pretrained backbone (HFBackbone) on ``tokens`` (B, T, H) with ``attention_mask``
+        (B, T) of 1 for real tokens (None: all real), under a 4-D causal and padding mask
+        built here (an encoder would otherwise attend both ways). A padding token also sees
+        itself, so no row of the mask is empty. Positions count from the first real token."""
+        B, T, _ = tokens.shape
+        if attention_mask is None:
+            real = torch.ones(B, T, dtype=torch.bool, device=tokens.device)
+        else:
+            real = attention_mask.bool()
+        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+        eye = torch.eye(T, dtype=torch.bool, device=tokens.device)
+        allowed = causal & (real[:, None, :] | eye)  # (B, T queries, T keys)
+        mask = torch.zeros(B, 1, T, T, dtype=tokens.dtype, device=tokens.device)
+        mask.masked_fill_(~allowed[:, None], torch.finfo(tokens.dtype).min)
+        positions = (real.long().cumsum(1) - 1).clamp_min(0)
+        return self.transformer.run(tokens, mask, position_ids=positions).last_hidden_state
 
     def _act_weights(self) -> tuple:
         """What ``_act_backbone`` reads, per block and for the final LayerNorm: looked up once
@@ -391,6 +427,8 @@ class DecisionTransformer(nn.Module):
         """
         if window not in ("exact", "rolling"):
             raise ValueError(f"window must be 'exact' or 'rolling', got {window!r}")
+        if self.config.backbone:  # no cache: the window is recomputed at every step
+            return DTRollout(window=window, sliding=True)
         return DTRollout(window=window, weights=self._act_weights())
 
     @torch.no_grad()
@@ -442,7 +480,10 @@ class DecisionTransformer(nn.Module):
         tokens = torch.stack(parts, dim=2).reshape(B, len(parts) * K, -1)
         # The last token is this step's action placeholder, after the state token whose output
         # is the prediction: causal attention never lets it in, so it is left out.
-        hidden, _ = self._act_backbone(tokens[:, :-1], keep=False, weights=rollout.weights)
+        if self.config.backbone:
+            hidden = self._backbone(tokens[:, :-1])[:, -1]
+        else:
+            hidden, _ = self._act_backbone(tokens[:, :-1], keep=False, weights=rollout.weights)
         rollout.pending = False
         return self.predict_action(hidden)
 
@@ -469,6 +510,55 @@ class DecisionTransformer(nn.Module):
         rollout.cached_steps += 1
         rollout.pending = False
         return self.predict_action(hidden)  # the state token's output
+
+
+def _gpt2(c: DecisionTransformerConfig) -> nn.Module:
+    """The DT's own GPT-2 (the paper's), random init, without a position table."""
+    gpt_cfg = transformers.GPT2Config(
+        vocab_size=1,  # no token ids: the model is fed embeddings only
+        n_embd=c.hidden_size,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_inner=4 * c.hidden_size,
+        activation_function=c.activation,
+        n_positions=c.tokens_per_step * c.max_length,
+        resid_pdrop=c.dropout,
+        attn_pdrop=c.dropout,
+        embd_pdrop=c.dropout,
+        bos_token_id=None,
+        eos_token_id=None,
+        **({"attn_implementation": c.attn_implementation} if c.attn_implementation else {}),
+        **c.extra,
+    )
+    model = transformers.GPT2Model(gpt_cfg)
+    model.wpe = _NoPositions(c.hidden_size)
+    model.wte.weight.requires_grad_(False)  # unused (inputs are embeddings)
+    return model
+
+
+def _load_backbone(c: DecisionTransformerConfig) -> nn.Module:
+    """``c.backbone`` loaded (the DT's dropout inside it too), its position table cut to the
+    3K token positions; ``c``'s width, layers and heads set to the backbone's."""
+    import unicomp.catalog  # noqa: F401  (registers the backbones and freeze policies)
+    from unicomp.backbones.hf import HFBackbone, load_backbone
+    from unicomp.errors import UnicompError
+    from unicomp.registry import FREEZE_POLICIES
+
+    FREEZE_POLICIES.entry(c.freeze)  # fail on a bad name before loading any weights
+    backbone = load_backbone(
+        c.backbone,
+        dropout=c.dropout,
+        attn_implementation=c.attn_implementation,
+        seed=c.backbone_seed,
+    )
+    if not isinstance(backbone, HFBackbone):
+        raise UnicompError(f"backbone {c.backbone!r}: the DT needs a transformer backbone")
+    backbone.positions = backbone.fit_positions(c.tokens_per_step * c.max_length)
+    cfg = backbone.model.config
+    c.hidden_size = backbone.hidden_size
+    c.n_layer = cfg.num_hidden_layers
+    c.n_head = cfg.num_attention_heads
+    return backbone
 
 
 def _attention_scale(attn: nn.Module) -> float:
