@@ -609,10 +609,13 @@ def plot_suite(suite: Suite, rows: list[dict]) -> dict[str, list[str]]:
         ax.bar(range(len(trs)), means, yerr=stds, capsize=3, label="unicomp")
         papers = [(i, r["paper"]) for i, r in enumerate(trs) if r["paper"] is not None]
         if papers:
-            ax.scatter(*zip(*papers, strict=True), color="red", marker="_", s=400, label="paper")
+            ax.scatter(
+                *zip(*papers, strict=True), color="red", marker="_", s=500, zorder=3,
+                linewidths=2.5, label="paper", clip_on=False,
+            )  # fmt: skip
         ax.set_xticks(range(len(trs)), labels, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 102)
         ax.set_title(f"{suite.name}: {title}")
         ax.legend(fontsize=7)
         fig.tight_layout()
