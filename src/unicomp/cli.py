@@ -251,16 +251,43 @@ def cmd_perceiver_search(args: argparse.Namespace) -> None:
 
 
 def cmd_dt_collect(args: argparse.Namespace) -> None:
-    from unicomp.rl.collect import Component, collect, default_agents_dir, suite_components
+    from unicomp.rl.collect import default_agents_dir
 
     agents = Path(args.agents) if args.agents else default_agents_dir()
+    if args.dqn_replay:
+        record = _import_dqn_replay(args)
+    elif args.transitions or args.buffers:
+        raise UnicompError("--transitions and --buffers go with --dqn-replay")
+    elif args.episodes is None:
+        raise UnicompError("--episodes is required (except with --dqn-replay)")
+    else:
+        record = _collect(args, agents)
+    keys = ("env_id", "suite", "episodes", "steps", "return_mean", "return_std", "return_min")
+    keys += ("return_max", "normalized_score_mean", "seconds")
+    print(json.dumps({k: record[k] for k in keys if k in record}, indent=2))
+    print(f"data set: {args.out} (Minari, with collection.json)")
+
+
+def _import_dqn_replay(args: argparse.Namespace) -> dict:
+    from unicomp.rl.atari import parse_ranges
+    from unicomp.rl.collect import import_dqn_replay
+
+    if args.episodes is not None or args.noise:
+        raise UnicompError("--dqn-replay reads episodes as logged: no --episodes or --noise")
+    suffixes = parse_ranges(args.buffers) if args.buffers else None
+    return import_dqn_replay(args.dqn_replay, args.env, args.out, args.transitions, suffixes)
+
+
+def _collect(args: argparse.Namespace, agents: Path | None) -> dict:
+    from unicomp.rl.collect import Component, collect, suite_components
+
     if args.suite:
         if args.noise:
             raise UnicompError("--noise goes with --agent or --policy; a suite sets its own")
         components = suite_components(args.env, args.suite)
     else:
         components = (Component(args.agent or args.policy, noise=args.noise),)
-    record = collect(
+    return collect(
         args.env,
         components,
         args.episodes,
@@ -271,10 +298,6 @@ def cmd_dt_collect(args: argparse.Namespace) -> None:
         max_episode_steps=args.max_episode_steps,
         suite=args.suite,
     )
-    keys = ("env_id", "suite", "episodes", "steps", "return_mean", "return_std", "return_min")
-    keys += ("return_max", "normalized_score_mean", "seconds")
-    print(json.dumps({k: record[k] for k in keys if k in record}, indent=2))
-    print(f"data set: {args.out} (Minari, with collection.json)")
 
 
 def cmd_dt_train(args: argparse.Namespace) -> None:
@@ -345,7 +368,12 @@ def _add_dt_commands(sub) -> None:
         "collect",
         help="roll out a policy or a D4RL-like suite; write a Minari data set",
     )
-    p.add_argument("--env", required=True, help="gymnasium id, e.g. Hopper-v5")
+    p.add_argument(
+        "--env",
+        required=True,
+        help="gymnasium id, e.g. Hopper-v5; Atari: ALE/Breakout-v5 or breakout (the DT paper's "
+        "preprocessing: 4-frame skip, 84x84 grayscale, 4 stacked frames, no sticky actions)",
+    )
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--suite",
@@ -354,8 +382,28 @@ def _add_dt_commands(sub) -> None:
     )
     what.add_argument("--agent", help="an SB3 model .zip or a zoo agent folder (<Env>_1/)")
     what.add_argument("--policy", choices=("random", "tqc", "sac", "ppo", "a2c", "td3", "dqn"))
-    p.add_argument("--noise", type=float, default=0.0, help="Gaussian action noise, std [0]")
-    p.add_argument("--episodes", type=int, required=True, help="episodes in all")
+    what.add_argument(
+        "--dqn-replay",
+        metavar="DIR",
+        help="read a DQN Replay Dataset run (<Game>/<run>/replay_logs) instead of acting",
+    )
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="continuous actions: Gaussian noise std; discrete: the chance of a uniform random "
+        "action (epsilon-greedy) [0]",
+    )
+    p.add_argument("--episodes", type=int, help="episodes in all (not with --dqn-replay)")
+    p.add_argument(
+        "--transitions",
+        type=int,
+        help="--dqn-replay: steps to keep, split evenly over the checkpoints (the paper's 1%%: "
+        "500000) [all]",
+    )
+    p.add_argument(
+        "--buffers", help="--dqn-replay: checkpoint numbers, e.g. 0-49 or 40-49,3 [all found]"
+    )
     p.add_argument("--out", required=True, help="folder for the data set (must not hold one)")
     p.add_argument(
         "--agents",

@@ -205,6 +205,9 @@ class DTConfig:
         "context past K steps: exact (recompute) | rolling (cached, approximate)",
         choices=("exact", "rolling"),
     )
+    eval_sample: bool = _f(
+        False, "discrete actions drawn from the predicted distribution (the official Atari way)"
+    )
     out: str | None = _f(None, "run folder (default runs/dt-<data folder>-s<seed>)")
     train: TrainConfig = field(default_factory=TrainConfig)
 

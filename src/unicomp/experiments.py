@@ -208,6 +208,7 @@ RESUMABLE_CHANGES = (
     "eval_envs",
     "eval_max_steps",
     "eval_window",
+    "eval_sample",
     "eval_targets",
 )
 
@@ -681,6 +682,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
                 max_episode_steps=cfg.eval_max_steps or None,
                 window=cfg.eval_window,
                 delayed_reward=cfg.delayed_reward,
+                sample=cfg.eval_sample,
             )
             for target in eval_targets
         ]

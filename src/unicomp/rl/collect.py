@@ -37,6 +37,7 @@ import numpy as np
 from unicomp.datasets import SafeUnpickler
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import atomic_write_json
+from unicomp.rl.atari import atari_env_id
 from unicomp.rl.evaluate import check_env_id, make_env, reference_scores, run_episodes
 from unicomp.rl.trajectories import TrajectoryDataset, write_minari
 
@@ -410,6 +411,7 @@ def collect(
         raise UnicompError(f"{out} already holds a data set; choose another --out")
     if episodes < 1:
         raise UnicompError(f"--episodes must be at least 1, got {episodes}")
+    env_id = atari_env_id(env_id) or env_id  # "breakout" -> "ALE/Breakout-v5"
     counts = split_episodes(episodes, [c.share for c in components])
     t0 = time.perf_counter()
     all_episodes, parts, first = [], [], 0
@@ -442,41 +444,84 @@ def collect(
         all_episodes.extend(result.episodes)
         first += count
     dataset = TrajectoryDataset(all_episodes, env_id=env_id, source=f"unicomp dt collect {suite}")
+    settings = {"suite": suite, "seed": seed, "n_envs": n_envs}
+    settings.update(max_episode_steps=max_episode_steps, components=parts)
+    what = ", ".join(p["policy"] for p in parts)
+    return write_collection(dataset, out, settings, suite or "custom", what, t0)
+
+
+def write_collection(
+    dataset: TrajectoryDataset,
+    out: Path,
+    settings: dict[str, Any],
+    name: str,
+    what: str,
+    t0: float,
+) -> dict[str, Any]:
+    """Write ``dataset`` as a Minari data set in ``out`` and ``out/collection.json``: the
+    environment, ``settings`` (what produced the episodes), the returns and, where the
+    environment has reference scores, the mean normalised score. Returns that record."""
+    env_id = dataset.env_id
     summary = dataset.summary()
     ref = reference_scores(env_id)
     record: dict[str, Any] = {
         "env_id": env_id,
-        "suite": suite,
-        "seed": seed,
-        "n_envs": n_envs,
-        "max_episode_steps": max_episode_steps,
+        **settings,
         **summary,
-        "components": parts,
         "seconds": round(time.perf_counter() - t0, 1),
         "versions": _versions(),
     }
-    extra: dict[str, Any] = {"unicomp_suite": suite or "custom"}
+    extra: dict[str, Any] = {"unicomp_suite": name}
     if ref is not None:
         lo, hi = ref
         record["normalized_score_mean"] = 100 * (summary["return_mean"] - lo) / (hi - lo)
         extra.update(ref_min_score=lo, ref_max_score=hi)  # read by minari.get_normalized_score
-    name = env_name(env_id).lower()
     write_minari(
         dataset,
         out,
-        dataset_id=f"unicomp/{name}/{suite or 'custom'}-v0",
-        description=f"{env_id} {suite or 'custom'}: " + ", ".join(p["policy"] for p in parts),
+        dataset_id=f"unicomp/{env_name(env_id or 'unknown').split('/')[-1].lower()}/{name}-v0",
+        description=f"{env_id} {name}: {what}",
         extra_metadata=extra,
     )
     atomic_write_json(out / "collection.json", record)
     return record
 
 
+def import_dqn_replay(
+    replay: str | os.PathLike,
+    env_id: str,
+    out: str | os.PathLike,
+    transitions: int | None = None,
+    suffixes: list[int] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Episodes of a DQN Replay Dataset run (unicomp.rl.atari.read_dqn_replay; the paper's
+    1%: ``transitions=500_000`` over the 50 checkpoints) written as ``collect`` writes."""
+    from unicomp.rl.atari import read_dqn_replay
+
+    out = Path(out)
+    if (out / "data").exists():
+        raise UnicompError(f"{out} already holds a data set; choose another --out")
+    ale_id = atari_env_id(env_id)
+    if ale_id is None:
+        raise UnicompError(f"--dqn-replay needs an Atari game as --env (ALE/<Game>-v5): {env_id!r}")
+    t0 = time.perf_counter()
+    dataset = read_dqn_replay(replay, transitions, suffixes, env_id=ale_id, log=log)
+    settings = {
+        "suite": "dqn-replay",
+        "dqn_replay": str(replay),
+        "checkpoints": dataset.metadata["dqn_replay_checkpoints"],
+        "transitions_requested": transitions,
+        "rewards": "clipped to [-1, 1] by the logging agent",
+    }
+    return write_collection(dataset, out, settings, "dqn-replay", f"DQN replay {replay}", t0)
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for pkg in ("gymnasium", "mujoco", "stable-baselines3", "sb3-contrib", "minari"):
+    for pkg in ("gymnasium", "mujoco", "ale-py", "stable-baselines3", "sb3-contrib", "minari"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -162,7 +162,8 @@ class DTTask(Task):
     def _to_tensors(self, f: _Flat) -> dict[str, torch.Tensor]:
         states = torch.as_tensor(f.states)
         if self.image:
-            states = states.float() / 255.0 if states.dtype == torch.uint8 else states.float()
+            # uint8 frames stay uint8 (a quarter of float32's memory); ``windows`` scales them
+            states = states if states.dtype == torch.uint8 else states.float()
         else:
             states = (states.float() - torch.as_tensor(self.state_mean)) / torch.as_tensor(
                 self.state_std
@@ -201,9 +202,12 @@ class DTTask(Task):
             y = torch.cat([actions, mask[..., None].float()], dim=-1)  # (B, K, act + 1)
             action_in = actions
         rtg = take(t["rtg"])[..., None]  # (B, K, 1)
+        states = take(t["states"])  # (B, K, *obs)
+        if states.dtype == torch.uint8:
+            states = states.float() / 255.0  # image frames scaled to [0, 1]
         x = {
             "returns_to_go": rtg if self.use_returns else torch.zeros_like(rtg),
-            "states": take(t["states"]),  # (B, K, *obs)
+            "states": states,
             "actions": action_in,  # (B, K, act)
             "timesteps": take(t["timesteps"]),  # (B, K)
         }

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from unicomp.errors import UnicompError
+from unicomp.rl.atari import ATARI_REF_SCORES, ATARI_TARGETS, atari_env_id
 from unicomp.rl.trajectories import Episode
 
 # D4RL reference returns (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE, the same for every
@@ -55,22 +56,28 @@ def _env_key(env_id: str) -> str:
 
 
 def default_targets(env_id: str | None, best_return: float) -> tuple[float, ...]:
-    """The paper's targets for its environments; elsewhere the best return in the data and
-    half of it (the paper's pairs are roughly an expert's return and half)."""
+    """The paper's targets for its environments (gym: two; Atari: one per game); elsewhere
+    the best return in the data and half of it (the paper's gym pairs are roughly an
+    expert's return and half)."""
     if env_id and _env_key(env_id) in PAPER_TARGETS:
         return PAPER_TARGETS[_env_key(env_id)]
+    if env_id and _env_key(env_id) in ATARI_TARGETS:
+        return (ATARI_TARGETS[_env_key(env_id)],)
     return (best_return, best_return / 2)
 
 
 def reference_scores(env_id: str | None) -> tuple[float, float] | None:
-    """(random, expert) returns for "Hopper-v5", "hopper", "hopper-medium-v2", ...; else None."""
+    """(random, expert) returns for "Hopper-v5", "hopper", "hopper-medium-v2", ...; (random,
+    human) for the paper's Atari games ("ALE/Breakout-v5", "breakout"); else None."""
     if not env_id:
         return None
-    return D4RL_REF_SCORES.get(_env_key(env_id))
+    key = _env_key(env_id)
+    return D4RL_REF_SCORES.get(key) or ATARI_REF_SCORES.get(key)
 
 
 def normalized_score(returns: Any, env_id: str | None) -> np.ndarray | None:
-    """100 * (return - random) / (expert - random), as D4RL's ``get_normalized_score`` x 100."""
+    """100 * (return - random) / (expert - random), as D4RL's ``get_normalized_score`` x 100;
+    for Atari, (expert) is the human reference: the paper's gamer-normalised score."""
     ref = reference_scores(env_id)
     if ref is None:
         return None
@@ -117,11 +124,17 @@ class RolloutResult:
 
 def make_env(env_id: str, **kwargs):
     """``gymnasium.make`` with MuJoCo's warnings routed to Python's (see below); our own
-    environments (unicomp.rl.envs: KeyToDoor-v0, ...) are registered first."""
+    environments (unicomp.rl.envs: KeyToDoor-v0, ...) are registered first. Atari ids
+    (``ALE/Breakout-v5``, ``breakout``) get the paper's preprocessing (unicomp.rl.atari)."""
     import gymnasium as gym
 
     import unicomp.rl.envs  # noqa: F401  (registers our environments)
 
+    if atari_env_id(env_id):
+        from unicomp.rl.atari import make_atari_env
+
+        check_env_id(atari_env_id(env_id))
+        return make_atari_env(env_id, **kwargs)
     _route_mujoco_warnings()
     check_env_id(env_id)
     return gym.make(env_id, **kwargs)
@@ -138,6 +151,10 @@ def check_env_id(env_id: str) -> None:
 
     if ":" in env_id:  # "module:Env-v0": gymnasium imports the module first
         return
+    if env_id.startswith("ALE/"):
+        from unicomp.rl.atari import _register_ale
+
+        _register_ale()
     try:
         gym.spec(env_id)
     except gym.error.UnregisteredEnv as err:
@@ -270,6 +287,8 @@ class DTAgent:
 
     state_mean/state_std: the training data's statistics (states are normalised as in
     training); rtg_scale: the scale returns-to-go were divided by in training.
+    sample: discrete actions drawn from the predicted distribution (the official Atari
+    evaluation) with a generator seeded by ``seed``, instead of the most likely action.
     """
 
     def __init__(
@@ -281,10 +300,14 @@ class DTAgent:
         rtg_scale: float,
         device: str | torch.device = "cpu",
         window: str = "exact",
+        sample: bool = False,
+        seed: int = 0,
     ):
         self.model, self.target_return, self.rtg_scale = model, target_return, rtg_scale
         self.device = torch.device(device)
         self.window = window
+        self.sample = sample and model.config.discrete
+        self.generator = torch.Generator().manual_seed(seed)
         self.state_mean = None if state_mean is None else torch.as_tensor(state_mean).float()
         self.state_std = None if state_std is None else torch.as_tensor(state_std).float()
         self.rollout = None
@@ -308,7 +331,10 @@ class DTAgent:
         out = self.model.step(
             self.rollout, self.rtg.to(self.device), s.to(self.device), timestep.to(self.device)
         )
-        if self.model.config.discrete:
+        if self.sample:
+            probs = torch.softmax(out.float().cpu(), -1)
+            action = torch.multinomial(probs, 1, generator=self.generator)[:, 0].to(out.device)
+        elif self.model.config.discrete:
             action = out.argmax(-1)
         else:
             action = out
@@ -335,19 +361,32 @@ def evaluate_dt(
     max_episode_steps: int | None = None,
     window: str = "exact",
     delayed_reward: bool = False,
+    sample: bool = False,
 ) -> dict[str, Any]:
     """Mean/std return and normalised score of the DT conditioned on ``target_return``
     (None for policies that read no returns: BC). ``delayed_reward``: the agent observes the
-    rewards of unicomp.rl.baselines.delay_rewards (none before the episode ends)."""
+    rewards of unicomp.rl.baselines.delay_rewards (none before the episode ends).
+    ``sample``: discrete actions drawn from the predicted distribution (see DTAgent)."""
     from unicomp.rl.baselines import DelayedRewardAgent
 
     device = next(model.parameters()).device
     agent: Agent = DTAgent(
-        model, target_return or 0.0, state_mean, state_std, rtg_scale, device, window
+        model,
+        target_return or 0.0,
+        state_mean,
+        state_std,
+        rtg_scale,
+        device,
+        window,
+        sample=sample,
+        seed=seed,
     )
     if delayed_reward:
         agent = DelayedRewardAgent(agent)
     result = run_episodes(
         env_id, agent, episodes, seed=seed, n_envs=n_envs, max_episode_steps=max_episode_steps
     )
-    return {"target_return": target_return, "seed": seed, **result.summary(env_id)}
+    out = {"target_return": target_return, "seed": seed, **result.summary(env_id)}
+    if sample and model.config.discrete:
+        out["sampled_actions"] = True
+    return out

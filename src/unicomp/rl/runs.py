@@ -110,6 +110,7 @@ def evaluate_run(
             max_episode_steps=max_steps or None,
             window=window or cfg.eval_window,
             delayed_reward=bool(norm.get("delayed_reward", False)),
+            sample=cfg.eval_sample,
         )
         for target in chosen
     ]

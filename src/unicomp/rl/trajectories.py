@@ -439,6 +439,10 @@ def write_minari(
     tmp = path / ".data.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     env_spec = None
+    if dataset.env_id is not None and dataset.env_id.startswith("ALE/"):
+        from unicomp.rl.atari import atari_env_id
+
+        atari_env_id(dataset.env_id)  # registers the ALE ids, where ale-py is installed
     if dataset.env_id is not None and dataset.env_id in gym.registry:
         env_spec = gym.spec(dataset.env_id)
     obs_space, act_space = _spaces(dataset)
@@ -479,10 +483,11 @@ def _spaces(dataset: TrajectoryDataset):
     import gymnasium as gym
 
     obs = dataset.episodes[0].observations
-    obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape[1:], dtype=obs.dtype)
     if np.issubdtype(obs.dtype, np.integer):  # images: uint8 in [0, 255]
         info = np.iinfo(obs.dtype)
         obs_space = gym.spaces.Box(info.min, info.max, shape=obs.shape[1:], dtype=obs.dtype)
+    else:
+        obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape[1:], dtype=obs.dtype)
     if dataset.discrete:
         return obs_space, gym.spaces.Discrete(dataset.action_dim)
     if dataset.env_id is not None and dataset.env_id in gym.registry:
