@@ -513,15 +513,39 @@ def markdown(suite: Suite, rows: list[dict], images: dict[str, list[str]]) -> st
                 f"early stopping after {t.patience} evaluations without gain, the best lr "
                 "chosen on validation"
             )
+        args = f" {first.task_args}" if first.task_args else ""
         budget = (
-            f"task {first.task} {first.task_args or ''}, {t.steps} steps max, batch "
+            f"task {first.task}{args}, {t.steps} steps max, batch "
             f"{t.batch_size}, {rates}, {t.schedule} schedule, evaluation every "
             f"{t.eval_every} steps"
         )
+    shown = suite.path
+    if shown.is_absolute() and shown.is_relative_to(Path.cwd()):
+        shown = shown.relative_to(Path.cwd())
+    done = [c for c in suite.prepare + suite.cells if c.metrics]
+    cell_seconds = sum(c.metrics.get("train_seconds") or 0 for c in done)
     lines += [
         f"Protocol **{suite.protocol}**; seeds {', '.join(map(str, suite.seeds))}; {budget}. "
-        f"Suite file `{suite.path}`; regenerate with `unicomp fpt ablate --suite {suite.asked}"
+        f"Suite file `{shown}`; regenerate with `unicomp fpt ablate --suite {suite.asked}"
         f" --out {suite.root}`.",
+        "",
+        f"Wall time: {len(done)} finished runs, {cell_seconds / 60:.0f} minutes of training "
+        "in all (each run's train_seconds, summed; two runs at a time, one thread each, on a "
+        "shared 2-core CPU).",
+        "",
+    ]
+    sources = sorted(
+        {
+            (
+                c.cfg.backbone,
+                re.sub(r"\(seed \d+\)", "(the run's seed)", c.metrics.get("backbone_source", "?")),
+            )
+            for c in done
+        }
+    )
+    lines += ["Weights, as each run's metrics.json records them (backbone_source):", ""]
+    lines += [f"- `{name}`: {source}" for name, source in sources]
+    lines += [
         "",
         "Accuracy in %, mean ± std over seeds, of the test split at the best validation step. "
         "Train accuracy is the running mean on training batches over the evaluation window "
