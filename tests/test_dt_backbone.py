@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import small_train
+from tests.test_rl import _episodes, _inputs, check_causal
 from unicomp.errors import UnicompError
 from unicomp.freezing import parameter_groups
 from unicomp.models.decision_transformer import build_decision_transformer
@@ -50,16 +51,6 @@ def _model(name: str, freeze: str = "paper", attn: str = "sdpa"):
     return build_decision_transformer(OBS, ACT, backbone=name, freeze=freeze, **kw)
 
 
-def _inputs(B: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        "returns_to_go": torch.randn(B, K, 1, generator=g),
-        "states": torch.randn(B, K, OBS, generator=g),
-        "actions": torch.randn(B, K, ACT, generator=g).tanh(),
-        "timesteps": torch.arange(K).repeat(B, 1),
-    }
-
-
 # --- what the freeze policies train --------------------------------------------------------------
 def test_paper_policy_trains_only_the_dt_layers_norms_and_positions(tiny_bert, tiny_llama):
     for name, has_pos in ((tiny_bert, True), (tiny_llama, False)):
@@ -88,7 +79,6 @@ def test_paper_policy_trains_only_the_dt_layers_norms_and_positions(tiny_bert, t
 def test_training_changes_only_the_trainable_parameters(tiny_bert):
     """A few steps of the one training loop under ``paper``: every frozen tensor stays
     bit-identical, the DT's own layers and the norms move."""
-    from tests.test_rl import _episodes
     from unicomp.rl.dt_task import DTTask
     from unicomp.rl.trajectories import TrajectoryDataset
     from unicomp.train import train
@@ -121,23 +111,7 @@ def test_freeze_needs_a_backbone_and_the_backbone_a_transformer(tmp_path):
 # --- causality ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 def test_later_tokens_never_change_earlier_predictions(backbone, attn):
-    m = _model(backbone, attn=attn).eval()
-    x = _inputs()
-    mask = torch.ones(2, K)
-    mask[0, :2] = 0  # left padding in row 0
-    base = m(x, mask)
-    for key in ("returns_to_go", "states", "actions"):
-        changed = {k: v.clone() for k, v in x.items()}
-        changed[key][:, 3] += 1.0  # a token of step 3
-        out = m(changed, mask)
-        real = mask.bool()
-        real[:, 3:] = False
-        assert torch.allclose(out[real], base[real], atol=1e-6), key  # steps 0-2 unchanged
-        if key != "actions":  # s_3's token sees R_3 and s_3, not a_3
-            assert not torch.allclose(out[:, 3], base[:, 3])
-        else:
-            assert torch.allclose(out[:, 3], base[:, 3], atol=1e-6)
-            assert not torch.allclose(out[:, 4], base[:, 4])
+    check_causal(_model(backbone, attn=attn).eval(), K=K, step=3)
 
 
 def test_the_encoder_alone_would_see_the_future(tiny_bert):
@@ -158,7 +132,7 @@ def test_left_padding_equals_a_shorter_context(backbone):
     """Positions count from the first real token: a padded training window and the short
     context of an episode's first steps in acting give the same predictions."""
     m = _model(backbone).eval()
-    x = _inputs()
+    x = _inputs(K=K)
     mask = torch.ones(2, K)
     mask[0, :2] = 0
     padded = m(x, mask)[0, 2:]
@@ -193,7 +167,7 @@ def test_padded_rows_keep_gradients_finite(backbone):
     m = _model(backbone, freeze="full").train()
     mask = torch.ones(2, K)
     mask[0, :4] = 0  # row 0: one real step
-    out = m(_inputs(), mask)
+    out = m(_inputs(K=K), mask)
     out[mask.bool()].pow(2).mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 

@@ -257,25 +257,30 @@ def test_dt_shapes_and_paper_sizes():
     assert not any("wpe" in n for n, _ in m.named_parameters())
 
 
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_dt_is_causal(attn):
-    m = _model(attn)
-    x = _inputs()
-    mask = torch.ones(2, 6)
+def check_causal(m, K: int, step: int) -> None:
+    """Changing a token of ``step`` (R, s or a) of a left-padded batch never changes an
+    earlier prediction; R and s change that step's, a only the next step's."""
+    x = _inputs(K=K)
+    mask = torch.ones(2, K)
     mask[0, :2] = 0  # left padding in row 0
     base = m(x, mask)
     for key in ("returns_to_go", "states", "actions"):
         changed = {k: v.clone() for k, v in x.items()}
-        changed[key][:, 4] += 1.0  # a token of step 4
+        changed[key][:, step] += 1.0
         out = m(changed, mask)
         real = mask.bool()
-        real[:, 4:] = False
-        assert torch.allclose(out[real], base[real], atol=1e-6), key  # steps 0-3 unchanged
-        if key != "actions":  # a_4 is not seen by s_4's token: step 4 changes only for R, s
-            assert not torch.allclose(out[:, 4], base[:, 4])
+        real[:, step:] = False
+        assert torch.allclose(out[real], base[real], atol=1e-6), key  # earlier steps unchanged
+        if key != "actions":  # a_t is not seen by s_t's token: step t changes only for R, s
+            assert not torch.allclose(out[:, step], base[:, step])
         else:
-            assert torch.allclose(out[:, 4], base[:, 4], atol=1e-6)
-            assert not torch.allclose(out[:, 5], base[:, 5])
+            assert torch.allclose(out[:, step], base[:, step], atol=1e-6)
+            assert not torch.allclose(out[:, step + 1], base[:, step + 1])
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_dt_is_causal(attn):
+    check_causal(_model(attn), K=6, step=4)
 
 
 def test_dt_left_padding_equals_a_shorter_context():
