@@ -214,7 +214,7 @@ class DTRollout:
 
     window: str
     rtg: list[torch.Tensor] = field(default_factory=list)  # K x (B, 1)
-    states: list[torch.Tensor] = field(default_factory=list)  # K x (B, *obs)
+    states: list[torch.Tensor] = field(default_factory=list)  # K x (B, H): state embeddings
     actions: list[torch.Tensor] = field(default_factory=list)  # K x (B, act)
     timesteps: list[torch.Tensor] = field(default_factory=list)  # K x (B,)
     cache: KVCache | None = None
@@ -276,13 +276,13 @@ class DecisionTransformer(nn.Module):
         flat = self.embed_state(states.reshape(-1, *states.shape[-3:]))  # (N, H)
         return flat.reshape(*lead, -1)
 
-    def _embed_steps(self, rtg, states, actions, timesteps):
+    def _embed_steps(self, rtg, states, actions, timesteps, embedded: bool = False):
         """(R, s, a) token embeddings of each step, timestep embedding added: 3 x (B, T, H)
-        (R is None without return tokens)."""
+        (R is None without return tokens). ``embedded``: ``states`` are state embeddings."""
         time = self.embed_timestep(timesteps)  # (B, T, H)
         return (
             None if self.embed_return is None else self.embed_return(rtg) + time,
-            self._embed_states(states) + time,
+            (states if embedded else self._embed_states(states)) + time,
             self.embed_action(actions) + time,
         )
 
@@ -446,7 +446,9 @@ class DecisionTransformer(nn.Module):
             raise RuntimeError("record_action must be called between two steps")
         K = self.config.max_length
         rollout.rtg.append(returns_to_go)
-        rollout.states.append(state)
+        # Each state is embedded once (an image's conv encoder is most of an Atari step's
+        # cost); the window recomputed past K steps reuses the embeddings.
+        rollout.states.append(self._embed_states(state))
         # A placeholder for this step's action: causal attention keeps it out of the
         # prediction (the official code feeds zeros the same way).
         rollout.actions.append(torch.zeros(len(state), self.config.act_dim, device=state.device))
@@ -471,9 +473,10 @@ class DecisionTransformer(nn.Module):
         """The last K steps from scratch: what ``forward`` gives at the last state token."""
         r, s, a = self._embed_steps(
             torch.stack(rollout.rtg, 1),  # (B, K, 1)
-            torch.stack(rollout.states, 1),  # (B, K, *obs)
+            torch.stack(rollout.states, 1),  # (B, K, H) state embeddings
             torch.stack(rollout.actions, 1),  # (B, K, act)
             torch.stack(rollout.timesteps, 1),  # (B, K)
+            embedded=True,
         )
         parts = (r, s, a) if r is not None else (s, a)
         B, K = s.shape[:2]
@@ -493,6 +496,7 @@ class DecisionTransformer(nn.Module):
             rollout.states[-1][:, None],
             rollout.actions[-1][:, None],
             rollout.timesteps[-1][:, None],
+            embedded=True,
         )  # 3 x (B, 1, H)
         new = [r, s] if r is not None else [s]
         if rollout.pending:
