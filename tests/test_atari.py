@@ -320,14 +320,20 @@ def test_collect_atari_episodes(tmp_path):
     assert "normalized_score_mean" in record and record["versions"]["ale-py"]
 
 
+@pytest.fixture(scope="module")
+def breakout_data(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("atari") / "breakout"
+    _collect(data)
+    return data
+
+
 @pytest.mark.parametrize("extra", [[], ["--context", "1"], ["--algo", "bc"]])
-def test_atari_dt_trains_and_acts_in_breakout(tmp_path, extra):
+def test_atari_dt_trains_and_acts_in_breakout(tmp_path, breakout_data, extra):
     """A tiny Atari DT (the conv encoder, discrete actions) through `dt train`: a few steps,
     then one short episode in the real game with sampled actions; K = 1 and BC alike."""
     from unicomp.cli import main
 
-    data = tmp_path / "data"
-    _collect(data)
+    data = breakout_data
     run = tmp_path / "run"
     argv = ["dt", "train", "--data", str(data), "--out", str(run), "--steps", "3"]
     argv += ["--eval-every", "3", "--batch-size", "4", "--warmup-steps", "1", "--no-progress"]
@@ -349,3 +355,24 @@ def test_atari_dt_trains_and_acts_in_breakout(tmp_path, extra):
     assert main(["dt", "eval", "--run", str(run), "--episodes", "1", "--max-steps", "5"]) == 0
     again = json.loads((run / "eval.json").read_text())
     assert again["eval"][0]["length_mean"] <= 5 and again["eval"][0]["sampled_actions"]
+
+
+def test_atari_presets_are_the_papers_model():
+    """configs/dt-atari-*.yaml: the paper's Atari model (DecisionTransformerConfig.atari) and
+    the official evaluation (sampled actions, raw returns-to-go); quick differs in budget."""
+    from unicomp.config import DTConfig, from_dict, load_yaml
+    from unicomp.models.decision_transformer import DecisionTransformerConfig
+
+    paper = DecisionTransformerConfig.atari((4, 84, 84), 4)
+    root = Path(__file__).parents[1] / "configs"
+    for name in ("dt-atari-paper.yaml", "dt-atari-quick.yaml"):
+        cfg = from_dict(DTConfig, load_yaml(root / name), name)
+        assert (cfg.context, cfg.n_layer, cfg.n_head, cfg.hidden_size) == (
+            paper.max_length,
+            paper.n_layer,
+            paper.n_head,
+            paper.hidden_size,
+        )
+        assert cfg.eval_sample and cfg.rtg_scale == 1.0 and cfg.max_ep_len == paper.max_ep_len
+    t = from_dict(DTConfig, load_yaml(root / "dt-atari-paper.yaml")).train
+    assert (t.batch_size, t.lr, t.weight_decay, t.grad_clip) == (128, 6e-4, 0.1, 1.0)
