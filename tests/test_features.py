@@ -348,3 +348,14 @@ def test_trained_head_lands_in_the_fpt(tiny_gpt2, tmp_path):
     for name, value in best.items():
         assert torch.equal(model.state_dict()[name], value), name
     assert fc.frozen_weights_sha256(model) == frozen  # nothing below the head moved
+
+
+def test_auto_skips_the_cache_for_a_run_shorter_than_one_epoch(tmp_path, tiny_gpt2):
+    # 2 steps x 8 examples < 60 training examples: computing every feature would cost more
+    # than the run; an explicit disk cache still caches.
+    short = run_fpt(_cfg(tiny_gpt2, tmp_path / "short", train={"steps": 2, "batch_size": 8}))
+    assert short["feature_cache"].startswith("off: auto: the run sees 16 training examples")
+    assert "fewer than the 60" in short["feature_cache"]
+    disk = run_fpt(_cfg(tiny_gpt2, tmp_path / "disk", "disk", train={"steps": 2, "batch_size": 8}))
+    assert not disk["feature_cache"].startswith("off")
+    assert short["test_accuracy"] == pytest.approx(disk["test_accuracy"], abs=1e-6)

@@ -101,7 +101,8 @@ class FPTConfig:
     feature_cache: str = _f(
         "auto",
         "output-only runs: train the head on features computed once (unicomp.features). "
-        "auto: cached on disk where they are fixed (a data set without augmentation) | off "
+        "auto: cached on disk where they are fixed (a data set without augmentation) and the "
+        "run sees at least an epoch of them | off "
         "| memory | disk",
         choices=("auto", "off", "memory", "disk"),
     )

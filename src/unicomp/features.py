@@ -112,6 +112,18 @@ def feature_cache_plan(cfg: Any, task: Task) -> str | None:
     why = why_not_cached(task, cfg.freeze, cfg.backbone_dropout)
     if why is not None and mode != "auto":
         raise UnicompError(f"feature_cache={mode} cannot apply: {why}")
+    if why is None and mode == "auto":
+        # Computing the features costs one forward pass per training example; a run that
+        # sees fewer examples than that is cheaper on the normal path (its output-only
+        # backward stops at the head). memory/disk asked for explicitly still cache.
+        seen = cfg.train.steps * cfg.train.batch_size
+        n_train = len(task.split("train"))
+        if seen < n_train:
+            return (
+                f"auto: the run sees {seen:,} training examples ({cfg.train.steps} steps x "
+                f"{cfg.train.batch_size}), fewer than the {n_train:,} the cache would compute "
+                "features for (feature_cache=disk caches anyway)"
+            )
     return why
 
 
