@@ -489,7 +489,10 @@ def _row_summary(title, label, row, chosen: list[Cell], failed: list[str], all_c
         "steps": [x.get("steps") for x in m],
         "best_step": [x.get("best_step") for x in m],
         "lr": [c.lr if c.lr is not None else c.cfg.train.lr for c in chosen],
-        "train_seconds": [x.get("train_seconds") for x in m],
+        # training plus, for output-only runs on cached features, computing the features
+        "train_seconds": [
+            (x.get("train_seconds") or 0) + (x.get("feature_seconds") or 0) for x in m
+        ],
         "trainable_params": m[0].get("trainable_params") if m else None,
         "failed": failed,
         "curves": {c.seed: c.metrics.get("curve", []) for c in chosen},
@@ -559,7 +562,7 @@ def markdown(suite: Suite, rows: list[dict], images: dict[str, list[str]]) -> st
         lines += [f"## {title}", ""]
         head = "| row | backbone | freeze | trainable | seeds | test % | paper % | train % | gap | "
         head += f"steps to {100 * (trs[0]['target_accuracy'] or 0):.0f}% val (each seed) | steps | "
-        head += "lr | train s/run |"
+        head += "lr | train s/run (with features) |"
         lines += [head, "|" + "---|" * 13]
         for r in trs:
             fails = f" ({len(r['failed'])} failed: {r['failed'][0]})" if r["failed"] else ""
