@@ -244,8 +244,13 @@ def test_reader_never_unpickles(tmp_path):
 
 
 def test_reader_names_a_folder_without_checkpoints(tmp_path):
+    from unicomp.rl.trajectories import read_dataset
+
     with pytest.raises(DataError, match="no DQN replay checkpoints"):
         read_dqn_replay(tmp_path)
+    _first_checkpoint(tmp_path / "replay_logs")
+    with pytest.raises(DataError, match="a DQN replay folder; import it first"):
+        read_dataset(tmp_path / "replay_logs")  # dt train --data on the raw files
 
 
 def test_dqn_replay_import_cli_writes_a_data_set(tmp_path, capsys):

@@ -512,6 +512,11 @@ def read_dataset(path: str | os.PathLike, env_id: str | None = None) -> Trajecto
     p = Path(path)
     if p.is_file() and p.suffix in (".hdf5", ".h5"):
         ds = read_d4rl_hdf5(p, env_id=env_id)
+    elif p.is_dir() and any(p.glob("$store$_observation_ckpt.*.gz")):
+        raise DataError(
+            f"{p}: a DQN replay folder; import it first with unicomp dt collect --env "
+            f"ALE/<Game>-v5 --dqn-replay {p} --transitions N --out DATA"
+        )
     elif p.is_dir():
         ds = read_minari(p)
     else:
