@@ -325,6 +325,28 @@ def test_collect_atari_episodes(tmp_path):
     assert "normalized_score_mean" in record and record["versions"]["ale-py"]
 
 
+def test_collect_with_an_sb3_atari_agent_epsilon_greedy(tmp_path):
+    """An SB3 DQN with the CNN policy (untrained here: no Atari agent is on this machine)
+    observing our (4, 84, 84) frames loads as --agent and acts with --noise as epsilon."""
+    sb3 = pytest.importorskip("stable_baselines3")
+    from unicomp.cli import main
+    from unicomp.rl.evaluate import make_env
+    from unicomp.rl.trajectories import read_dataset
+
+    env = make_env("ALE/Breakout-v5")
+    try:
+        sb3.DQN("CnnPolicy", env, buffer_size=10, seed=0, device="cpu").save(tmp_path / "dqn")
+    finally:
+        env.close()
+    out = tmp_path / "data"
+    argv = ["dt", "collect", "--env", "breakout", "--agent", str(tmp_path / "dqn.zip")]
+    argv += ["--noise", "0.1", "--episodes", "2", "--max-episode-steps", "10", "--out", str(out)]
+    assert main(argv) == 0
+    record = json.loads((out / "collection.json").read_text())
+    assert record["components"][0]["policy"] == "dqn:dqn+noise0.1"
+    assert [len(e) for e in read_dataset(out).episodes] == [10, 10]
+
+
 @pytest.fixture(scope="module")
 def breakout_data(tmp_path_factory) -> Path:
     data = tmp_path_factory.mktemp("atari") / "breakout"
