@@ -178,3 +178,19 @@ def test_the_shipped_sweep_suite_has_one_cell_per_rate(tmp_path):
     assert len(suite.cells) == 6 * 3 * 3
     assert {c.cfg.train.lr for c in suite.cells} == {3e-4, 1e-3, 3e-3}
     assert all(c.cfg.train.patience == 4 for c in suite.cells)
+
+
+def test_report_only_tables_the_finished_cells_and_trains_nothing(tmp_path, tiny_gpt2):
+    from unicomp.ablate import report_suite
+
+    done = [{"label": "FPT", "backbone": tiny_gpt2, "freeze": "paper"}]
+    _run(_suite(tmp_path, done), tmp_path / "out")
+    more = done + [{"label": "later", "backbone": tiny_gpt2, "freeze": "output-only"}]
+    suite = load_suite(str(_suite(tmp_path, more)), tmp_path / "out")
+    result = report_suite(suite)
+    assert [c["status"] for c in result["cells"]] == ["skipped", "not run"]
+    assert not Path(suite.cells[1].cfg.out).exists()  # nothing was trained or created
+    md = (suite.out / "results.md").read_text()
+    assert "| later (1 seed(s) missing: s0: not finished) |" in md
+    assert main(["fpt", "ablate", "--suite", str(tmp_path / "tiny.yaml"), "--out",
+                 str(tmp_path / "out"), "--report-only"]) == 0  # fmt: skip

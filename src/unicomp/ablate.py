@@ -383,6 +383,19 @@ def run_cells(cells: list[Cell], logs: Path, jobs: int, threads: int, say=print)
             time.sleep(0.5)
 
 
+def report_suite(suite: Suite) -> dict:
+    """Tables, JSON and plots from the cells finished so far; nothing is trained (a suite
+    still running elsewhere is read, not locked). Unfinished cells count as not run."""
+    for cell in suite.prepare + suite.cells:
+        folder = Path(cell.cfg.out)
+        if (folder / "metrics.json").is_file() and not _same_config(cell.cfg, folder):
+            cell.status, cell.metrics = "skipped", _read_metrics(cell)
+        else:
+            cell.status, cell.error = "not run", "not finished"
+    suite.out.mkdir(parents=True, exist_ok=True)
+    return summarise(suite, 0.0)
+
+
 def run_suite(suite: Suite, jobs: int = 2, threads: int | None = None, say=print) -> dict:
     """Run (or skip) every cell of the suite, then write its tables, JSON and plots."""
     from unicomp.files import _release_lock, _take_lock
@@ -565,7 +578,9 @@ def markdown(suite: Suite, rows: list[dict], images: dict[str, list[str]]) -> st
         head += "lr | train s/run (with features) |"
         lines += [head, "|" + "---|" * 13]
         for r in trs:
-            fails = f" ({len(r['failed'])} failed: {r['failed'][0]})" if r["failed"] else ""
+            fails = (
+                f" ({len(r['failed'])} seed(s) missing: {r['failed'][0]})" if r["failed"] else ""
+            )
             seconds = [s for s in r["train_seconds"] if s is not None]
             lines.append(
                 "| "

@@ -158,7 +158,7 @@ def _int_list(text: str | None) -> list[int] | None:
 
 
 def cmd_fpt_ablate(args: argparse.Namespace) -> None:
-    from unicomp.ablate import describe, load_suite, run_suite
+    from unicomp.ablate import describe, load_suite, report_suite, run_suite
 
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise UnicompError("--jobs and --threads must be >= 1")
@@ -167,6 +167,10 @@ def cmd_fpt_ablate(args: argparse.Namespace) -> None:
     suite = load_suite(args.suite, Path(args.out), _int_list(args.seeds), args.protocol, args.steps)
     if args.dry_run:
         print(describe(suite))
+        return
+    if args.report_only:
+        report_suite(suite)
+        print((suite.out / "results.md").read_text())
         return
     result = run_suite(suite, jobs=args.jobs, threads=args.threads)
     print((suite.out / "results.md").read_text())
@@ -563,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", choices=("paper", "sweep"), help="override the suite's protocol")
     p.add_argument("--steps", type=int, help="override every cell's step budget")
     p.add_argument("--dry-run", action="store_true", help="list the cells, run nothing")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write results.md/json and plots from the cells finished so far; train nothing",
+    )
     p.set_defaults(func=cmd_fpt_ablate)
 
     p = fpt.add_parser(
