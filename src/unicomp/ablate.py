@@ -20,7 +20,6 @@ Writes ``<out>/<suite>/results.md`` (one table per suite table: mean ± std over
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unicomp.config import FPTConfig, check_config, from_dict, load_yaml, to_dict
+from unicomp.config import FPTConfig, check_config, from_dict, load_yaml
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
 
@@ -79,6 +78,11 @@ class Cell:
     status: str = "pending"  # pending | done | failed | skipped (finished before)
     error: str = ""
     metrics: dict = field(default_factory=dict)
+
+    @property
+    def file_stem(self) -> str:
+        """The cell's key as one file name (its request YAML and log in the suite's logs/)."""
+        return self.key.replace("/", "__")
 
 
 @dataclass
@@ -244,21 +248,20 @@ def load_suite(
 # --- running cells -------------------------------------------------------------------------------
 
 
-def _same_config(cfg: FPTConfig, folder: Path) -> str | None:
-    """None if the cell's config.yaml says what ``cfg`` asks (up to settings a resume may
-    change, and the attention measured at its start); else what differs."""
-    from unicomp.experiments import RESUMABLE_CHANGES, _flat
+def _config_changes(cfg: FPTConfig, folder: Path) -> tuple[dict, dict]:
+    """experiments.config_changes, where attention asked as "auto" matches the one the run
+    measured and saved."""
+    from unicomp.experiments import config_changes
 
-    saved = _flat(load_yaml(folder / "config.yaml"))
-    asked = _flat(to_dict(cfg))
-    if asked.get("attn_implementation") == "auto":
-        asked["attn_implementation"] = saved.get("attn_implementation")
-    diffs = [
-        f"{k} {saved.get(k)!r} -> {v!r}"
-        for k, v in asked.items()
-        if k not in ("out", "train.progress") and k not in RESUMABLE_CHANGES and saved.get(k) != v
-    ]
-    return "; ".join(diffs) or None
+    diffs, refused = config_changes(cfg, folder)
+    if cfg.attn_implementation == "auto":
+        diffs.pop("attn_implementation", None)
+        refused.pop("attn_implementation", None)
+    return diffs, refused
+
+
+def _listed(changes: dict) -> str:
+    return "; ".join(f"{k} {saved!r} -> {asked!r}" for k, (saved, asked) in changes.items())
 
 
 def _plan(cell: Cell) -> str:
@@ -269,17 +272,15 @@ def _plan(cell: Cell) -> str:
     folder = Path(cell.cfg.out)
     if not (folder / "config.yaml").is_file():
         return "new"
-    differs = _same_config(cell.cfg, folder)
-    if differs:
+    diffs, refused = _config_changes(cell.cfg, folder)
+    if refused:
         raise UnicompError(
-            f"cell {cell.key}: {folder} holds a run with other settings ({differs}); delete it "
-            "or choose another --out"
+            f"cell {cell.key}: {folder} holds a run with other settings ({_listed(refused)}); "
+            "delete it or choose another --out"
         )
     if (folder / "metrics.json").is_file():
-        saved_steps = load_yaml(folder / "config.yaml").get("train", {}).get("steps")
-        if saved_steps == cell.cfg.train.steps:
-            return "skip"
-        return "resume"  # a changed budget: train on from the checkpoint
+        # a changed budget trains on from the checkpoint
+        return "resume" if "train.steps" in diffs else "skip"
     if (folder / "checkpoint.pt").is_file():
         return "resume"
     fd = _take_lock(folder)  # refuses if a live run holds it
@@ -291,11 +292,11 @@ def _plan(cell: Cell) -> str:
     return "new"
 
 
-def _start(cell: Cell, logs: Path, threads: int) -> subprocess.Popen:
+def _start(cell: Cell, plan: str, logs: Path, threads: int) -> subprocess.Popen:
+    """Train the cell in a child process (``plan``: 'new' or 'resume', from _plan)."""
     from unicomp.config import save_yaml
 
-    plan = _plan(cell)
-    request = logs / f"{cell.key.replace('/', '__')}.yaml"
+    request = logs / f"{cell.file_stem}.yaml"
     save_yaml(cell.cfg, request)
     argv = [sys.executable, "-m", "unicomp", "fpt", "train", "--config", str(request)]
     argv += ["--out", cell.cfg.out] + (["--resume"] if plan == "resume" else [])
@@ -305,7 +306,7 @@ def _start(cell: Cell, logs: Path, threads: int) -> subprocess.Popen:
         "MKL_NUM_THREADS": str(threads),
         "PYTHONUNBUFFERED": "1",
     }
-    log = open(logs / f"{cell.key.replace('/', '__')}.log", "a")  # noqa: SIM115 (closed by run_cells)
+    log = open(logs / f"{cell.file_stem}.log", "a")  # noqa: SIM115 (closed by run_cells)
     log.write(f"$ {' '.join(argv)}\n")
     log.flush()
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -315,20 +316,14 @@ def _start(cell: Cell, logs: Path, threads: int) -> subprocess.Popen:
 
 def _read_metrics(cell: Cell) -> dict:
     folder = Path(cell.cfg.out)
+    from unicomp.train import _read_curve
+
     metrics = json.loads((folder / "metrics.json").read_text())
-    curve = _read_curve(folder)
+    curve = _read_curve(folder / "curve.csv", metrics["steps"])
     best = next((r for r in curve if r["step"] == metrics.get("best_step")), None)
     metrics["train_accuracy_at_best"] = best["train_accuracy"] if best else None
     metrics["curve"] = [(r["step"], r["val_accuracy"]) for r in curve]
     return metrics
-
-
-def _read_curve(folder: Path) -> list[dict]:
-    path = folder / "curve.csv"
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def run_cells(cells: list[Cell], logs: Path, jobs: int, threads: int, say=print) -> None:
@@ -352,7 +347,7 @@ def run_cells(cells: list[Cell], logs: Path, jobs: int, threads: int, say=print)
                     f"{cell.metrics['test_accuracy']:.4f} ({time.time() - t0:.0f} s)"
                 )
             else:
-                tail = (logs / f"{key.replace('/', '__')}.log").read_text().strip().splitlines()
+                tail = (logs / f"{cell.file_stem}.log").read_text().strip().splitlines()
                 cell.status, cell.error = "failed", (tail[-1] if tail else "no output")
                 say(f"[{finished}/{len(cells)}] {cell.key}: FAILED: {cell.error}")
         for cell in list(pending):
@@ -369,12 +364,13 @@ def run_cells(cells: list[Cell], logs: Path, jobs: int, threads: int, say=print)
                 continue
             pending.remove(cell)
             try:
-                if _plan(cell) == "skip":
+                plan = _plan(cell)
+                if plan == "skip":
                     finished += 1
                     cell.status, cell.metrics = "skipped", _read_metrics(cell)
                     say(f"[{finished}/{len(cells)}] {cell.key}: finished before, skipped")
                     continue
-                running[cell.key] = (cell, _start(cell, logs, threads), time.time())
+                running[cell.key] = (cell, _start(cell, plan, logs, threads), time.time())
             except UnicompError as err:
                 finished += 1
                 cell.status, cell.error = "failed", str(err)
@@ -388,7 +384,7 @@ def report_suite(suite: Suite) -> dict:
     still running elsewhere is read, not locked). Unfinished cells count as not run."""
     for cell in suite.prepare + suite.cells:
         folder = Path(cell.cfg.out)
-        if (folder / "metrics.json").is_file() and not _same_config(cell.cfg, folder):
+        if (folder / "metrics.json").is_file() and not _config_changes(cell.cfg, folder)[1]:
             cell.status, cell.metrics = "skipped", _read_metrics(cell)
         else:
             cell.status, cell.error = "not run", "not finished"
@@ -480,6 +476,7 @@ def summarise(suite: Suite, seconds: float) -> dict:
 def _row_summary(title, label, row, chosen: list[Cell], failed: list[str], all_cells) -> dict:
     m = [c.metrics for c in chosen]
     test = [x["test_accuracy"] for x in m]
+    mean, std = _mean_std(test) if test else (None, None)
     train = [x["train_accuracy_at_best"] for x in m if x.get("train_accuracy_at_best") is not None]
     cfg = (chosen or all_cells)[0].cfg if (chosen or all_cells) else None
     return {
@@ -491,8 +488,8 @@ def _row_summary(title, label, row, chosen: list[Cell], failed: list[str], all_c
         "paper": row.get("paper"),
         "seeds_done": len(chosen),
         "test_accuracy": test,
-        "test_mean": _mean_std(test)[0] if test else None,
-        "test_std": _mean_std(test)[1] if test else None,
+        "test_mean": mean,
+        "test_std": std,
         "train_accuracy_at_best": train,
         "gap_mean": statistics.mean(a - b for a, b in zip(train, test, strict=False))
         if train and len(train) == len(test)

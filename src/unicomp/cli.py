@@ -148,13 +148,18 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
     print(f"run folder: {cfg.out}")
 
 
+def _comma_list(text: str, convert, flag: str, expected: str) -> list:
+    """``--flag a,b,c`` as a list of ``convert``ed items; a bad item is a one-line error."""
+    try:
+        return [convert(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UnicompError(f"{flag} {text!r}: expected {expected}") from None
+
+
 def _int_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UnicompError(f"--seeds {text!r}: expected integers separated by commas") from None
+    return _comma_list(text, int, "--seeds", "integers separated by commas")
 
 
 def cmd_fpt_ablate(args: argparse.Namespace) -> None:
@@ -326,10 +331,7 @@ def _eval_summary(e: dict) -> dict:
 def _targets(text: str | None) -> list[float] | None:
     if not text:
         return None
-    try:
-        return [float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise UnicompError(f"--targets {text!r}: expected numbers like 3600,1800") from None
+    return _comma_list(text, float, "--targets", "numbers like 3600,1800")
 
 
 def cmd_dt_eval(args: argparse.Namespace) -> None:

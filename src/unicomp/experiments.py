@@ -221,6 +221,17 @@ def _flat(data: dict) -> dict:
     }
 
 
+def config_changes(cfg: Any, out: Path) -> tuple[dict, dict]:
+    """Every setting of ``cfg`` that differs from the run's ``out/config.yaml``, as
+    ``{key: [saved, asked]}`` (keys flattened: ``train.lr``), and the part of those that a
+    resume may not change (outside ``RESUMABLE_CHANGES``)."""
+    path = out / "config.yaml"
+    saved = _flat(to_dict(from_dict(type(cfg), load_yaml(path), f"config file {path}")))
+    asked = _flat(to_dict(cfg))
+    diffs = {k: [saved.get(k), v] for k, v in asked.items() if k != "out" and saved.get(k) != v}
+    return diffs, {k: v for k, v in diffs.items() if k not in RESUMABLE_CHANGES}
+
+
 def check_resume(cfg: Any, out: Path) -> dict:
     """Compare the config a resume asks for with the run's own config.yaml: a difference in
     a setting outside ``RESUMABLE_CHANGES`` is refused, naming each; the allowed ones are
@@ -228,10 +239,7 @@ def check_resume(cfg: Any, out: Path) -> dict:
     path = out / "config.yaml"
     if not path.is_file():
         raise UnicompError(f"nothing to resume: {path} does not exist")
-    saved = _flat(to_dict(from_dict(type(cfg), load_yaml(path), f"config file {path}")))
-    asked = _flat(to_dict(cfg))
-    diffs = {k: [saved.get(k), v] for k, v in asked.items() if k != "out" and saved.get(k) != v}
-    refused = {k: v for k, v in diffs.items() if k not in RESUMABLE_CHANGES}
+    diffs, refused = config_changes(cfg, out)
     if refused:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
         allowed = ", ".join(k.removeprefix("train.") for k in RESUMABLE_CHANGES[:5])
