@@ -219,8 +219,8 @@ def _d4rl_cases() -> list[tuple[dict, str]]:
     ]
 
 
-@pytest.mark.parametrize(("override", "message"), _d4rl_cases())
-def test_d4rl_wrong_shapes_types_and_values_are_data_errors(tmp_path, override, message):
+def _assert_d4rl_refused(tmp_path, override: dict, message: str) -> None:
+    """A D4RL file written with ``override`` is refused with one line naming it."""
     from tests.test_rl import _write_d4rl
     from unicomp.errors import DataError
     from unicomp.rl.trajectories import read_d4rl_hdf5
@@ -229,6 +229,11 @@ def test_d4rl_wrong_shapes_types_and_values_are_data_errors(tmp_path, override, 
     with pytest.raises(DataError, match=message) as err:
         read_d4rl_hdf5(path)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(("override", "message"), _d4rl_cases())
+def test_d4rl_wrong_shapes_types_and_values_are_data_errors(tmp_path, override, message):
+    _assert_d4rl_refused(tmp_path, override, message)
 
 
 def test_d4rl_group_truncated_and_damaged_files_are_data_errors(tmp_path):
@@ -447,14 +452,7 @@ def test_pickles_in_data_files_run_no_code(tmp_path, fmt):
     ],
 )
 def test_d4rl_values_the_dt_cannot_embed_are_data_errors(tmp_path, override, message):
-    from tests.test_rl import _write_d4rl
-    from unicomp.errors import DataError
-    from unicomp.rl.trajectories import read_d4rl_hdf5
-
-    path = _write_d4rl(tmp_path / "bad.hdf5", **override)
-    with pytest.raises(DataError, match=message) as err:
-        read_d4rl_hdf5(path)
-    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    _assert_d4rl_refused(tmp_path, override, message)
 
 
 def test_d4rl_field_declaring_2_40_rows_is_refused_before_reading(tmp_path):
