@@ -1,3 +1,40 @@
-"""unicomp: one pretrained sequence model as a universal computation engine."""
+"""unicomp: one pretrained sequence model as a universal computation engine.
+
+The public Python API, imported lazily (``import unicomp`` loads neither torch nor
+transformers):
+
+* ``load_backbone(name, seed=0)``: a backbone by registered name, hub id, local folder,
+  ``random:<name>``, ``stats:<name>``, ``lstm[...]`` or ``run:<DIR>``;
+* ``export_adapter(run_folder, path)``: a finished FPT run's trained parameters alone, as one
+  safetensors file (see docs/serving.md);
+* ``load_adapter(path, backbone=None)``: that file around a backbone (loaded by the name the
+  file records, or one given, shared between adapters), with ``predict(inputs)``;
+* ``TASKS``, ``BACKBONES``, ``FREEZE_POLICIES``: the registries (``unicomp list``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_API = {
+    "load_backbone": "unicomp.backbones.hf",
+    "export_adapter": "unicomp.adapters",
+    "load_adapter": "unicomp.adapters",
+    "TASKS": "unicomp.registry",
+    "BACKBONES": "unicomp.registry",
+    "FREEZE_POLICIES": "unicomp.registry",
+}
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'unicomp' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

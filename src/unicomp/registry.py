@@ -28,7 +28,17 @@ class Entry:
         return getattr(importlib.import_module(module), attr)
 
 
+def _load_catalog() -> None:
+    """Import ``unicomp.catalog`` (its ``register`` lines) on the first lookup, so that
+    ``import unicomp; unicomp.load_backbone("minilm-l6")`` works without importing it first.
+    (While the catalogue is being imported, Python's module cache returns the partial module.)"""
+    importlib.import_module("unicomp.catalog")
+
+
 class Registry:
+    """Entries by name; every lookup (``entry``, ``names``, ``in``, iteration) sees the whole
+    catalogue (``unicomp.catalog``), imported on the first one."""
+
     def __init__(self, kind: str):
         self.kind = kind
         self._entries: dict[str, Entry] = {}
@@ -39,17 +49,21 @@ class Registry:
         self._entries[name] = Entry(name, target, help, kwargs)
 
     def names(self) -> list[str]:
+        _load_catalog()
         return list(self._entries)
 
     def entry(self, name: str) -> Entry:
+        _load_catalog()
         if name not in self._entries:
             raise UnknownNameError(self.kind, name, self.names())
         return self._entries[name]
 
     def __contains__(self, name: str) -> bool:
+        _load_catalog()
         return name in self._entries
 
     def __iter__(self):
+        _load_catalog()
         return iter(self._entries.values())
 
 

@@ -93,12 +93,38 @@ class HFBackbone(nn.Module):
 
     def position_table(self) -> tuple[nn.Module, str, nn.Embedding] | None:
         """The backbone's learned absolute position table, as (parent, attribute, table)."""
-        for mod in self.model.modules():
+        found = self._position_table()
+        return None if found is None else found[1:]
+
+    def _position_table(self) -> tuple[str, nn.Module, str, nn.Embedding] | None:
+        for mod_name, mod in self.named_modules():
             for attr in ("wpe", "position_embeddings", "embed_positions"):
                 table = getattr(mod, attr, None)
                 if isinstance(table, nn.Embedding):
-                    return mod, attr, table
+                    return mod_name, mod, attr, table
         return None
+
+    def fitted_positions(self, max_len: int) -> tuple[dict[str, torch.Tensor], str]:
+        """The position table fitted to exactly ``max_len`` rows, without changing the backbone:
+        the new tensors by their names in this module (the table's weight and, where BERT's
+        buffers of position and token-type ids are shorter than ``max_len``, those), and a
+        description. Empty without a learned table. See :meth:`fit_positions`."""
+        found = self._position_table()
+        if found is None:
+            return {}, "none"
+        mod_name, parent, attr, table = found
+        prefix = f"{mod_name}." if mod_name else ""
+        old = table.num_embeddings
+        rows = torch.arange(max_len) % old
+        tensors = {f"{prefix}{attr}.weight": table.weight.detach()[rows].clone()}
+        ids = getattr(parent, "position_ids", None)  # BERT slices a buffer of max length
+        if isinstance(ids, torch.Tensor) and ids.shape[-1] < max_len:
+            tensors[f"{prefix}position_ids"] = torch.arange(max_len).expand((1, -1))
+            if isinstance(getattr(parent, "token_type_ids", None), torch.Tensor):
+                tensors[f"{prefix}token_type_ids"] = torch.zeros((1, max_len), dtype=torch.long)
+        if max_len <= old:
+            return tensors, f"the backbone's learned table (first {max_len} of {old} rows)"
+        return tensors, f"the backbone's learned table ({old} rows) repeated to {max_len} rows"
 
     def fit_positions(self, max_len: int) -> str:
         """Resize the learned position table to exactly ``max_len`` rows; describe what was done.
@@ -108,25 +134,18 @@ class HFBackbone(nn.Module):
         on GPT-2). Longer tasks (e.g. 1024-pixel CIFAR-10 LRA on a 512-position BERT) get the
         table repeated to length: a departure from any paper, recorded in the run summary.
         """
-        found = self.position_table()
+        found = self._position_table()
+        tensors, description = self.fitted_positions(max_len)
         if found is None:
-            return "none"
-        parent, attr, table = found
-        old = table.num_embeddings
+            return description
+        _, parent, attr, table = found
         new = nn.Embedding(max_len, table.embedding_dim)
-        rows = torch.arange(max_len) % old
-        new.weight.data.copy_(table.weight.data[rows])
+        new.weight.data.copy_(next(iter(tensors.values())))
         new.weight.requires_grad_(table.weight.requires_grad)
         setattr(parent, attr, new)
-        ids = getattr(parent, "position_ids", None)  # BERT slices a buffer of max length
-        if isinstance(ids, torch.Tensor) and ids.shape[-1] < max_len:
-            parent.position_ids = torch.arange(max_len).expand((1, -1))
-            tt = getattr(parent, "token_type_ids", None)
-            if isinstance(tt, torch.Tensor):
-                parent.token_type_ids = torch.zeros_like(parent.position_ids)
-        if max_len <= old:
-            return f"the backbone's learned table (first {max_len} of {old} rows)"
-        return f"the backbone's learned table ({old} rows) repeated to {max_len} rows"
+        for name, value in list(tensors.items())[1:]:  # the id buffers, where extended
+            setattr(parent, name.rsplit(".", 1)[-1], value)
+        return description
 
     def set_attention(self, name: str) -> None:
         """Switch the attention implementation (eager | sdpa) of the loaded model in place."""

@@ -590,6 +590,28 @@ def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(n, (h // patch) * (w // patch), patch * patch * c)
 
 
+def mnist_tokens(images: torch.Tensor, tokens: int = 64) -> torch.Tensor:
+    """(N, 28, 28) uint8 digits -> (N, tokens, 16): 4x4 patches of standardised pixels; 64
+    tokens: zero-padded to 32x32 first (the paper), 49: the 28x28 image (the official code)."""
+    if tokens == 64:
+        # Pad with black before standardising, so the border looks like the background.
+        images = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    x = (images.float() / 255 - MNIST_MEAN) / MNIST_STD
+    return patchify(x.unsqueeze(-1), 4)
+
+
+def cifar_tokens(images: torch.Tensor) -> torch.Tensor:
+    """(N, 32, 32, 3) uint8 images -> (N, 64, 48): 4x4x3 patches, standardised per channel."""
+    mean, std = torch.tensor(CIFAR_MEAN), torch.tensor(CIFAR_STD)
+    return patchify((images.float() / 255 - mean) / std, 4)
+
+
+def gray_tokens(images: torch.Tensor) -> torch.Tensor:
+    """(N, 32, 32, 3) uint8 images -> (N, 1024, 1): standardised gray pixels (LRA)."""
+    gray = (images.float() / 255) @ torch.tensor(GRAY_WEIGHTS)  # (N, 32, 32)
+    return ((gray - GRAY_MEAN) / GRAY_STD).reshape(len(images), -1, 1)
+
+
 def _chunked(
     images: np.ndarray | torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
@@ -717,11 +739,7 @@ class MNIST(_ImageTask):
         )
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
-        if self.n_tokens == 64:
-            # Pad with black before standardising, so the border looks like the background.
-            images = torch.nn.functional.pad(images, (2, 2, 2, 2))
-        x = (images.float() / 255 - MNIST_MEAN) / MNIST_STD
-        return patchify(x.unsqueeze(-1), 4)
+        return mnist_tokens(images, self.n_tokens)
 
 
 class CIFAR10(_ImageTask):
@@ -744,8 +762,6 @@ class CIFAR10(_ImageTask):
             raise ValueError(f"augment={augment!r}: expected true or false")
         self.augment = augment
         self.spec = TaskSpec(max_len=64, d_in=48, d_out=10, n_classes=10)
-        self._mean = torch.tensor(CIFAR_MEAN)
-        self._std = torch.tensor(CIFAR_STD)
         raw, note = load_cifar10(data_root)
         splits = self._setup(raw, val_size, train_limit, val_limit, test_limit)
         self._sampler = _IndexSampler(len(self.data["train"]))
@@ -760,7 +776,7 @@ class CIFAR10(_ImageTask):
         )
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
-        return patchify((images.float() / 255 - self._mean) / self._std, 4)
+        return cifar_tokens(images)
 
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         if not self.augment:
@@ -795,7 +811,6 @@ class CIFAR10LRA(_ImageTask):
         test_limit: int | None = None,
     ):
         self.spec = TaskSpec(max_len=1024, d_in=1, d_out=10, n_classes=10)
-        self._weights = torch.tensor(GRAY_WEIGHTS)
         raw, note = load_cifar10(data_root)
         splits = self._setup(raw, val_size, train_limit, val_limit, test_limit)
         self.data_source = (
@@ -805,5 +820,4 @@ class CIFAR10LRA(_ImageTask):
         )
 
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
-        gray = (images.float() / 255) @ self._weights  # (N, 32, 32)
-        return ((gray - GRAY_MEAN) / GRAY_STD).reshape(len(images), -1, 1)
+        return gray_tokens(images)

@@ -1,0 +1,243 @@
+"""A task's natural inputs and outputs: bit strings, image arrays, ListOps expressions, protein
+sequences in; bit strings, digits, class names, fold numbers out.
+
+``codec_for(task, task_args, spec).encode(items)`` turns a list of natural inputs into the
+model's ``(x, mask)`` exactly as the task's own data pipeline does (tests check this against
+the tasks' splits); ``decode(logits)`` turns the model's logits into natural outputs. A bad
+item raises :class:`InputError` naming the item and what was wrong. Encoding needs no data
+set: the codec is built from the task's arguments and the size spec stored with an adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from unicomp.errors import UnicompError
+from unicomp.tasks.base import TaskSpec
+
+
+class InputError(UnicompError, ValueError):
+    """One input is not what the task takes; the message names which and why."""
+
+
+def _fail(i: int, what: str) -> InputError:
+    return InputError(f"input {i}: {what}")
+
+
+def _describe(item: Any) -> str:
+    text = repr(item)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass
+class Codec:
+    """Base: ``input``/``output`` describe one item in words; ``example`` is a valid input."""
+
+    spec: TaskSpec
+    input: str = ""
+    output: str = ""
+    example: Any = None
+
+    def encode(self, items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def decode(self, logits: torch.Tensor) -> list[Any]:
+        """Class ids per predicted element: (B,) for classification, (B, N) for sequences."""
+        return logits.reshape(logits.shape[0], -1, self.spec.n_classes).argmax(-1).tolist()
+
+    def describe(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output, "example": self.example}
+
+
+def _bits(i: int, text: Any, n: int, allowed: str = "01") -> list[int]:
+    if not isinstance(text, str) or len(text) != n or any(c not in allowed for c in text):
+        kind = "'0'/'1'" + (" or '?' (masked)" if "?" in allowed else "")
+        raise _fail(i, f"expected a string of {n} characters {kind}, got {_describe(text)}")
+    return [{"0": -1, "1": 1, "?": 0}[c] for c in text]  # the tasks' signed bits, 0 = masked
+
+
+def _bit_list(i: int, item: Any, n: int) -> list[Any]:
+    if not isinstance(item, list | tuple) or len(item) != n:
+        raise _fail(i, f"expected a list of {n} bit strings, got {_describe(item)}")
+    return list(item)
+
+
+class BitXORCodec(Codec):
+    def __init__(self, spec: TaskSpec, n_bits: int, **_: Any):
+        super().__init__(
+            spec,
+            input=f"a list of two strings of {n_bits} bits ('0'/'1')",
+            output=f"their elementwise XOR, a string of {n_bits} bits",
+            example=["1" * n_bits, "01" * (n_bits // 2) + "0" * (n_bits % 2)],
+        )
+        self.n_bits = n_bits
+
+    def encode(self, items):
+        rows = []
+        for i, item in enumerate(items):
+            a, b = _bit_list(i, item, 2)
+            rows.append(_bits(i, a, self.n_bits) + _bits(i, b, self.n_bits))
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(items), -1, 1), None
+
+    def decode(self, logits):
+        return ["".join(map(str, row)) for row in super().decode(logits)]
+
+
+class BitMemoryCodec(Codec):
+    def __init__(self, spec: TaskSpec, n_strings: int, n_bits: int, bits_per_token: int, **_: Any):
+        super().__init__(
+            spec,
+            input=f"{n_strings + 1} strings of {n_bits} bits: {n_strings} to remember, then one of"
+            " them again with some bits masked as '?'",
+            output=f"the remembered string the last one was taken from ({n_bits} bits)",
+            example=[*(str(k % 2) * n_bits for k in range(n_strings)), "?" * (n_bits - 1) + "1"],
+        )
+        self.n_strings, self.n_bits, self.per_token = n_strings, n_bits, bits_per_token
+
+    def encode(self, items):
+        rows = []
+        for i, item in enumerate(items):
+            strings = _bit_list(i, item, self.n_strings + 1)
+            row = [b for s in strings[:-1] for b in _bits(i, s, self.n_bits)]
+            rows.append(row + _bits(i, strings[-1], self.n_bits, "01?"))
+        return torch.tensor(rows, dtype=torch.float32).reshape(len(items), -1, self.per_token), None
+
+    def decode(self, logits):
+        return ["".join(map(str, row)) for row in super().decode(logits)]
+
+
+class ImageCodec(Codec):
+    """An image as nested lists (or an array) of pixel values 0-255: (H, W) gray or
+    (H, W, 3) RGB, tokenised by the task's own function."""
+
+    def __init__(self, spec: TaskSpec, shape: tuple[int, ...], tokens, classes=None):
+        h, w = shape[:2]
+        kind = "RGB, [H][W][3]" if len(shape) == 3 else "gray, [H][W]"
+        super().__init__(
+            spec,
+            input=f"a {h}x{w} image ({kind}) of pixel values 0-255",
+            output="the class name" if classes else "the digit 0-9",
+            example=torch.zeros(shape, dtype=torch.int64).tolist(),
+        )
+        self.shape, self.tokens, self.classes = shape, tokens, classes
+
+    def encode(self, items):
+        images = []
+        for i, item in enumerate(items):
+            try:
+                image = torch.as_tensor(item, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise _fail(i, f"expected an array of numbers of shape {self.shape}") from None
+            if tuple(image.shape) != self.shape:
+                raise _fail(i, f"expected shape {list(self.shape)}, got {list(image.shape)}")
+            if not bool(torch.isfinite(image).all()) or image.min() < 0 or image.max() > 255:
+                raise _fail(i, "pixel values must lie in 0-255")
+            images.append(image)
+        if not images:
+            return torch.zeros((0, self.spec.max_len, self.spec.d_in)), None
+        return self.tokens(torch.stack(images)), None
+
+    def decode(self, logits):
+        labels = super().decode(logits)
+        return [self.classes[c[0]] if self.classes else c[0] for c in labels]
+
+
+class TokenCodec(Codec):
+    """A text (ListOps expression, protein sequence) as token ids, right-padded with a mask."""
+
+    def __init__(self, spec: TaskSpec, tokenize, input: str, output: str, example: str):
+        super().__init__(spec, input=input, output=output, example=example)
+        self.tokenize = tokenize
+
+    def encode(self, items):
+        rows = []
+        for i, item in enumerate(items):
+            if not isinstance(item, str) or not item.strip():
+                raise _fail(i, f"expected a non-empty string, got {_describe(item)}")
+            try:
+                ids = list(self.tokenize(item))
+            except (ValueError, UnicompError) as err:
+                raise _fail(i, str(err)) from None
+            if len(ids) > self.spec.max_len:
+                raise _fail(i, f"{len(ids)} tokens; this model takes at most {self.spec.max_len}")
+            rows.append(ids)
+        width = max((len(r) for r in rows), default=1)
+        x = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, ids in enumerate(rows):
+            x[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[r, : len(ids)] = 1
+        return x, mask
+
+    def decode(self, logits):
+        return [c[0] for c in super().decode(logits)]
+
+
+def _listops(spec: TaskSpec, max_tokens: int | None = None, **_: Any) -> Codec:
+    from unicomp.tasks.listops import tokenize
+
+    def cut(text: str) -> list[int]:  # as the task cut its data (max_tokens), if it did
+        return tokenize(text)[:max_tokens] if max_tokens else tokenize(text)
+
+    return TokenCodec(
+        spec,
+        cut,
+        input="a ListOps expression, symbols separated by spaces (digits, [MIN [MAX [MED [SM, ])",
+        output="its value, 0-9",
+        example="[MAX 2 9 [MIN 4 7 ] 0 ]",
+    )
+
+
+def _proteins(spec: TaskSpec, max_len: int = 1024, unknown: str = "error", **_: Any) -> Codec:
+    from unicomp.tasks.proteins import AMINO_ACIDS, encode
+
+    def tokenize(text: str) -> list[int]:  # cut to max_len as the task cut its data
+        return encode(text, "sequence", unknown=unknown)[:max_len].tolist()
+
+    return TokenCodec(
+        spec,
+        tokenize,
+        input=f"a protein sequence of amino-acid letters ({AMINO_ACIDS})",
+        output="its SCOP fold, as the fold's class number (0-1194)",
+        example="MKTAYIAKQRQISFVKSHFSRQ",
+    )
+
+
+def _images(task: str) -> Any:
+    from unicomp.tasks import images
+
+    def build(spec: TaskSpec, tokens: int = 64, **_: Any) -> Codec:
+        if task == "mnist":
+            return ImageCodec(spec, (28, 28), lambda x: images.mnist_tokens(x, tokens))
+        tokenise = images.cifar_tokens if task == "cifar10" else images.gray_tokens
+        return ImageCodec(spec, (32, 32, 3), tokenise, images.CIFAR_CLASSES)
+
+    return build
+
+
+CODECS = {
+    "bit-xor": BitXORCodec,
+    "bit-memory": BitMemoryCodec,
+    "mnist": _images("mnist"),
+    "cifar10": _images("cifar10"),
+    "cifar10-lra": _images("cifar10-lra"),
+    "listops": _listops,
+    "remote-homology": _proteins,
+}
+
+
+def codec_for(task: str, task_args: dict[str, Any], spec: TaskSpec) -> Codec:
+    """The codec of ``task`` run with ``task_args`` (the task's defaults fill the rest)."""
+    from unicomp.experiments import task_arguments
+    from unicomp.registry import TASKS
+
+    if task not in CODECS:
+        raise UnicompError(
+            f"task {task!r} has no natural input form yet; tasks with one: {', '.join(CODECS)}"
+        )
+    args = {**task_arguments(TASKS.entry(task).load()), **task_args}
+    return CODECS[task](spec, **args)
