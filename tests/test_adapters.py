@@ -1,0 +1,284 @@
+"""Adapter files (unicomp.adapters), natural inputs (unicomp.codecs) and the lazy public API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import cli_train
+from unicomp.errors import UnicompError
+
+# Tiny generated ListOps: short expressions, so token inputs with padding and masks are tested.
+LISTOPS_ARGS = [
+    f"--task-arg={kv}"
+    for kv in (
+        "source=generate",
+        "n_train=64",
+        "n_val=16",
+        "n_test=16",
+        "min_len=5",
+        "max_len=40",
+        "max_depth=3",
+        "max_args=4",
+    )
+]
+MEMORY_ARGS = ["--task-arg=n_strings=2", "--task-arg=n_bits=8", "--task-arg=bits_per_token=4"]
+
+
+@pytest.fixture(scope="session")
+def adapter_runs(tmp_path_factory, tiny_bert) -> dict[str, Path]:
+    """Three tiny finished FPT runs on one backbone (bit-xor, listops, bit-memory; paper
+    policy) and one output-only bit-xor run, each exported to ``<folder>/<name>.safetensors``."""
+    from unicomp.adapters import export_adapter
+
+    root = tmp_path_factory.mktemp("adapter-runs")
+    runs = {
+        "xor": ["--task", "bit-xor"],
+        "listops": ["--task", "listops", *LISTOPS_ARGS],
+        "memory": ["--task", "bit-memory", *MEMORY_ARGS],
+        "xor-output-only": ["--task", "bit-xor", "--freeze", "output-only"],
+    }
+    out = {}
+    for name, args in runs.items():
+        cli_train(root / name, *args, "--backbone", tiny_bert)
+        export_adapter(root / name, root / "files" / f"{name}.safetensors")
+        out[name] = root / name
+    out["files"] = root / "files"
+    return out
+
+
+def _xor_inputs(x: torch.Tensor) -> list[list[str]]:
+    """The bit-xor task's tokens (+1/-1 per bit) back as pairs of bit strings."""
+    bits = ["".join("1" if v > 0 else "0" for v in row[:, 0].tolist()) for row in x]
+    return [[b[: len(b) // 2], b[len(b) // 2 :]] for b in bits]
+
+
+def _listops_inputs(x: torch.Tensor) -> list[str]:
+    from unicomp.tasks.listops import detokenize
+
+    return [detokenize(row.tolist()) for row in x]
+
+
+@pytest.mark.parametrize(
+    "name, natural",
+    [("xor", _xor_inputs), ("listops", _listops_inputs), ("xor-output-only", _xor_inputs)],
+)
+def test_adapter_predicts_what_the_run_predicts(adapter_runs, name, natural):
+    """The task's test split as natural inputs (bit strings, ListOps text): the codec encodes
+    them to the task's own tokens, and the adapter's logits and outputs are the run model's."""
+    from unicomp.adapters import load_adapter
+    from unicomp.experiments import load_fpt_run
+
+    model, task, _ = load_fpt_run(adapter_runs[name])
+    test = task.split("test")
+    adapter = load_adapter(adapter_runs["files"] / f"{name}.safetensors")
+    inputs = natural(test.x)
+    x, mask = adapter.codec.encode(inputs)
+    assert torch.equal(x, test.x)
+    assert (mask is None and test.mask is None) or torch.equal(mask, test.mask)
+    with torch.no_grad():
+        expected = model(test.x, test.mask)
+        torch.testing.assert_close(adapter(x, mask), expected)
+    outputs = adapter.predict(inputs)
+    assert outputs == adapter.codec.decode(expected)
+    classes = expected.reshape(len(expected), -1, task.spec.n_classes).argmax(-1)
+    if name == "listops":
+        assert outputs == classes[:, 0].tolist()
+    else:  # bit strings of the predicted bits
+        assert outputs == ["".join(map(str, row)) for row in classes.tolist()]
+
+
+def test_export_holds_the_trained_parameters_alone(adapter_runs):
+    from safetensors import safe_open
+
+    path = adapter_runs["files"] / "xor.safetensors"
+    metrics = json.loads((adapter_runs["xor"] / "metrics.json").read_text())
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        params = sum(f.get_tensor(k).numel() for k in f.keys())  # noqa: SIM118
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
+    # The paper's policy: the file is exactly what the run trained, in float32.
+    assert params == metrics["trainable_params"] == int(meta["trainable_params"])
+    assert dtypes == {torch.float32}
+    size = path.stat().st_size
+    assert params * 4 <= size <= params * 4 + 8192  # the tensors, plus a header of a few KB
+    assert size < (metrics["total_params"] - params) * 4 / 5  # far below the backbone's bytes
+    assert meta["task"] == "bit-xor" and meta["freeze"] == "paper"
+    assert meta["backbone_hash"].startswith("sha256:") and meta["unicomp_version"]
+    assert json.loads(meta["spec"])["n_out_tokens"] == 5
+    assert "test_accuracy" in json.loads(meta["metrics"])
+
+
+def test_output_only_adapter_keeps_its_frozen_input_layer(adapter_runs):
+    """Output-only trains the head alone, but the input layer (random, frozen) is the task's
+    too: the file holds it, or the predictions could not be reproduced."""
+    from safetensors import safe_open
+
+    path = adapter_runs["files"] / "xor-output-only.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        keys = set(f.keys())
+        trainable = int(f.metadata()["trainable_params"])
+    assert {"head.weight", "head.bias", "embed_in.weight"} <= keys
+    assert not any(k.startswith("backbone.") for k in keys)
+    assert trainable == 32 * 2 + 2  # the head of width 32 -> 2 classes
+
+
+def test_adapters_share_one_backbone(adapter_runs, tiny_bert):
+    """Two adapters on one loaded backbone: the same object, the same weight storage, no
+    copy of a backbone parameter in either adapter; predicting leaves the backbone intact."""
+    import unicomp
+    from unicomp.adapters import load_adapter
+
+    backbone = unicomp.load_backbone(tiny_bert)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    a = load_adapter(adapter_runs["files"] / "xor.safetensors", backbone)
+    b = load_adapter(adapter_runs["files"] / "listops.safetensors", backbone)
+    assert a.backbone is b.backbone is backbone
+    ptrs = {p.data_ptr() for p in backbone.parameters()}
+    for adapter in (a, b):
+        own = [*adapter.parameters(), *adapter.buffers()]
+        assert not ptrs & {t.data_ptr() for t in own}
+        assert sum(t.numel() for t in own) < sum(p.numel() for p in backbone.parameters()) / 4
+    a.predict([["10101", "00111"]])
+    b.predict(["[MAX 1 2 ]", "[SM 3 4 [MIN 5 6 ] ]"])
+    for k, v in backbone.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_other_backbone_is_refused_naming_both_hashes(adapter_runs, tiny_gpt2):
+    from unicomp.adapters import backbone_hash, load_adapter, read_adapter
+    from unicomp.backbones.hf import load_backbone
+
+    path = adapter_runs["files"] / "xor.safetensors"
+    other = load_backbone(tiny_gpt2)
+    with pytest.raises(UnicompError) as err:
+        load_adapter(path, other)
+    message = str(err.value)
+    assert read_adapter(path)[1]["backbone_hash"] in message
+    assert backbone_hash(other) in message and "\n" not in message
+
+
+def test_bad_adapter_files(tmp_path, adapter_runs):
+    from unicomp.adapters import load_adapter
+    from unicomp.cli import main
+
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    for path, words in (
+        (junk, "cannot read adapter"),
+        (tmp_path / "absent.safetensors", "does not exist"),
+        (adapter_runs["xor"] / "best.safetensors", "not a unicomp adapter"),
+    ):
+        with pytest.raises(UnicompError, match=words):
+            load_adapter(path)
+    assert main(["fpt", "export-adapter", str(tmp_path / "no-run"), "-o", str(junk)]) == 2
+    assert junk.read_bytes() == b"not a safetensors file"  # untouched
+
+
+def test_cli_export_adapter(tmp_path, adapter_runs, capsys):
+    from unicomp.adapters import read_adapter
+    from unicomp.cli import main
+
+    out = tmp_path / "x.safetensors"
+    assert main(["fpt", "export-adapter", str(adapter_runs["memory"]), "-o", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["bytes"] == out.stat().st_size and summary["task"] == "bit-memory"
+    assert read_adapter(out)[1]["task"] == "bit-memory"
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+# --- codecs -----------------------------------------------------------------------------------
+def test_bit_memory_codec_matches_the_task():
+    from unicomp.codecs import codec_for
+    from unicomp.tasks.bits import BitMemory
+
+    task = BitMemory(n_strings=3, n_bits=8, bits_per_token=4, n_val=4, n_test=4)
+    batch = task.split("val")
+    signs = batch.x.reshape(len(batch), -1)
+    inputs = [
+        ["".join({1.0: "1", -1.0: "0", 0.0: "?"}[v] for v in row[i : i + 8].tolist())
+         for i in range(0, 32, 8)]
+        for row in signs
+    ]  # fmt: skip
+    codec = codec_for("bit-memory", {"n_strings": 3, "n_bits": 8, "bits_per_token": 4}, task.spec)
+    assert torch.equal(codec.encode(inputs)[0], batch.x)
+    with pytest.raises(UnicompError, match="input 1: expected a list of 4 bit strings"):
+        codec.encode([inputs[0], inputs[0][:2]])
+    with pytest.raises(UnicompError, match=r"input 0: expected a string of 8 .*'\?'"):
+        codec.encode([[*inputs[0][:3], "0101x101"]])
+
+
+def test_image_codecs_tokenise_as_the_tasks_do():
+    from unicomp.codecs import codec_for
+    from unicomp.tasks import images
+    from unicomp.tasks.base import TaskSpec
+
+    gen = torch.Generator().manual_seed(0)
+    digits = torch.randint(0, 256, (3, 28, 28), generator=gen, dtype=torch.uint8)
+    spec = TaskSpec(max_len=49, d_in=16, d_out=10, n_classes=10)
+    mnist = codec_for("mnist", {"tokens": 49}, spec)
+    assert torch.equal(mnist.encode(digits.tolist())[0], images.mnist_tokens(digits, 49))
+    rgb = torch.randint(0, 256, (2, 32, 32, 3), generator=gen, dtype=torch.uint8)
+    cifar = codec_for("cifar10", {}, TaskSpec(max_len=64, d_in=48, d_out=10, n_classes=10))
+    assert torch.equal(cifar.encode(rgb.numpy())[0], images.cifar_tokens(rgb))
+    assert cifar.decode(torch.eye(10)[[3, 9]]) == ["cat", "truck"]
+    with pytest.raises(UnicompError, match=r"input 0: expected shape \[28, 28\], got \[28, 27\]"):
+        mnist.encode([digits[0, :, :27].tolist()])
+    with pytest.raises(UnicompError, match="input 0: pixel values must lie in 0-255"):
+        mnist.encode([(digits[0].int() + 300).tolist()])
+    with pytest.raises(UnicompError, match="input 0: expected an array of numbers"):
+        mnist.encode([["a"] * 28])
+
+
+def test_protein_codec():
+    from unicomp.codecs import codec_for
+    from unicomp.tasks.base import TaskSpec
+    from unicomp.tasks.proteins import N_FOLDS, VOCAB, encode
+
+    spec = TaskSpec(max_len=10, d_out=N_FOLDS, n_classes=N_FOLDS, vocab_size=len(VOCAB))
+    codec = codec_for("remote-homology", {}, spec)
+    x, mask = codec.encode(["MKTAY", "ACD"])
+    assert x[0].tolist() == encode("MKTAY", "t").tolist() and mask.sum(1).tolist() == [5, 3]
+    with pytest.raises(UnicompError, match="input 0: .*'J' at residue 2"):
+        codec.encode(["MJ"])
+    with pytest.raises(UnicompError, match="input 0: 11 tokens; this model takes at most 10"):
+        codec.encode(["A" * 11])
+
+
+def test_task_without_a_codec_is_named():
+    from unicomp.codecs import codec_for
+    from unicomp.tasks.base import TaskSpec
+
+    with pytest.raises(UnicompError, match="digits-inpaint.*no natural input form"):
+        codec_for("digits-inpaint", {}, TaskSpec(max_len=64, d_out=17, n_classes=17, d_in=2))
+
+
+# --- the public API -------------------------------------------------------------------------------
+def test_public_api_from_a_fresh_process():
+    """``import unicomp`` loads no torch; the registries fill on first lookup;
+    ``unicomp.load_backbone`` works without importing the catalogue first."""
+    code = (
+        "import sys, unicomp\n"
+        "assert 'torch' not in sys.modules, 'import unicomp loaded torch'\n"
+        "assert 'bit-xor' in unicomp.TASKS and 'paper' in unicomp.FREEZE_POLICIES.names()\n"
+        "b = unicomp.load_backbone('random:minilm-l6')\n"
+        "print(b.name, sum(p.numel() for p in b.parameters()))\n"
+        "print(callable(unicomp.load_adapter), callable(unicomp.export_adapter))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.split("\n")
+    name, params = lines[0].split()
+    assert name == "random:minilm-l6" and 22_000_000 < int(params) < 23_000_000
+    assert lines[1] == "True True"
+    with pytest.raises(AttributeError):
+        import unicomp
+
+        unicomp.no_such_thing  # noqa: B018
