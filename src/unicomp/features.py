@@ -339,7 +339,7 @@ def save_features(path: Path, key: str, description: dict, features: dict[str, B
         "sha256": _contents_sha256(tensors),
     }
     data = save(tensors, metadata=metadata)
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data), own_folder=True)  # a cache folder
 
 
 class UnusableCacheFile(Exception):

@@ -1,6 +1,9 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename.
 
-A crash or a full disk during a write leaves the previous file intact.
+A crash or a full disk during a write leaves the previous file intact. A temporary is named
+``.<name>.<random>.tmp`` and locked (``flock``) by its writer while it exists; the kernel drops
+the lock when the writer dies, so a temporary nobody holds is a killed writer's leftover, and
+writers remove such leftovers when they start (:func:`sweep_temporaries`).
 """
 
 from __future__ import annotations
@@ -8,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,12 +22,18 @@ from typing import Any
 from unicomp.errors import UnicompError
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(fileobj)`` on a temporary file, then atomically replace ``path``."""
+def atomic_write(
+    path: str | Path, write: Callable[[Any], None], mode: str = "wb", own_folder: bool = False
+) -> None:
+    """Call ``write(fileobj)`` on a temporary file, then atomically replace ``path``.
+
+    Leftover temporaries of ``path`` (a killed writer's) are removed first; with
+    ``own_folder`` (a folder only unicomp writes in, e.g. a cache) those of every name."""
     path = Path(path)
     try:  # a read-only or missing folder is one line, like a full disk
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        sweep_temporaries(path.parent, None if own_folder else path.name)
+        fd, tmp = _locked_temporary(path.parent, path.name, tempfile.mkstemp)
     except OSError as err:
         raise UnicompError(f"could not write {path}: {err.strerror or err}") from err
     try:
@@ -30,7 +42,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
             f.flush()
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain file gets the umask
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # before closing: the lock marks the temporary as live
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         raise UnicompError(
@@ -40,6 +52,149 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- temporaries: live while their writer holds their lock -------------------------------------
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]+\.tmp")  # .<name>.<mkstemp's letters>.tmp
+
+
+def _locked_temporary(folder: Path, name: str, make: Callable[..., Any]) -> tuple[int, str]:
+    """A new temporary ``folder/.<name>.<random>.tmp`` made by ``make`` (tempfile.mkstemp or
+    mkdtemp) and flocked: (an open descriptor holding the lock, its path). A sweeper that
+    removed it between its creation and our lock (it holds the lock while it removes) is
+    seen (the path no longer names what we locked) and we make another."""
+    import fcntl
+
+    for _ in range(10):
+        made = make(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        tmp = made[1] if isinstance(made, tuple) else made
+        fd = made[0] if isinstance(made, tuple) else os.open(tmp, os.O_RDONLY)
+        with contextlib.suppress(OSError):  # a file system without flock: never swept
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(tmp).st_ino:
+                return fd, tmp
+        os.close(fd)
+    raise OSError(f"could not make a temporary for {name} in {folder}")
+
+
+def sweep_temporaries(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporaries (files or folders named ``.<name>.<random>.tmp``; any name if
+    ``name`` is None) in ``folder`` that no live process holds: a killed writer's leftovers.
+    One held by its writer, or one we cannot lock, is left alone. Returns what was removed."""
+    import fcntl
+
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino != os.stat(entry.path).st_ino:
+                continue  # renamed into place meanwhile, the name now someone else's
+            if os.path.isdir(entry.path) and not os.path.islink(entry.path):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass  # held by a live writer, or not ours to remove
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def temporary_folder(parent: Path, name: str) -> Iterator[Path]:
+    """A new, locked folder ``parent/.<name>.<random>.tmp`` for building something that is
+    then renamed into place; removed at the end however the body ends (a killed process's is
+    swept by the next writer of ``name``). OSError if ``parent`` cannot be written."""
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(parent, name)
+    fd, tmp = _locked_temporary(parent, name, tempfile.mkdtemp)
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """UnicompError if ``folder``'s file system has fewer than ``needed`` bytes free."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UnicompError(
+            f"not enough space for {what}: it needs at least {needed / 1e6:.1f} MB and "
+            f"{folder.parent} has {free / 1e6:.1f} MB free; nothing was written"
+        )
+
+
+_CHILD_ERROR = "unicomp-child-error: "
+
+
+def write_in_child(write: Callable[[], None], what: str) -> None:
+    """Run ``write()`` in a forked child process and wait for it. Some writers in C end the
+    whole process on an I/O error (h5py, closing a file after its writes failed on a full
+    disk, segfaults once it has printed a traceback per failed write): in a child that ends
+    only the child, whose stderr is read here and summed up in one UnicompError line
+    (``could not write <what>: <reason>``). A UnicompError raised by ``write`` keeps its
+    message. Nothing ``write`` changes in memory reaches this process."""
+    import signal
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: reports through its exit status and stderr, never returns
+        code = 1
+        try:
+            os.close(read_end)
+            os.dup2(write_end, 2)
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 (unraisable errors too)
+            write()
+            code = 0
+        except UnicompError as err:
+            os.write(2, f"\n{_CHILD_ERROR}{err}\n".encode())
+            code = 3
+        except OSError as err:
+            os.write(2, f"\n{_CHILD_ERROR}{err.strerror or err}\n".encode())
+        except BaseException as err:
+            os.write(2, f"\n{_CHILD_ERROR}{type(err).__name__}: {err}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    status = None
+    try:
+        with os.fdopen(read_end, "rb") as f:
+            text = f.read().decode(errors="replace")
+        status = os.waitpid(pid, 0)[1]
+    finally:
+        if status is None:  # interrupted while waiting: the child goes too
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    if status == 0:
+        return
+    said = [line.partition(_CHILD_ERROR)[2] for line in text.splitlines()]
+    said = [line for line in said if line]
+    if said and os.waitstatus_to_exitcode(status) == 3:
+        raise UnicompError(said[-1])
+    # HDF5 names the system error of each failed write: "..., error message = 'No space ...'"
+    system = re.findall(r"error message = '([^']*)'", text)
+    reason = said[-1] if said else system[0] if system else "the writer failed"
+    if os.WIFSIGNALED(status):
+        name = signal.Signals(os.WTERMSIG(status)).name
+        reason = f"{system[0] if system else 'the writer'} (the writer then crashed: {name})"
+    raise UnicompError(f"could not write {what}: {reason}; nothing was written")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -142,8 +297,7 @@ def claim_run_folder(out: Path, resume: bool, enabled: bool = True) -> Iterator[
             raise UnicompError(
                 f"{out} already holds a run; pass --resume to continue it or choose another --out"
             )
-        for tmp in out.glob(".*.tmp"):  # left by a process killed mid-write
-            tmp.unlink(missing_ok=True)
+        sweep_temporaries(out)  # left by a process killed mid-write
         try:
             yield
         except BaseException:
@@ -163,5 +317,4 @@ def claim_run_folder(out: Path, resume: bool, enabled: bool = True) -> Iterator[
 def _undo_start(out: Path) -> None:
     for name in START_FILES:
         (out / name).unlink(missing_ok=True)
-    for tmp in out.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    sweep_temporaries(out)

@@ -504,7 +504,7 @@ def _read_image_folder(folder: Path) -> _Raw:
         (tx, ty), (sx, sy) = _decode(files["train"]), _decode(files["test"])
         arrays = {"train_x": tx, "train_y": ty, "test_x": sx, "test_y": sy}
         try:
-            atomic_write(cached, lambda f: np.savez(f, **arrays))
+            atomic_write(cached, lambda f: np.savez(f, **arrays), own_folder=True)
         except UnicompError:
             pass  # a read-only cache only costs the decoding time again
     # Folders are sorted by class; a fixed shuffle makes "the last 5,000" and train_limit

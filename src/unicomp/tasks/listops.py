@@ -63,6 +63,11 @@ MAX_MISSES = 100_000  # LRA's settings accept about one draw in three
 _GENERATOR_VERSION = 1  # bump when the generator's output for the same arguments changes
 TSV_NAMES = {"train": "basic_train.tsv", "val": "basic_val.tsv", "test": "basic_test.tsv"}
 TSV_FOLDERS = ("listops", "lra_release/listops-1000", ".")  # under the data root, in order
+# Bounds on one expression, read or generated. LRA's longest rows are about 6,000 tokens with
+# their parentheses and nest at most 9 operators; a row far beyond that is a damaged or hostile
+# file, and the model's attention, quadratic in the row length, would never finish on it.
+MAX_ROW_TOKENS = 20_000
+MAX_NESTING = 100  # operators open at once
 
 
 # --- tokeniser and reference evaluator ------------------------------------------------------------
@@ -98,8 +103,9 @@ def apply_operator(op: str, args: Sequence[int]) -> int:
     raise ValueError(f"unknown operator {op!r}")
 
 
-def evaluate(tokens: Iterable[str]) -> int:
-    """Value (0-9) of one expression given as surface tokens; ValueError if it is malformed.
+def evaluate(tokens: Iterable[str], max_nesting: int = MAX_NESTING) -> int:
+    """Value (0-9) of one expression given as surface tokens; ValueError if it is malformed or
+    nests more than ``max_nesting`` operators.
 
     One left-to-right pass with a stack of open operators. Parentheses must balance among
     themselves; they do not nest with the brackets (LRA writes ``( [MAX 2 ) 9 ] )``).
@@ -115,6 +121,8 @@ def evaluate(tokens: Iterable[str]) -> int:
             if result is not None and not stack:
                 raise ValueError(f"token {pos}: {tok} after the expression ended")
             stack.append([tok])
+            if len(stack) > max_nesting:
+                raise ValueError(f"token {pos}: more than {max_nesting} operators nested (limit)")
         elif tok == END:
             if not stack:
                 raise ValueError(f"token {pos}: ']' closes no operator")
@@ -199,12 +207,15 @@ def max_possible_length(max_depth: int, max_args: int) -> int:
 
 def check_bounds(min_len: int, max_len: int, max_depth: int, max_args: int) -> None:
     """ValueError for generator settings that can produce no expression."""
-    if max_depth < 2 or max_args < MIN_ARGS:
-        raise ValueError(f"ListOps needs max_depth >= 2 and max_args >= {MIN_ARGS}")
-    if min_len > max_len or max_len < 2 + MIN_ARGS:
+    if not (2 <= max_depth <= MAX_NESTING + 1) or max_args < MIN_ARGS:
         raise ValueError(
-            f"min_len={min_len}, max_len={max_len}: need min_len <= max_len and max_len >= "
-            f"{2 + MIN_ARGS} (the shortest expression, e.g. [MAX 1 2 ])"
+            f"ListOps needs 2 <= max_depth <= {MAX_NESTING + 1} and max_args >= {MIN_ARGS}"
+        )
+    if min_len > max_len or not (2 + MIN_ARGS <= max_len <= MAX_ROW_TOKENS):
+        raise ValueError(
+            f"min_len={min_len}, max_len={max_len}: need min_len <= max_len and "
+            f"{2 + MIN_ARGS} <= max_len <= {MAX_ROW_TOKENS} (the shortest expression is e.g. "
+            "[MAX 1 2 ])"
         )
     biggest = max_possible_length(max_depth, max_args)
     if min_len > biggest:
@@ -300,7 +311,7 @@ def _cached(
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     try:
-        atomic_write(path, lambda f: f.write(buffer.getvalue()))
+        atomic_write(path, lambda f: f.write(buffer.getvalue()), own_folder=True)
         where = f"cached in {path}"
     except (OSError, UnicompError) as err:  # an unwritable cache must not stop a run
         where = f"not cached: {str(err).splitlines()[0]}"
@@ -343,6 +354,11 @@ def read_tsv(path: Path, keep_parens: bool = True) -> tuple[TokenSequences, int]
         if not (target.isascii() and target.isdigit() and 0 <= int(target) <= 9):
             raise DataError(f"{path}: line {lineno}: Target {target[:20]!r} is not a digit 0-9")
         tokens = source.split()
+        if len(tokens) > MAX_ROW_TOKENS:
+            raise DataError(
+                f"{path}: line {lineno}: {len(tokens)} tokens; rows are limited to "
+                f"{MAX_ROW_TOKENS} (LRA's longest have about 6,000)"
+            )
         try:
             value = evaluate(tokens)
         except ValueError as err:
