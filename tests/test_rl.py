@@ -152,10 +152,10 @@ def _episodes(lengths, obs_dim=4, act_dim=2, seed=0, discrete=False) -> list[Epi
 
 def test_minari_round_trip(tmp_path):
     ds = TrajectoryDataset(_episodes([3, 5, 2]), env_id="Hopper-v5", source="test")
-    data_dir = write_minari(ds, tmp_path / "set", extra_metadata={"ref_min_score": -20.0})
+    data_dir = write_minari(ds, tmp_path / "set", ref_scores=(-20.0, 3000.0))
     back = read_minari(tmp_path / "set")
     assert back.env_id == "Hopper-v5" and len(back) == 3
-    assert back.metadata["ref_min_score"] == -20.0
+    assert (back.metadata["ref_min_score"], back.metadata["ref_max_score"]) == (-20.0, 3000.0)
     for a, b in zip(ds.episodes, back.episodes, strict=True):
         for name in ("observations", "actions", "rewards", "terminations", "truncations"):
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))

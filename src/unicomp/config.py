@@ -156,7 +156,11 @@ class DTConfig:
     """A Decision Transformer run (offline RL): train on a trajectory data set, then act in
     the environment conditioned on target returns."""
 
-    data: str = _f("", "trajectory data set: a Minari folder (unicomp dt collect) or D4RL .hdf5")
+    data: str = _f(
+        "",
+        "trajectory data set: a Minari folder (unicomp dt collect), a Minari data set id "
+        "(mujoco/hopper/medium-v0, in $MINARI_DATASETS_PATH) or a D4RL .hdf5 (needs --env)",
+    )
     env: str | None = _f(None, "gymnasium id to act in (default: the data set's)")
     algo: str = _f(
         "dt",

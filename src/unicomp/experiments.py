@@ -618,10 +618,13 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
     ``unicomp dt eval`` rebuilds the network from)."""
     from unicomp.rl.baselines import policy_spec
     from unicomp.rl.dt_task import DTTask
-    from unicomp.rl.evaluate import default_targets, evaluate_dt
+    from unicomp.rl.evaluate import default_targets, evaluate_dt, score_reference
 
     if not cfg.data:
-        raise UnicompError("--data is required: a Minari folder (unicomp dt collect) or .hdf5")
+        raise UnicompError(
+            "--data is required: a Minari folder (unicomp dt collect), a Minari data set id "
+            "or a D4RL .hdf5 file"
+        )
     if cfg.algo == "bc" and cfg.top_percent < 100:
         raise UnicompError("--algo bc trains on all the data; use --algo pbc with --top-percent")
     try:
@@ -642,7 +645,10 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
         raise UnicompError(str(err)) from None
     env_id = task.env_id
     if cfg.eval_episodes > 0 and not env_id:
-        raise UnicompError(f"{cfg.data} names no environment; pass --env to evaluate in one")
+        raise UnicompError(
+            f"{cfg.data} names no environment (D4RL files never do); pass --env, e.g. "
+            "--env Hopper-v5, to evaluate in one"
+        )
     try:
         targets = [float(t) for t in cfg.eval_targets.split(",") if t.strip()]
     except ValueError:
@@ -655,9 +661,13 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
     model = build_dt_policy(cfg, task)
     trainable, total = count_parameters(model)
     norm = task.normalization()
+    reference = score_reference(env_id, task.dataset.metadata)
     summary = {
         **_dt_backbone_summary(model, cfg),
         "env": env_id,
+        # the data set's env spec, to rebuild an environment of the user's (mymod:MyEnv-v0)
+        "env_spec": None if cfg.env else task.dataset.metadata.get("env_spec"),
+        "reference_scores": reference,  # of normalized_score_*: the data set's, else our table
         "data_path": cfg.data,
         "algo": cfg.algo,
         "policy": "decision-transformer" if cfg.algo == "dt" else cfg.policy,
@@ -691,6 +701,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
                 window=cfg.eval_window,
                 delayed_reward=cfg.delayed_reward,
                 sample=cfg.eval_sample,
+                ref_scores=reference and (reference["ref_min_score"], reference["ref_max_score"]),
             )
             for target in eval_targets
         ]

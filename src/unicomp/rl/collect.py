@@ -39,7 +39,7 @@ from unicomp.errors import DataError, UnicompError
 from unicomp.files import atomic_write_json
 from unicomp.rl.atari import atari_env_id
 from unicomp.rl.evaluate import check_env_id, make_env, reference_scores, run_episodes
-from unicomp.rl.trajectories import TrajectoryDataset, write_minari
+from unicomp.rl.trajectories import TrajectoryDataset, default_dataset_id, write_minari
 
 SB3_ALGOS = ("tqc", "sac", "td3", "ppo", "a2c", "dqn")
 
@@ -471,17 +471,15 @@ def write_collection(
         "seconds": round(time.perf_counter() - t0, 1),
         "versions": _versions(),
     }
-    extra: dict[str, Any] = {"unicomp_suite": name}
     if ref is not None:
         lo, hi = ref
         record["normalized_score_mean"] = 100 * (summary["return_mean"] - lo) / (hi - lo)
-        extra.update(ref_min_score=lo, ref_max_score=hi)  # read by minari.get_normalized_score
     write_minari(
         dataset,
         out,
-        dataset_id=f"unicomp/{env_name(env_id or 'unknown').split('/')[-1].lower()}/{name}-v0",
+        dataset_id=default_dataset_id(env_id, name),
         description=f"{env_id} {name}: {what}",
-        extra_metadata=extra,
+        ref_scores=ref,  # stored as ref_min_score/ref_max_score: minari.get_normalized_score
     )
     atomic_write_json(out / "collection.json", record)
     return record

@@ -75,10 +75,30 @@ def reference_scores(env_id: str | None) -> tuple[float, float] | None:
     return D4RL_REF_SCORES.get(key) or ATARI_REF_SCORES.get(key)
 
 
-def normalized_score(returns: Any, env_id: str | None) -> np.ndarray | None:
+def score_reference(env_id: str | None, metadata: dict | None = None) -> dict | None:
+    """The (random, expert) returns that normalise a score, and where they come from: the
+    data set's own ``ref_min_score``/``ref_max_score`` (Minari's metadata, what
+    ``minari.get_normalized_score`` reads) where it has both, else our table for the
+    environment (:func:`reference_scores`); None where neither has them."""
+    meta = metadata or {}
+    if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+        lo, hi = float(meta["ref_min_score"]), float(meta["ref_max_score"])
+        source = f"data set metadata ({meta.get('dataset_id', 'ref_min_score/ref_max_score')})"
+    elif reference_scores(env_id) is not None:
+        lo, hi = reference_scores(env_id)
+        source = f"built-in table ({_env_key(env_id)})"
+    else:
+        return None
+    return {"ref_min_score": lo, "ref_max_score": hi, "source": source}
+
+
+def normalized_score(
+    returns: Any, env_id: str | None, ref: tuple[float, float] | None = None
+) -> np.ndarray | None:
     """100 * (return - random) / (expert - random), as D4RL's ``get_normalized_score`` x 100;
-    for Atari, (expert) is the human reference: the paper's gamer-normalised score."""
-    ref = reference_scores(env_id)
+    for Atari, (expert) is the human reference: the paper's gamer-normalised score. ``ref``:
+    (random, expert) to use instead of our table's for ``env_id``."""
+    ref = ref or reference_scores(env_id)
     if ref is None:
         return None
     lo, hi = ref
@@ -104,7 +124,9 @@ class RolloutResult:
     seeds: list[int]
     episodes: list[Episode] = field(default_factory=list)  # when recorded
 
-    def summary(self, env_id: str | None = None) -> dict[str, Any]:
+    def summary(
+        self, env_id: str | None = None, ref: tuple[float, float] | None = None
+    ) -> dict[str, Any]:
         out: dict[str, Any] = {
             "episodes": len(self.returns),
             "return_mean": float(self.returns.mean()),
@@ -113,7 +135,7 @@ class RolloutResult:
             "return_max": float(self.returns.max()),
             "length_mean": float(self.lengths.mean()),
         }
-        norm = normalized_score(self.returns, env_id)
+        norm = normalized_score(self.returns, env_id, ref)
         if norm is not None:
             out["normalized_score_mean"] = float(norm.mean())
             out["normalized_score_std"] = float(norm.std())
@@ -362,11 +384,13 @@ def evaluate_dt(
     window: str = "exact",
     delayed_reward: bool = False,
     sample: bool = False,
+    ref_scores: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Mean/std return and normalised score of the DT conditioned on ``target_return``
     (None for policies that read no returns: BC). ``delayed_reward``: the agent observes the
     rewards of unicomp.rl.baselines.delay_rewards (none before the episode ends).
-    ``sample``: discrete actions drawn from the predicted distribution (see DTAgent)."""
+    ``sample``: discrete actions drawn from the predicted distribution (see DTAgent).
+    ``ref_scores``: (random, expert) returns of the score (default: our table's)."""
     from unicomp.rl.baselines import DelayedRewardAgent
 
     device = next(model.parameters()).device
@@ -386,7 +410,7 @@ def evaluate_dt(
     result = run_episodes(
         env_id, agent, episodes, seed=seed, n_envs=n_envs, max_episode_steps=max_episode_steps
     )
-    out = {"target_return": target_return, "seed": seed, **result.summary(env_id)}
+    out = {"target_return": target_return, "seed": seed, **result.summary(env_id, ref_scores)}
     if sample and model.config.discrete:
         out["sampled_actions"] = True
     return out

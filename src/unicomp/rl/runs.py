@@ -81,11 +81,15 @@ def evaluate_run(
     from unicomp.experiments import primary_scores
     from unicomp.provenance import provenance
     from unicomp.rl.evaluate import default_targets, evaluate_dt
+    from unicomp.rl.trajectories import register_env_spec
 
     cfg, metrics, model = load_run(run)
     env_id = metrics.get("env") or cfg.env
     if not env_id:
         raise UnicompError(f"{run}: the run names no environment to act in")
+    if metrics.get("env_spec"):  # the data set's environment, registered as it recorded it
+        register_env_spec(metrics["env_spec"])
+    reference = metrics.get("reference_scores")  # runs before it was recorded: our table
     norm = metrics["normalization"]
     if cfg.algo != "dt":
         chosen: list[float | None] = [None]
@@ -111,6 +115,7 @@ def evaluate_run(
             window=window or cfg.eval_window,
             delayed_reward=bool(norm.get("delayed_reward", False)),
             sample=cfg.eval_sample,
+            ref_scores=reference and (reference["ref_min_score"], reference["ref_max_score"]),
         )
         for target in chosen
     ]

@@ -17,9 +17,12 @@ missing key, lengths that disagree, NaN or inf values, an empty data set.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -363,15 +366,55 @@ def minari_data_dir(path: str | os.PathLike) -> Path:
 
 
 def read_minari(path: str | os.PathLike) -> TrajectoryDataset:
-    """Read a Minari data set from local disk (no download): the folder written by
-    :func:`write_minari`, by ``minari.DataCollector``/``create_dataset`` or by
-    ``minari download``."""
+    """Read a Minari data set from a folder on local disk (no download): the folder written
+    by :func:`write_minari`, by ``minari.DataCollector``/``create_dataset_from_buffers`` or by
+    ``minari download`` (``$MINARI_DATASETS_PATH/<id>``)."""
     import minari
 
     data_dir = minari_data_dir(path)
+    return _from_minari(lambda: minari.MinariDataset(data_dir), data_dir, f"minari:{data_dir}")
+
+
+# A Minari data set id: (namespace/)(env/)name-v<version>, e.g. mujoco/hopper/medium-v0.
+MINARI_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*-v\d+")
+
+
+def read_minari_id(dataset_id: str) -> TrajectoryDataset:
+    """Read the Minari data set ``dataset_id`` (e.g. ``mujoco/hopper/medium-v0``) through
+    ``minari.load_dataset``, from ``$MINARI_DATASETS_PATH`` (default ``~/.minari/datasets``).
+    Never downloads: a data set not there is an error saying how to fetch it."""
+    import minari
+    from minari.storage import get_dataset_path
+
+    folder = get_dataset_path(dataset_id)
+    if not (folder / "data").is_dir():
+        root = os.environ.get("MINARI_DATASETS_PATH")
+        where = (
+            f"MINARI_DATASETS_PATH={root}"
+            if root
+            else "~/.minari/datasets (MINARI_DATASETS_PATH unset)"
+        )
+        raise DataError(
+            f"no Minari data set {dataset_id!r} in {where}, and no folder of that name: "
+            f"download it first with `minari download {dataset_id}` (needs network), or set "
+            "MINARI_DATASETS_PATH to the folder that holds it"
+        )
+    data_dir = folder / "data"
+    return _from_minari(
+        lambda: minari.load_dataset(dataset_id), data_dir, f"minari:{dataset_id} ({data_dir})"
+    )
+
+
+def _from_minari(open_dataset, data_dir: Path, source: str) -> TrajectoryDataset:
+    """Our episodes from the MinariDataset ``open_dataset()`` returns, checked; its
+    metadata's id, description and reference scores (``ref_min_score``/``ref_max_score``,
+    what ``minari.get_normalized_score`` reads) in ``metadata``, with its env spec
+    (``env_spec``, JSON), registered with gymnasium where its id is not (a data set
+    collected in ``mymod:MyEnv-v0`` names ``MyEnv-v0``, which only importing mymod
+    registers), so that evaluation can rebuild the environment."""
     where = str(data_dir / "main_data.hdf5")
     try:
-        ds = minari.MinariDataset(data_dir)
+        ds = open_dataset()
         raw = [(e.id, e) for e in ds.iterate_episodes()]
         space, env_spec = ds.action_space, ds.env_spec
     except Exception as err:  # minari and h5py raise many error types on malformed files
@@ -407,10 +450,58 @@ def read_minari(path: str | os.PathLike) -> TrajectoryDataset:
     }
     if hasattr(space, "n"):
         extra["n_actions"] = int(space.n)
-    env_id = env_spec.id if env_spec is not None else None
-    result = TrajectoryDataset(episodes, env_id=env_id, source=f"minari:{data_dir}", metadata=extra)
+    env_id = None
+    if env_spec is not None:
+        env_id = env_spec.id
+        extra["env_spec"] = env_spec.to_json()
+        register_env_spec(extra["env_spec"])
+    result = TrajectoryDataset(episodes, env_id=env_id, source=source, metadata=extra)
     result.validate(where)
     return result
+
+
+def register_env_spec(spec_json: str) -> None:
+    """Register a gymnasium env spec (``EnvSpec.to_json()``, as Minari stores it) unless its
+    id is registered already: gymnasium's own environments and ours stay as they are."""
+    import gymnasium as gym
+
+    import unicomp.rl.envs  # noqa: F401  (registers our environments first)
+
+    spec = gym.envs.registration.EnvSpec.from_json(spec_json)
+    if spec.id not in gym.registry:
+        gym.register(
+            spec.id,
+            entry_point=spec.entry_point,
+            reward_threshold=spec.reward_threshold,
+            nondeterministic=spec.nondeterministic,
+            max_episode_steps=spec.max_episode_steps,
+            order_enforce=spec.order_enforce,
+            disable_env_checker=spec.disable_env_checker,
+            kwargs=spec.kwargs,
+        )
+
+
+def env_spec_of(env_id: str):
+    """gymnasium's EnvSpec of ``env_id``, None where it has none; ``module:Env-v0`` imports
+    the module first, as ``gymnasium.make`` does, so the spec of an environment registered
+    by the user's module is found."""
+    import importlib
+
+    import gymnasium as gym
+
+    import unicomp.rl.envs  # noqa: F401  (registers our environments)
+
+    if env_id.startswith("ALE/"):
+        from unicomp.rl.atari import atari_env_id
+
+        atari_env_id(env_id)  # registers the ALE ids, where ale-py is installed
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return None
+    return gym.registry.get(name)
 
 
 def write_minari(
@@ -419,67 +510,88 @@ def write_minari(
     dataset_id: str | None = None,
     algorithm_name: str = "unicomp",
     description: str = "",
-    extra_metadata: dict[str, Any] | None = None,
+    ref_scores: tuple[float, float] | None = None,
 ) -> Path:
-    """Write ``dataset`` as a Minari data set folder ``path`` (``path/data/...``), readable by
-    ``minari.MinariDataset(path / "data")`` and, copied under ``~/.minari/datasets/<id>``, by
-    ``minari.load_dataset(id)``. Written into a temporary folder and renamed into place, so
-    that a crash never leaves a half-written data set. Returns the data folder."""
-    import gymnasium as gym
+    """Write ``dataset`` as a Minari data set folder ``path`` (``path/data/...``) with
+    Minari's public writer (``minari.create_dataset_from_buffers``), readable by
+    ``minari.MinariDataset(path / "data")`` and, moved under ``$MINARI_DATASETS_PATH/<id>``,
+    by ``minari.load_dataset(id)``. The environment's spec is stored where gymnasium knows
+    the id (``module:Env-v0`` too); ``ref_scores`` (random, expert returns) are stored as
+    ``ref_min_score``/``ref_max_score`` where there is an environment (Minari keeps them
+    only then). Minari writes under ``MINARI_DATASETS_PATH``: we point that at a temporary
+    folder in ``path`` for the call and move the result into place, so that a crash never
+    leaves a half-written data set. Returns the data folder."""
     import minari
-    from minari.data_collector.episode_buffer import EpisodeBuffer
-    from minari.dataset.minari_storage import MinariStorage
+    from minari.data_collector import EpisodeBuffer
 
     path = Path(path).absolute()  # Minari joins a relative folder onto itself (get_size)
     final = path / "data"
     if final.exists():
         raise UnicompError(f"{path} already holds a Minari data set; choose another folder")
     dataset.validate(f"data set for {path}")
+    dataset_id = dataset_id or default_dataset_id(dataset.env_id)
+    env_spec = env_spec_of(dataset.env_id) if dataset.env_id else None
+    obs_space, act_space = _spaces(dataset, env_spec)
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / ".data.tmp"
+    tmp = path / ".minari.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    env_spec = None
-    if dataset.env_id is not None and dataset.env_id.startswith("ALE/"):
-        from unicomp.rl.atari import atari_env_id
-
-        atari_env_id(dataset.env_id)  # registers the ALE ids, where ale-py is installed
-    if dataset.env_id is not None and dataset.env_id in gym.registry:
-        env_spec = gym.spec(dataset.env_id)
-    obs_space, act_space = _spaces(dataset)
-    try:
-        storage = MinariStorage.new(tmp, obs_space, act_space, env_spec=env_spec)
-        meta: dict[str, Any] = {
-            "dataset_id": dataset_id or _default_id(dataset),
-            "minari_version": minari.__version__,
-            "algorithm_name": algorithm_name,
-            "description": description or f"written by unicomp from {dataset.source}",
-        }
-        meta.update(extra_metadata or {})
-        storage.update_metadata(meta)
-        storage.update_episodes(
-            EpisodeBuffer(
-                observations=e.observations,
-                actions=e.actions,
-                rewards=np.asarray(e.rewards, dtype=np.float64),
-                terminations=np.asarray(e.terminations, dtype=bool),
-                truncations=np.asarray(e.truncations, dtype=bool),
-            )
-            for e in dataset.episodes
+    refs = {}
+    if ref_scores is not None and env_spec is not None:
+        refs = {"ref_min_score": float(ref_scores[0]), "ref_max_score": float(ref_scores[1])}
+    buffers = [
+        EpisodeBuffer(
+            observations=e.observations,
+            actions=e.actions,
+            rewards=np.asarray(e.rewards, dtype=np.float64),
+            terminations=np.asarray(e.terminations, dtype=bool),
+            truncations=np.asarray(e.truncations, dtype=bool),
         )
-        os.replace(tmp, final)
-    except BaseException:
+        for e in dataset.episodes
+    ]
+    try:
+        with _minari_root(tmp), warnings.catch_warnings():
+            # Minari warns of every optional field left out (author, code link, eval env).
+            warnings.filterwarnings("ignore", r".*(is set to None|env_spec is None)")
+            minari.create_dataset_from_buffers(
+                dataset_id,
+                buffers,
+                env=env_spec,
+                algorithm_name=algorithm_name,
+                description=description or f"written by unicomp from {dataset.source}",
+                observation_space=obs_space,
+                action_space=act_space,
+                **refs,
+            )
+        os.replace(tmp / dataset_id / "data", final)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
-def _default_id(dataset: TrajectoryDataset) -> str:
-    # Minari ids look like (namespace/)(env/)name-v<version>
-    env = (dataset.env_id or "unknown").split("-")[0].lower()
-    return f"unicomp/{env}/dataset-v0"
+@contextlib.contextmanager
+def _minari_root(folder: Path):
+    """``MINARI_DATASETS_PATH`` set to ``folder`` for the duration (where Minari's public
+    writer puts a new data set), restored after."""
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
 
 
-def _spaces(dataset: TrajectoryDataset):
+def default_dataset_id(env_id: str | None, name: str = "dataset") -> str:
+    """A Minari id, (namespace/)(env/)name-v<version>: ``unicomp/hopper/<name>-v0`` for
+    Hopper-v5, ``unicomp/breakout/...`` for ALE/Breakout-v5, ``unicomp/myenv/...`` for
+    mymod:MyEnv-v0."""
+    env = (env_id or "unknown").rsplit("-v", 1)[0].split("/")[-1].split(":")[-1].lower()
+    return f"unicomp/{re.sub(r'[^a-z0-9_.-]', '_', env) or 'unknown'}/{name}-v0"
+
+
+def _spaces(dataset: TrajectoryDataset, env_spec=None):
     import gymnasium as gym
 
     obs = dataset.episodes[0].observations
@@ -490,7 +602,7 @@ def _spaces(dataset: TrajectoryDataset):
         obs_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape[1:], dtype=obs.dtype)
     if dataset.discrete:
         return obs_space, gym.spaces.Discrete(dataset.action_dim)
-    if dataset.env_id is not None and dataset.env_id in gym.registry:
+    if env_spec is not None:
         # The environment's own bounds (e.g. [-1, 1] for the MuJoCo tasks).
         from unicomp.rl.evaluate import make_env
 
@@ -508,7 +620,10 @@ def _spaces(dataset: TrajectoryDataset):
 
 
 def read_dataset(path: str | os.PathLike, env_id: str | None = None) -> TrajectoryDataset:
-    """A D4RL ``.hdf5``/``.h5`` file or a Minari data set folder, by what ``path`` is."""
+    """A D4RL ``.hdf5``/``.h5`` file or a Minari data set folder, by what ``path`` is, or,
+    where no such file or folder exists, a Minari data set id (``mujoco/hopper/medium-v0``,
+    :func:`read_minari_id`). ``env_id`` overrides the data set's environment (a D4RL file
+    names none: evaluating in an environment needs it)."""
     p = Path(path)
     if p.is_file() and p.suffix in (".hdf5", ".h5"):
         ds = read_d4rl_hdf5(p, env_id=env_id)
@@ -519,9 +634,12 @@ def read_dataset(path: str | os.PathLike, env_id: str | None = None) -> Trajecto
         )
     elif p.is_dir():
         ds = read_minari(p)
+    elif not p.exists() and MINARI_ID.fullmatch(str(path)):
+        ds = read_minari_id(str(path))
     else:
         raise DataError(
-            f"{p}: expected a D4RL .hdf5 file or a Minari data set folder (with data/metadata.json)"
+            f"{p}: expected a D4RL .hdf5 file, a Minari data set folder (with "
+            "data/metadata.json) or a Minari data set id (e.g. mujoco/hopper/medium-v0)"
         )
     if env_id is not None:
         ds.env_id = env_id
