@@ -254,7 +254,7 @@ def _config_changes(cfg: FPTConfig, folder: Path) -> tuple[dict, dict]:
     from unicomp.experiments import config_changes
 
     diffs, refused = config_changes(cfg, folder)
-    if cfg.attn_implementation == "auto":
+    if getattr(cfg, "attn_implementation", None) == "auto":  # (FPT runs)
         diffs.pop("attn_implementation", None)
         refused.pop("attn_implementation", None)
     return diffs, refused
@@ -394,18 +394,29 @@ def report_suite(suite: Suite) -> dict:
 
 def run_suite(suite: Suite, jobs: int = 2, threads: int | None = None, say=print) -> dict:
     """Run (or skip) every cell of the suite, then write its tables, JSON and plots."""
+    return run_suites([suite], suite.out / "logs", jobs, threads, say)[0]
+
+
+def run_suites(
+    suites: list[Suite], logs: Path, jobs: int = 2, threads: int | None = None, say=print
+) -> list[dict]:
+    """run_suite for several suites whose cells share the ``jobs`` slots (the cells of the
+    first suite start first), then each suite's tables, JSON and plots."""
     from unicomp.files import _release_lock, _take_lock
 
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    suite.out.mkdir(parents=True, exist_ok=True)
-    fd = _take_lock(suite.out)  # one ablate per suite folder at a time
+    held = []
     try:
+        for suite in suites:
+            suite.out.mkdir(parents=True, exist_ok=True)
+            held.append((suite.out, _take_lock(suite.out)))  # one ablate per suite folder
         t0 = time.time()
-        run_cells(suite.prepare + suite.cells, suite.out / "logs", jobs, threads, say)
-        summary = summarise(suite, time.time() - t0)
+        cells = {c.key: c for s in suites for c in s.prepare + s.cells}  # shared prepare: once
+        run_cells(list(cells.values()), logs, jobs, threads, say)
+        return [summarise(suite, time.time() - t0) for suite in suites]
     finally:
-        _release_lock(suite.out, fd)
-    return summary
+        for out, fd in held:
+            _release_lock(out, fd)
 
 
 # --- tables and plots -----------------------------------------------------------------------------
