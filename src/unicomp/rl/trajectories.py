@@ -24,6 +24,7 @@ import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
@@ -548,11 +549,14 @@ def write_minari(
         )
         for e in dataset.episodes
     ]
+    # minari 0.5.4 JPEG-encodes image observations unless told not to: keep frames exact.
+    writer = minari.create_dataset_from_buffers
+    lossless = {"jpeg_encoding": False} if "jpeg_encoding" in signature(writer).parameters else {}
     try:
         with _minari_root(tmp), warnings.catch_warnings():
             # Minari warns of every optional field left out (author, code link, eval env).
             warnings.filterwarnings("ignore", r".*(is set to None|env_spec is None)")
-            minari.create_dataset_from_buffers(
+            writer(
                 dataset_id,
                 buffers,
                 env=env_spec,
@@ -561,6 +565,7 @@ def write_minari(
                 observation_space=obs_space,
                 action_space=act_space,
                 **refs,
+                **lossless,
             )
         os.replace(tmp / dataset_id / "data", final)
     finally:
