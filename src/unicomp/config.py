@@ -64,6 +64,13 @@ class TrainConfig:
     )
     device: str = _f("auto", "auto | cpu | cuda | cuda:N")
     progress: bool = _f(True, "show a progress bar")
+    track: str = _f(
+        "none",
+        "also log the learning curve to an experiment tracker, in the run folder: "
+        "tensorboard (RUN/tensorboard/) | wandb (RUN/wandb/; WANDB_MODE=offline works "
+        "without network) | none",
+        choices=("none", "tensorboard", "wandb"),
+    )
 
 
 @dataclass

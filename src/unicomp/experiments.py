@@ -173,7 +173,7 @@ def train_and_record(
         if is_main and (not resume or changes):
             save_yaml(cfg, out / "config.yaml")  # on resume: the changes applied, recorded
         t0 = time.perf_counter()
-        result = train(model, task, cfg.train, out, resume=resume)
+        result = train(model, task, cfg.train, out, resume=resume, run_config=to_dict(cfg))
         metrics = {
             **header,
             "seed": cfg.train.seed,
@@ -200,6 +200,7 @@ RESUMABLE_CHANGES = (
     "train.time_limit_minutes",
     "train.patience",
     "train.progress",
+    "train.track",
     "train.eval_batch_size",
     "train.device",
     "feature_cache",  # FPT: the same head training, on features cached or computed each step
@@ -702,6 +703,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
                 delayed_reward=cfg.delayed_reward,
                 sample=cfg.eval_sample,
                 ref_scores=reference and (reference["ref_min_score"], reference["ref_max_score"]),
+                progress=cfg.train.progress,
             )
             for target in eval_targets
         ]

@@ -224,6 +224,7 @@ LOCK_NAME = ".unicomp.lock"
 # the folder is left as it was (or not at all) and a retry is accepted.
 START_FILES = ("config.yaml", "curve.csv", "best.safetensors")
 RUN_FILES = ("checkpoint.pt", "metrics.json")  # a folder holding one of these holds a run
+START_FOLDERS = ("tensorboard", "wandb")  # experiment trackers' logs (unicomp.tracking)
 
 
 def _lock_holder(path: Path) -> str:
@@ -317,4 +318,6 @@ def claim_run_folder(out: Path, resume: bool, enabled: bool = True) -> Iterator[
 def _undo_start(out: Path) -> None:
     for name in START_FILES:
         (out / name).unlink(missing_ok=True)
+    for name in START_FOLDERS:
+        shutil.rmtree(out / name, ignore_errors=True)
     sweep_temporaries(out)

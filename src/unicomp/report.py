@@ -26,9 +26,28 @@ COLUMNS = (
     "train_seconds",
     "trainable_params",
 )
+# Decision Transformer runs have no accuracy (continuous actions): their loss on held-out
+# episodes and what acting scored, columns added where a table holds such runs.
+DT_COLUMNS = ("test_loss", "return_mean", "normalized_score_mean")
+# A run's score in seeds_table: the first of these it has.
+SCORES = (
+    ("test_accuracy", "test accuracy"),
+    ("normalized_score_mean", "normalized score"),
+    ("return_mean", "return"),
+    ("test_loss", "test loss"),
+)
+
+
+def _score(run: dict) -> tuple[str, float | None]:
+    """(label, value) of the run's headline number (:data:`SCORES`)."""
+    found = ((label, run[k]) for k, label in SCORES if run.get(k) is not None)
+    return next(found, (SCORES[0][1], None))
 
 
 def _get(run: dict, column: str):
+    if column == "backbone" and run.get("task") == "dt":  # the policy, on its backbone
+        backbone = run.get("backbone")
+        return run.get("model", "dt") + (f" ({backbone})" if backbone else "")
     if column == "backbone" and "backbone" not in run and "model" in run:
         # Perceiver runs have no backbone: name the model and its latent array instead
         latents = run.get("num_latents")
@@ -45,6 +64,7 @@ NOT_SETTINGS = frozenset(
         "out",
         "train.seed",
         "train.progress",
+        "train.track",
         "train.device",
         "train.eval_batch_size",
         "attn_implementation",
@@ -123,16 +143,19 @@ def load_runs(folders: list[str]) -> list[dict]:
     return runs
 
 
-def _cell(value) -> str:
+def _cell(value, precise: bool = False) -> str:
+    """Fractions (and ``precise`` numbers: losses) to 4 decimals, larger numbers whole."""
     if isinstance(value, float):
-        return f"{value:.4f}" if value <= 1 else f"{value:.0f}"
+        return f"{value:.4f}" if precise or abs(value) <= 1 else f"{value:.0f}"
     return "-" if value is None else str(value)
 
 
 def runs_table(runs: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    columns = COLUMNS + (DT_COLUMNS if any(r.get("task") == "dt" for r in runs) else ())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in runs:
-        lines.append("| " + " | ".join(_cell(_get(r, c)) for c in COLUMNS) + " |")
+        cells = (_cell(_get(r, c), precise=c == "test_loss") for c in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -145,20 +168,28 @@ def seeds_table(runs: list[dict]) -> str:
     for r in runs:
         setting = tuple(sorted(r.get("settings", {}).items()))
         groups[(r.get("task"), _get(r, "backbone"), r.get("freeze"), setting)].append(r)
+    accuracy_only = all(_score(r)[0] == SCORES[0][1] for r in runs)
     lines = [
-        "| task | backbone | freeze | seeds | test accuracy mean ± std | steps to target "
-        "(each seed) | settings that differ |",
+        f"| task | backbone | freeze | seeds | {'test accuracy' if accuracy_only else 'score'} "
+        "mean ± std | steps to target (each seed) | settings that differ |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, rs in groups.items():
         task, backbone, freeze, setting = key
         peers = [dict(k[3]) for k in groups if k[:3] == key[:3] and k != key]
         shown = (", ".join(differing_settings(dict(setting), peers)) if peers else "") or "-"
-        acc = [r["test_accuracy"] for r in rs]
-        spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        label = _score(rs[0])[0]
+        key_of = next(k for k, name in SCORES if name == label)
+        values = [r[key_of] for r in rs if r.get(key_of) is not None]
+        score = "-"
+        if values:
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            score = f"{statistics.mean(values):.4f} ± {spread:.4f}"
+            if not accuracy_only:  # the metric named, and how many runs have it
+                partial = f" ({len(values)} runs)" if len(values) < len(rs) else ""
+                score = f"{label} {score}{partial}"
         reached = ", ".join(_cell(r.get("steps_to_target")) for r in rs)
         lines.append(
-            f"| {task} | {backbone} | {freeze} | {len(rs)} | "
-            f"{statistics.mean(acc):.4f} ± {spread:.4f} | {reached} | {shown} |"
+            f"| {task} | {backbone} | {freeze} | {len(rs)} | {score} | {reached} | {shown} |"
         )
     return "\n".join(lines)

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
-from tqdm.auto import tqdm
 
 from unicomp.config import TrainConfig
 from unicomp.errors import TrainingDivergedError, UnicompError
 from unicomp.files import atomic_write, atomic_write_text
 from unicomp.tasks.base import Batch, Task, iter_chunks
+from unicomp.tracking import Tracker, progress_bar
 
 CURVE_FIELDS = ["step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
 
@@ -225,7 +225,9 @@ def evaluate(
     device: torch.device,
     dist: Dist | None = None,
 ) -> dict[str, float]:
-    """Loss and accuracy on a whole split: every example once (sharded across ranks)."""
+    """Loss and accuracy on a whole split: every example once (sharded across ranks).
+    Accuracies are None where the task counts nothing (continuous actions: a DT's only
+    metric is its loss)."""
     model.eval()
     if dist is not None and dist.enabled:
         split = split[dist.rank :: dist.world]
@@ -242,9 +244,14 @@ def evaluate(
         loss_sum, hits, total, seq_hits, n = dist.sum([loss_sum, hits, total, seq_hits, n])
     return {
         "loss": loss_sum / max(n, 1),
-        "accuracy": hits / max(total, 1),
-        "sequence_accuracy": seq_hits / max(n, 1),
+        "accuracy": _ratio(hits, total),
+        "sequence_accuracy": _ratio(seq_hits, n) if total else None,
     }
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    """An accuracy, or None where nothing was counted (never a made-up 0.0)."""
+    return part / whole if whole else None
 
 
 @dataclass
@@ -311,6 +318,16 @@ def load_checkpoint(path: Path) -> dict:
         ) from None
 
 
+def _postfix(row: dict) -> dict[str, str]:
+    """The progress bar's numbers at an evaluation: losses, and accuracies where the task
+    counts them (a continuous-action DT has none: its bar shows train and validation loss)."""
+    shown = {"loss": f"{row['train_loss']:.4f}", "val_loss": f"{row['val_loss']:.4f}"}
+    if row["val_accuracy"] is not None:
+        shown = {"loss": shown["loss"], "acc": f"{row['train_accuracy']:.3f}"}
+        shown["val"] = f"{row['val_accuracy']:.3f}"
+    return shown
+
+
 def _write_curve(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CURVE_FIELDS)
@@ -324,8 +341,8 @@ def _read_curve(path: Path, upto: int) -> list[dict]:
     if not path.exists():
         return []
     try:
-        with path.open() as f:
-            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        with path.open() as f:  # an empty cell: a metric the task does not have (None)
+            rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
         return [{**r, "step": int(r["step"])} for r in rows if r["step"] <= upto]
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, csv.Error) as err:
         raise UnicompError(
@@ -354,12 +371,20 @@ def _parameters_finite(model: nn.Module, dist: Dist) -> bool:
     return dist.sum([float(finite)])[0] == dist.world
 
 
-def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
+def train(
+    model: nn.Module,
+    task: Task,
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool = False,
+    run_config: dict | None = None,
+) -> dict:
     """Train ``model`` on ``task``; return metrics of the validation-selected checkpoint.
 
     Writes into ``out``: checkpoint.pt (resume state), best.safetensors (trainable weights of
-    the best validation step), curve.csv (the learning curve). Under ``torchrun`` it trains
-    with DistributedDataParallel and rank 0 writes the files.
+    the best validation step), curve.csv (the learning curve), and with ``cfg.track`` the
+    tracker's files (unicomp.tracking; ``run_config`` is what it records as the config).
+    Under ``torchrun`` it trains with DistributedDataParallel and rank 0 writes the files.
     """
     device = pick_device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -420,15 +445,11 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
             raise UnicompError(f"{curve_path}: damaged, it lacks step {state.best_step}")
         _load_best(best_path, device)
     val_split = task.split("val")
+    tracker = Tracker(cfg.track if dist.is_main else "none", out, run_config)
     run_loss = run_hits = run_total = 0.0
     started = time.perf_counter() - state.seconds
-    bar = tqdm(
-        total=cfg.steps,
-        initial=state.step,
-        disable=not (cfg.progress and dist.is_main),
-        desc=task.name,
-        dynamic_ncols=True,
-        leave=False,
+    bar = progress_bar(
+        cfg.steps, task.name, cfg.progress and dist.is_main, initial=state.step, leave=False
     )
     step = state.step
     stopped_by = "steps"
@@ -482,25 +503,23 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
                 {
                     "step": step,
                     "train_loss": run_loss / since,
-                    "train_accuracy": run_hits / max(run_total, 1),
+                    "train_accuracy": _ratio(run_hits, run_total),
                     "val_loss": val["loss"],
                     "val_accuracy": val["accuracy"],
                     "lr": sched.get_last_lr()[0],
                     "seconds": time.perf_counter() - started,
                 }
             )
-            bar.set_postfix(
-                loss=f"{run_loss / since:.4f}",
-                acc=f"{run_hits / max(run_total, 1):.3f}",
-                val=f"{val['accuracy']:.3f}",
-            )
+            bar.set_postfix(_postfix(rows[-1]), refresh=False)
+            tracker.log(rows[-1])
             run_loss = run_hits = run_total = 0.0
             score = val["accuracy"] if task.select_by == "accuracy" else -val["loss"]
             if score > state.best_val:
                 state.best_val, state.best_step = score, step
                 if dist.is_main:
                     atomic_write(best_path, lambda f: f.write(save(trainable_state(model))))
-            if state.steps_to_target is None and val["accuracy"] >= cfg.target_accuracy:
+            reached = val["accuracy"] is not None and val["accuracy"] >= cfg.target_accuracy
+            if state.steps_to_target is None and reached:
                 state.steps_to_target = step
             state.step, state.seconds = step, time.perf_counter() - started
             if cfg.stop_at_target and state.steps_to_target is not None:
@@ -520,6 +539,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
     dist.barrier()  # best.safetensors is complete before any rank reads it
     load_trainable_state(model, _load_best(best_path, device))
     test = evaluate(model, task, task.split("test"), cfg, device, dist)
+    tracker.log({"step": step, **{f"test_{k}": v for k, v in test.items()}})
+    tracker.close()
     # DDP's reducer holds the process group: freed after close(), the group's destructor
     # joined gloo threads waiting on a peer that had already exited (a hang seen under load)
     del net
@@ -529,14 +550,15 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, out: Path, resume: boo
         "test_accuracy": test["accuracy"],
         "test_sequence_accuracy": test["sequence_accuracy"],
         "test_loss": test["loss"],
-        "val_accuracy": float(best_row["val_accuracy"]),
+        "val_accuracy": best_row["val_accuracy"],
+        "val_loss": best_row["val_loss"],
         "best_step": state.best_step,
         "steps": step,
         "stopped_by": stopped_by,
         "steps_to_target": state.steps_to_target,
         "target_accuracy": cfg.target_accuracy,
         "train_seconds": round(train_seconds, 2),
-        "final_train_accuracy": float(rows[-1]["train_accuracy"]) if rows else None,
+        "final_train_accuracy": rows[-1]["train_accuracy"] if rows else None,
         "device": str(device),
         "precision": precision,
         "precision_reason": precision_why,

@@ -402,6 +402,7 @@ def collect(
     max_episode_steps: int | None = None,
     suite: str | None = None,
     log=print,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Roll out each component's policy for its share of ``episodes`` and write the episodes
     (in component order) as a Minari data set in ``out``, with ``out/collection.json``
@@ -428,6 +429,7 @@ def collect(
             n_envs=n_envs,
             max_episode_steps=max_episode_steps,
             record=True,
+            progress=f"collect {policy.name}" if progress else None,
         )
         part = {
             "policy": policy.name,

@@ -243,24 +243,30 @@ def run_episodes(
     record: bool = False,
     vectorization: str = "sync",
     env_kwargs: dict | None = None,
+    progress: str | None = None,
 ) -> RolloutResult:
-    """Play ``episodes`` episodes in groups of up to ``n_envs``; see the module docstring."""
+    """Play ``episodes`` episodes in groups of up to ``n_envs``; see the module docstring.
+    ``progress``: the label of a progress bar over the episodes (None: no bar)."""
+    from unicomp.tracking import progress_bar
+
     returns = np.zeros(episodes)
     lengths = np.zeros(episodes, dtype=np.int64)
     recorded: list[Episode] = []
+    bar = progress_bar(episodes, progress or "", progress is not None, unit="episode")
     for first in range(0, episodes, n_envs):
         n = min(n_envs, episodes - first)
         envs = make_vector_env(env_id, n, max_episode_steps, vectorization, env_kwargs)
         try:
-            group = _run_group(envs, agent, [seed + first + j for j in range(n)], record)
+            group = _run_group(envs, agent, [seed + first + j for j in range(n)], record, bar)
         finally:
             envs.close()
         returns[first : first + n], lengths[first : first + n] = group[0], group[1]
         recorded.extend(group[2])
+    bar.close()
     return RolloutResult(returns, lengths, [seed + i for i in range(episodes)], recorded)
 
 
-def _run_group(envs, agent: Agent, seeds: list[int], record: bool):
+def _run_group(envs, agent: Agent, seeds: list[int], record: bool, bar):
     n = len(seeds)
     obs, _ = envs.reset(seed=seeds)
     agent.reset(n)
@@ -284,6 +290,8 @@ def _run_group(envs, agent: Agent, seeds: list[int], record: bool):
         final_obs[done] = next_obs[done]
         active &= ~done
         obs = next_obs
+        bar.set_postfix_str(f"step {int(length.max())}", refresh=False)
+        bar.update(int(done.sum()))  # redraws only when its interval has passed
     episodes = []
     if record:
         stacked = {k: np.stack(v, axis=1) for k, v in hist.items()}  # (n, steps, ...)
@@ -385,12 +393,14 @@ def evaluate_dt(
     delayed_reward: bool = False,
     sample: bool = False,
     ref_scores: tuple[float, float] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Mean/std return and normalised score of the DT conditioned on ``target_return``
     (None for policies that read no returns: BC). ``delayed_reward``: the agent observes the
     rewards of unicomp.rl.baselines.delay_rewards (none before the episode ends).
     ``sample``: discrete actions drawn from the predicted distribution (see DTAgent).
-    ``ref_scores``: (random, expert) returns of the score (default: our table's)."""
+    ``ref_scores``: (random, expert) returns of the score (default: our table's).
+    ``progress``: a bar over the episodes on stderr (unicomp.tracking.progress_bar)."""
     from unicomp.rl.baselines import DelayedRewardAgent
 
     device = next(model.parameters()).device
@@ -407,8 +417,15 @@ def evaluate_dt(
     )
     if delayed_reward:
         agent = DelayedRewardAgent(agent)
+    label = f"evaluate {env_id}" + ("" if target_return is None else f" @{target_return:g}")
     result = run_episodes(
-        env_id, agent, episodes, seed=seed, n_envs=n_envs, max_episode_steps=max_episode_steps
+        env_id,
+        agent,
+        episodes,
+        seed=seed,
+        n_envs=n_envs,
+        max_episode_steps=max_episode_steps,
+        progress=label if progress else None,
     )
     out = {"target_return": target_return, "seed": seed, **result.summary(env_id, ref_scores)}
     if sample and model.config.discrete:
