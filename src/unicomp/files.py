@@ -148,6 +148,7 @@ def write_in_child(write: Callable[[], None], what: str) -> None:
     only the child, whose stderr is read here and summed up in one UnicompError line
     (``could not write <what>: <reason>``). A UnicompError raised by ``write`` keeps its
     message. Nothing ``write`` changes in memory reaches this process."""
+    import faulthandler
     import signal
 
     sys.stdout.flush()
@@ -160,6 +161,8 @@ def write_in_child(write: Callable[[], None], what: str) -> None:
             os.close(read_end)
             os.dup2(write_end, 2)
             sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 (unraisable errors too)
+            if faulthandler.is_enabled():  # its report of a crash goes to the pipe too
+                faulthandler.enable(sys.stderr)
             write()
             code = 0
         except UnicompError as err:
@@ -190,10 +193,11 @@ def write_in_child(write: Callable[[], None], what: str) -> None:
         raise UnicompError(said[-1])
     # HDF5 names the system error of each failed write: "..., error message = 'No space ...'"
     system = re.findall(r"error message = '([^']*)'", text)
-    reason = said[-1] if said else system[0] if system else "the writer failed"
+    reason = system[0] if system else said[-1] if said else "the writer failed"
     if os.WIFSIGNALED(status):
         name = signal.Signals(os.WTERMSIG(status)).name
-        reason = f"{system[0] if system else 'the writer'} (the writer then crashed: {name})"
+        crashed = f"the writer then crashed: {name}"
+        reason = f"{system[0]} ({crashed})" if system else f"the writer crashed ({name})"
     raise UnicompError(f"could not write {what}: {reason}; nothing was written")
 
 

@@ -28,6 +28,7 @@ import os
 import pickle
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import numpy as np
 
 from unicomp.datasets import SafeUnpickler
 from unicomp.errors import DataError, UnicompError
-from unicomp.files import atomic_write_json
+from unicomp.files import check_free_space, temporary_folder, write_in_child
 from unicomp.rl.atari import atari_env_id
 from unicomp.rl.evaluate import check_env_id, make_env, reference_scores, run_episodes
 from unicomp.rl.trajectories import TrajectoryDataset, default_dataset_id, write_minari
@@ -408,8 +409,7 @@ def collect(
     (in component order) as a Minari data set in ``out``, with ``out/collection.json``
     recording what produced them and the returns measured. Returns that record."""
     out = Path(out)
-    if (out / "data").exists():
-        raise UnicompError(f"{out} already holds a data set; choose another --out")
+    check_out(out)
     if episodes < 1:
         raise UnicompError(f"--episodes must be at least 1, got {episodes}")
     env_id = atari_env_id(env_id) or env_id  # "breakout" -> "ALE/Breakout-v5"
@@ -476,15 +476,61 @@ def write_collection(
     if ref is not None:
         lo, hi = ref
         record["normalized_score_mean"] = 100 * (summary["return_mean"] - lo) / (hi - lo)
-    write_minari(
-        dataset,
-        out,
-        dataset_id=default_dataset_id(env_id, name),
-        description=f"{env_id} {name}: {what}",
-        ref_scores=ref,  # stored as ref_min_score/ref_max_score: minari.get_normalized_score
-    )
-    atomic_write_json(out / "collection.json", record)
+
+    def write(folder: Path) -> None:
+        write_minari(
+            dataset,
+            folder,
+            dataset_id=default_dataset_id(env_id, name),
+            description=f"{env_id} {name}: {what}",
+            ref_scores=ref,  # stored as ref_min_score/ref_max_score: minari.get_normalized_score
+        )
+
+    write_data_set(dataset, out, write, record)
     return record
+
+
+def check_out(out: Path) -> None:
+    """Refuse, before any rollout, an ``out`` that holds a data set or cannot be written in."""
+    if (out / "data").exists():
+        raise UnicompError(f"{out} already holds a data set; choose another --out")
+    try:
+        with temporary_folder(out, "data"):
+            pass
+    except OSError as err:
+        raise UnicompError(f"cannot write the data set in {out}: {err.strerror or err}") from None
+
+
+def write_data_set(
+    dataset: TrajectoryDataset, out: Path, write: Callable[[Path], None], record: dict[str, Any]
+) -> None:
+    """``write(folder)`` (the Minari data set) into a temporary folder in ``out``, in a child
+    process (h5py segfaults on a full disk: unicomp.files.write_in_child), then
+    collection.json (``record``); both renamed into place at the end. Any failure is one
+    UnicompError line and leaves ``out`` as it was (no data, no temporary)."""
+    try:
+        with temporary_folder(out, "data") as tmp:
+            check_free_space(tmp, _bytes_at_least(dataset), f"the data set in {out}")
+            write_in_child(lambda: write(tmp), f"the data set in {out}")
+            # a plain write: the temporary folder is what makes it atomic
+            (tmp / "collection.json").write_text(json.dumps(record, indent=2) + "\n")
+            os.replace(tmp / "data", out / "data")
+            os.replace(tmp / "collection.json", out / "collection.json")
+    except OSError as err:
+        raise UnicompError(
+            f"could not write the data set in {out}: {err.strerror or err}; nothing was written"
+        ) from None
+
+
+def _bytes_at_least(dataset: TrajectoryDataset) -> int:
+    """A lower bound of what Minari writes: the arrays, less image observations (which it
+    stores compressed)."""
+    total = 0
+    for e in dataset.episodes:
+        obs = e.observations
+        total += e.actions.nbytes + 8 * len(e.rewards) + 2 * len(e.terminations)
+        total += 0 if obs.dtype == np.uint8 and obs.ndim in (3, 4) else obs.nbytes
+    return total
 
 
 def import_dqn_replay(
@@ -500,8 +546,7 @@ def import_dqn_replay(
     from unicomp.rl.atari import read_dqn_replay
 
     out = Path(out)
-    if (out / "data").exists():
-        raise UnicompError(f"{out} already holds a data set; choose another --out")
+    check_out(out)
     ale_id = atari_env_id(env_id)
     if ale_id is None:
         raise UnicompError(f"--dqn-replay needs an Atari game as --env (ALE/<Game>-v5): {env_id!r}")
