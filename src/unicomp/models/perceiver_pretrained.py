@@ -139,9 +139,12 @@ def load_hf_perceiver(name: str) -> tuple[nn.Module, str]:
     saved with) from a known short name, hub id or local folder; and where it came from."""
     import transformers
 
+    from unicomp.backbones.hf import _hub_reachable
+
     location = KNOWN.get(name, name)
-    try:
-        config = transformers.AutoConfig.from_pretrained(location)
+    try:  # from the hub cache alone where the hub cannot be reached (fails fast, no retries)
+        local = not Path(location).is_dir() and _hub_reachable() is not None
+        config = transformers.AutoConfig.from_pretrained(location, local_files_only=local)
     except OSError as err:
         from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -152,9 +155,9 @@ def load_hf_perceiver(name: str) -> tuple[nn.Module, str]:
         )
         raise WeightsNotFoundError(
             f"no weights for Perceiver {name!r}; looked in: {where}: "
-            f"{str(err).splitlines()[0]}. Provide them: download {location} into the hub cache "
-            f"on a machine with network (huggingface-cli download {location}), or pass a "
-            "local model folder; omit --pretrained for random init"
+            f"{str(err).splitlines()[0]}. Provide them: run 'hf download {location}' on a "
+            "machine with network and copy its hub cache here, or pass a local model folder; "
+            "omit --pretrained for random init"
         ) from None
     if config.model_type != "perceiver":
         raise UnicompError(f"{location} holds a {config.model_type!r} model, not a Perceiver")
