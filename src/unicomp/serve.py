@@ -22,7 +22,6 @@ seconds: new files are loaded, changed ones reloaded, removed ones dropped, with
 # No ``from __future__ import annotations``: FastAPI reads the route functions' annotations,
 # which name classes local to create_app.
 
-
 import asyncio
 import contextlib
 import json
@@ -181,6 +180,10 @@ class Server:
             task.adapter.codec.encode(inputs)
         except InputError as err:
             raise HTTPError(422, str(err)) from None
+        except Exception as err:  # a shape no check foresaw: still the request's fault
+            raise HTTPError(
+                422, f"inputs: not {task.adapter.task} inputs ({type(err).__name__}: {err})"
+            ) from None
         task.requests += 1
         task.inputs += len(inputs)
         future = asyncio.get_running_loop().create_future()
