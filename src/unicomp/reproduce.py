@@ -339,7 +339,8 @@ def _larger_better(ev: Evidence):
     a, b = small["test_accuracy"], large["test_accuracy"]
     m = _margin(a, b)
     diff = _mean(b) - _mean(a)
-    ours = f"{large['backbone']} {_pm(b)} vs {small['backbone']} {_pm(a)}"
+    name = {k: Path(r["backbone"]).name for k, r in (("s", small), ("l", large))}
+    ours = f"{name['l']} {_pm(b)} vs {name['s']} {_pm(a)}"
     verdict = "holds" if diff > m else "partly" if diff >= -m else "does not hold"
     reason = f"difference {100 * diff:+.1f} points, margin {100 * m:.1f} (partly: level)"
     return ours, verdict, reason
@@ -508,7 +509,8 @@ def _make_tiny_backbones(backbones: dict[str, int]) -> None:
         if (Path(folder) / "config.json").is_file():
             continue
         torch.manual_seed(0)
-        cfg = GPT2Config(n_layer=2, n_embd=width, n_head=2, n_positions=64, vocab_size=64)
+        cfg = GPT2Config(n_layer=2, n_embd=width, n_head=2, n_positions=64, vocab_size=64,
+                         bos_token_id=0, eos_token_id=0)  # fmt: skip
         tmp = Path(folder + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         GPT2Model(cfg).save_pretrained(tmp)
@@ -605,6 +607,19 @@ def _run_jobs(cells: list[Cell], logs: Path, jobs: int, threads: int, say) -> No
                 say(f"{cell.key}: FAILED: {cell.error} (log {logs / cell.file_stem}.log)")
 
 
+def _describe(cfg: Any) -> str:
+    """A DT or Perceiver run's settings in one line (``--dry-run``)."""
+    t = cfg.train
+    if hasattr(cfg, "algo"):
+        what = (
+            f"dt {cfg.algo} K={cfg.context} delayed_reward={cfg.delayed_reward} "
+            f"{cfg.n_layer} layers x {cfg.hidden_size} data={cfg.data}"
+        )
+    else:
+        what = f"{cfg.task} {cfg.model} {cfg.num_latents} latents x {cfg.d_latent}"
+    return f"{what} steps={t.steps} lr={t.lr:g} batch={t.batch_size}"
+
+
 def _collect_key_to_door(out: Path, episodes: int, say) -> dict:
     from unicomp.rl.collect import Component, collect
 
@@ -653,7 +668,7 @@ def reproduce(
         from unicomp.ablate import describe
 
         lines = [describe(s) for s in suites.values()]
-        lines += [f"  {c.key}: {c.cfg}" for c in cells]
+        lines += [f"  {c.key}: {_describe(c.cfg)}" for c in cells]
         return {"dry_run": "\n".join(lines)}
     t0 = time.time()
     if spec.get("tiny_backbones") and suites:
@@ -731,7 +746,14 @@ def _save(fig, path: Path) -> None:
     _plt().close(fig)
 
 
+def _shown(path: str | Path) -> str:
+    """A path for a command line: relative to the working folder where it is inside it."""
+    path, here = Path(path).absolute(), Path.cwd()
+    return str(path.relative_to(here)) if path.is_relative_to(here) else str(path)
+
+
 def _rel(path: str | Path, out: Path) -> str:
+    """A path for a link in the report (relative to the report's folder)."""
     path = Path(path).absolute()
     return str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
 
@@ -741,7 +763,7 @@ def _figures(out: Path, suites: dict, results: dict, cells: list[Cell], collecti
     ``out``); FPT plots come from ablate, the rest are drawn here from the run folders."""
     figs: dict[str, dict] = {}
     for group, suite in suites.items():
-        cmd = f"unicomp fpt ablate --suite {_rel(suite.path, out)} --out {_rel(suite.root, out)}"
+        cmd = f"unicomp fpt ablate --suite {_shown(suite.path)} --out {_shown(suite.root)}"
         for i, table in enumerate(suite.tables):
             rows = [r for r in results[group]["rows"] if r["table"] == table["title"]]
             runs = sorted({run for r in rows for run in r["runs"]})
@@ -764,8 +786,8 @@ def _figures(out: Path, suites: dict, results: dict, cells: list[Cell], collecti
         figs["attention"] = {
             "title": "attention of the trained FPT (test example 0), mean over heads per layer",
             "file": _rel(png, out), "runs": [_rel(fpt_run, out)],
-            "command": f"unicomp fpt attention {_rel(fpt_run, out)} --example 0 "
-                       f"--out {_rel(png, out)}",
+            "command": f"unicomp fpt attention {_shown(fpt_run)} --example 0 "
+                       f"--out {_shown(png)}",
         }  # fmt: skip
     dt = [c for c in cells if c.table == "dt" and _metrics(c)]
     if dt:
@@ -782,8 +804,8 @@ def _slug(text: str) -> str:
     return slug(text)
 
 
-def _train_command(cell: Cell, out: Path, kind: str) -> str:
-    run = _rel(cell.cfg.out, out)
+def _train_command(cell: Cell, kind: str) -> str:
+    run = _shown(cell.cfg.out)
     return f"unicomp {kind} train --config {run}/config.yaml --out {run}"
 
 
@@ -814,7 +836,7 @@ def _dt_figures(out: Path, cells: list[Cell], collection) -> dict:
     ax.set_title("Decision Transformer on Key-to-Door (target return 1)")
     fig.tight_layout()
     _save(fig, out / "figures" / "dt-bars.png")
-    cmd = "; ".join(_train_command(c, out, "dt") for c in cells[:1]) + " (each run likewise)"
+    cmd = "; ".join(_train_command(c, "dt") for c in cells[:1]) + " (each run likewise)"
     figs["dt-bars"] = {"title": "Key-to-Door success by algorithm (mean ± std over seeds)",
                        "file": "figures/dt-bars.png", "runs": [_rel(c.cfg.out, out) for c in cells],
                        "command": cmd}  # fmt: skip
@@ -837,7 +859,7 @@ def _dt_figures(out: Path, cells: list[Cell], collection) -> dict:
     figs["dt-targets"] = {"title": "DT return against target return",
                           "file": "figures/dt-targets.png",
                           "runs": [_rel(c.cfg.out, out) for c in dts],
-                          "command": f"unicomp dt eval --run {_rel(dts[0].cfg.out, out)} "
+                          "command": f"unicomp dt eval --run {_shown(dts[0].cfg.out)} "
                                      "--targets 0,1 (each DT run likewise)"}  # fmt: skip
     return figs
 
@@ -858,13 +880,13 @@ def _perceiver_figures(out: Path, cells: list[Cell]) -> dict:
     runs = [_rel(c.cfg.out, out) for c in cells]
     figs = {"perceiver-bars": {"title": "Perceiver IO against Perceiver (mean ± std over seeds)",
                                "file": "figures/perceiver-bars.png", "runs": runs,
-                               "command": _train_command(cells[0], out, "perceiver")}}  # fmt: skip
+                               "command": _train_command(cells[0], "perceiver")}}  # fmt: skip
     first = cells[0]
     if (Path(first.cfg.out) / "examples.png").is_file():
         figs["perceiver-examples"] = {
             "title": f"{first.row} test images: input, prediction, target",
             "file": _rel(Path(first.cfg.out) / "examples.png", out), "runs": [runs[0]],
-            "command": _train_command(first, out, "perceiver"),
+            "command": _train_command(first, "perceiver"),
         }  # fmt: skip
     return figs
 
@@ -910,7 +932,7 @@ def _about(name: str, spec: dict, out: Path, seconds: float, suites: dict, cells
             "python": platform.python_version(),
         },
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": f"unicomp reproduce --preset {name} --out {out}",
+        "command": f"unicomp reproduce --preset {name} --out {_shown(out)}",
     }
 
 
@@ -923,7 +945,7 @@ def _blocks(report: dict, out: Path) -> list[tuple]:
         ("p", f"Budget: {report['budget']}. Expected time: {report['expected']}."),
         (
             "table",
-            ["", ""],
+            ["what", "value"],
             [
                 ["command", report["command"]],
                 ["date", report["date"]],
@@ -958,7 +980,7 @@ def _blocks(report: dict, out: Path) -> list[tuple]:
                     r["ours"],
                     r["verdict"],
                     r["reason"],
-                    ", ".join(r["figures"]) or "-",
+                    Refs(r["figures"]),
                 ]
                 for r in report["claims"]
             ],
@@ -966,10 +988,17 @@ def _blocks(report: dict, out: Path) -> list[tuple]:
         ("h", 2, "Figures"),
     ]
     for key, f in report["figures"].items():
-        b += [("h", 3, f"{key}: {f['title']}"), ("img", f["file"], f["title"]),
+        b += [("h", 3, f"{key}: {f['title']}", f"fig-{key}"), ("img", f["file"], f["title"]),
               ("links", [("run folder " + r, r) for r in f["runs"]]),
               ("code", f["command"])]  # fmt: skip
     return b
+
+
+class Refs(list):
+    """A table cell naming figures: plain names in Markdown, links in HTML."""
+
+    def __str__(self) -> str:
+        return ", ".join(self) or "-"
 
 
 def to_markdown(blocks: list[tuple]) -> str:
@@ -1008,7 +1037,8 @@ def to_html(blocks: list[tuple], out: Path) -> str:
     for block in blocks:
         kind = block[0]
         if kind == "h":
-            parts.append(f"<h{block[1]}>{e(block[2])}</h{block[1]}>")
+            anchor = f" id='{e(block[3])}'" if len(block) > 3 else ""
+            parts.append(f"<h{block[1]}{anchor}>{e(block[2])}</h{block[1]}>")
         elif kind == "p":
             parts.append(f"<p>{e(block[1])}</p>")
         elif kind == "table":
@@ -1017,12 +1047,15 @@ def to_html(blocks: list[tuple], out: Path) -> str:
             for row in block[2]:
                 tds = []
                 for x in row:
+                    if isinstance(x, Refs):  # links to the figures below
+                        refs = ", ".join(f"<a href='#fig-{e(k)}'>{e(k)}</a>" for k in x)
+                        tds.append(f"<td>{refs or '-'}</td>")
+                        continue
                     verdict = str(x).split(" ")[0] if str(x) in VERDICTS else ""
                     css = {"holds": "holds", "partly": "partly", "does": "does-not-hold",
                            "not": "not-measured"}.get(verdict, "")  # fmt: skip
-                    tds.append(
-                        f"<td class='{css}'>{e(str(x))}</td>" if css else f"<td>{e(str(x))}</td>"
-                    )
+                    tds.append(f"<td class='{css}'>" if css else "<td>")
+                    tds[-1] += f"{e(str(x))}</td>"
                 body += "<tr>" + "".join(tds) + "</tr>"
             parts.append(f"<table><tr>{head}</tr>{body}</table>")
         elif kind == "img":
