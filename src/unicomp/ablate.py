@@ -622,10 +622,9 @@ def markdown(suite: Suite, rows: list[dict], images: dict[str, list[str]]) -> st
 def plot_suite(suite: Suite, rows: list[dict]) -> dict[str, list[str]]:
     """Per table: validation accuracy against step (mean over seeds) and a bar chart of test
     accuracy (mean ± std, the paper's number as a marker). Returns file names per table."""
-    import matplotlib
+    from unicomp.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     images: dict[str, list[str]] = {}
     by_table: dict[str, list[dict]] = {}
@@ -650,8 +649,7 @@ def plot_suite(suite: Suite, rows: list[dict]) -> dict[str, list[str]]:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(suite.out / f"{name}-curves.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, suite.out / f"{name}-curves.png")
         fig, ax = plt.subplots(figsize=(7, 4))
         labels = [r["label"] for r in trs]
         means = [100 * (r["test_mean"] or 0) for r in trs]
@@ -669,8 +667,7 @@ def plot_suite(suite: Suite, rows: list[dict]) -> dict[str, list[str]]:
         ax.set_title(f"{suite.name}: {title}")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(suite.out / f"{name}-bars.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, suite.out / f"{name}-bars.png")
         images[title] = [f"{name}-curves.png", f"{name}-bars.png"]
     return images
 

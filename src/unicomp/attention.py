@@ -142,11 +142,11 @@ def draw_attention(
     """A grid of heatmaps, one per layer (mean over heads), over the real tokens; one colour
     scale (0 to the largest weight drawn) for all panels. Without token labels the ticks are
     positions (numbered where there are at most 64)."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
+
+    from unicomp.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     length = ex.length
     mean = ex.maps.mean(1)[:, :length, :length]  # (layers, T, T)
@@ -185,14 +185,7 @@ def draw_attention(
     fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight (mean over heads)")
     chars = int(width * 11)  # about 11 characters an inch at 10 pt
     fig.suptitle("\n".join(_fit(line, chars) for line in title_lines), fontsize=10)
-
-    def write(f) -> None:
-        fig.savefig(f, format="png", dpi=110)
-
-    try:
-        atomic_write(path, write)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 def save_maps(ex: ExampleAttention, path: Path, meta: dict[str, str | int]) -> None:

@@ -529,6 +529,13 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     print(f"report: {result['out']}/report.md and report.html")
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from unicomp.plots import plot_runs
+
+    for path in plot_runs(args.runs, args.output):
+        print(f"written: {path}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from unicomp.report import load_runs, runs_table, seeds_table
 
@@ -611,6 +618,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders (holding metrics.json)")
     p.add_argument("--by-seed", action="store_true", help="mean ± std over seeds per setting")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "plot",
+        help="PNGs of run folders: learning curves overlaid; DT runs: return against target",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (holding curve.csv)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE.png",
+        help="the learning curves [RUN/curves.png for one run, else ./curves.png]; DT "
+        "return against target goes next to it as FILE-returns.png",
+    )
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(
         "reproduce",

