@@ -117,7 +117,7 @@ def test_dt_train_on_a_minari_id_scores_with_its_reference_returns(tmp_path):
     assert metrics["env"] == "Pendulum-v1" and metrics["steps"] == 3
     ref = metrics["reference_scores"]
     assert (ref["ref_min_score"], ref["ref_max_score"]) == REF
-    assert ref["source"] == "data set metadata (test/pendulum/tiny-v0)"
+    assert ref["source"] == "data set metadata (ref_min_score, ref_max_score)"
     # Pendulum has no entry in our table: the score exists only through the metadata
     (e,) = metrics["eval"]
     assert e["episodes"] == 2

@@ -73,6 +73,8 @@ def build_task(name: str, args: dict) -> Task:
 
 def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
     """The FPT model with its freeze policy applied, and a summary of what was built."""
+    from unicomp import features as fc
+
     FREEZE_POLICIES.entry(cfg.freeze)  # fail on a bad name before loading any weights
     torch.manual_seed(cfg.train.seed)  # new layers (and random:<name> backbones) are seeded
     auto_attention = cfg.attn_implementation == "auto"
@@ -113,6 +115,9 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
         "total_params": total,
         "trainable_fraction": trainable / total,
         "trainable_by_group": groups,
+        # What best.safetensors does not hold: a random:/stats: backbone is re-created from
+        # code (the seed and transformers' init), so rebuilding the run checks this.
+        "frozen_weights_sha256": fc.frozen_weights_sha256(model),
     }
     return model, summary
 
@@ -171,7 +176,10 @@ def train_and_record(
     # config.yaml is written; a start that fails before its first checkpoint is undone.
     with claim_run_folder(out, resume=resume, enabled=is_main):
         if is_main and (not resume or changes):
-            save_yaml(cfg, out / "config.yaml")  # on resume: the changes applied, recorded
+            # on resume: the changes applied, recorded; the device ``auto`` picks, as a comment
+            # (the setting stays auto, so the file runs again on another machine)
+            used = f"train.device {cfg.train.device}: this run used {pick_device(cfg.train.device)}"
+            save_yaml(cfg, out / "config.yaml", comments=[used])
         t0 = time.perf_counter()
         result = train(model, task, cfg.train, out, resume=resume, run_config=to_dict(cfg))
         metrics = {
@@ -343,25 +351,12 @@ def rebuild_fpt_run(
     transformers' default) for the backbone; None keeps the run's own settings.
     Used by :func:`load_fpt_run` and the ``run:<DIR>`` backbones (unicomp.backbones.hf).
     """
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     where = f"{where}: " if where else ""
     cfg = _run_config(folder, where)
     best_path = folder / "best.safetensors"
-    if not best_path.is_file():
-        raise WeightsNotFoundError(
-            f"{where}{folder} has no best.safetensors (the run has not reached its first "
-            "evaluation)"
-        )
+    state = _read_best(folder, where)
     best_step = _best_step(folder, where, finished)
-    try:
-        state = load_file(str(best_path))
-    except Exception as err:  # truncated, not safetensors
-        raise UnicompError(
-            f"{where}cannot read {best_path} "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-        ) from None
     build = dataclasses.replace(cfg)  # build_fpt reads it; the run's own stays as saved
     if backbone_overrides is None:
         if build.attn_implementation == "auto":  # not measured again: no training here
@@ -373,6 +368,57 @@ def rebuild_fpt_run(
     task = build_task(cfg.task, cfg.task_args)
     with torch.random.fork_rng():  # build_fpt seeds the global state; the caller's is kept
         model, summary = build_fpt(build, task)
+    _check_frozen_weights(folder, cfg, summary["frozen_weights_sha256"], where)
+    what = f"backbone {cfg.backbone}, task {cfg.task}"
+    _load_checked(model, state, f"{where}{best_path}", what, f"freeze {cfg.freeze} trains them")
+    return FPTRun(folder, cfg, task, model, summary, sorted(state), best_step)
+
+
+def _check_frozen_weights(folder: Path, cfg: FPTConfig, rebuilt: str, where: str) -> None:
+    """Refuse a rebuilt FPT whose frozen weights differ from those the run recorded (runs
+    from before it was recorded are not checked): for ``random:``/``stats:`` backbones, a
+    sign that the init code (transformers) changed since; for hub names, other weights."""
+    import json
+
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return  # an unfinished run (run: backbones may use one), or _best_step's error
+    recorded = metrics.get("frozen_weights_sha256")
+    if recorded and recorded != rebuilt:
+        then, now = metrics.get("transformers_version"), provenance()["transformers_version"]
+        raise UnicompError(
+            f"{where}{folder}: its frozen weights rebuilt now (sha256 {rebuilt[:12]}) are not "
+            f"the ones it trained with ({recorded[:12]}); backbone {cfg.backbone} (seed "
+            f"{cfg.train.seed}) gives other weights under transformers {now} than under "
+            f"{then} when the run trained"
+        )
+
+
+def _read_best(folder: Path, where: str = "") -> dict[str, torch.Tensor]:
+    """A run folder's best.safetensors; a one-line error where it is missing or unreadable."""
+    from safetensors.torch import load_file
+
+    best_path = folder / "best.safetensors"
+    if not best_path.is_file():
+        raise WeightsNotFoundError(
+            f"{where}{folder} has no best.safetensors (the run has not reached its first "
+            "evaluation)"
+        )
+    try:
+        return load_file(str(best_path))
+    except Exception as err:  # truncated, not safetensors
+        raise UnicompError(
+            f"{where}cannot read {best_path} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+        ) from None
+
+
+def _load_checked(
+    model: nn.Module, state: dict[str, torch.Tensor], path: str, what: str, trains: str
+) -> None:
+    """Load a run's saved tensors into its rebuilt ``model`` after checking them: every
+    tensor must fit a parameter, and every parameter the run trained must be there."""
     params = dict(model.named_parameters())
     unexpected = sorted(k for k in state if k not in params)
     shapes = sorted(
@@ -388,16 +434,14 @@ def rebuild_fpt_run(
             for label, items in (
                 ("not in the model:", unexpected),
                 ("shape (file vs model):", shapes),
-                (f"missing (freeze {cfg.freeze} trains them):", missing),
+                (f"missing ({trains}):", missing),
             )
             if items
         ]
         raise UnicompError(
-            f"{where}{best_path} does not fit the run's rebuilt model (backbone "
-            f"{cfg.backbone}, task {cfg.task}): {'; '.join(parts)}"
+            f"{path} does not fit the run's rebuilt model ({what}): {'; '.join(parts)}"
         )
     model.load_state_dict(state, strict=False)
-    return FPTRun(folder, cfg, task, model, summary, sorted(state), best_step)
 
 
 def load_fpt_run(folder: str | Path) -> tuple[FPT, Task, FPTConfig]:
@@ -483,6 +527,30 @@ def build_perceiver(cfg: PerceiverConfig, task: Task) -> tuple[nn.Module, dict]:
         "trainable_fraction": trainable / total,
     }
     return model, summary
+
+
+def load_perceiver_run(folder: str | Path) -> tuple[nn.Module, Task, PerceiverConfig]:
+    """The trained Perceiver (IO) of a finished ``perceiver train`` run folder, rebuilt from
+    its config.yaml as :func:`build_perceiver` built it (the same seed; a pretrained encoder
+    is loaded again from where the run found it) with best.safetensors loaded and checked
+    (every tensor must fit, every trained one must be there), in eval mode on the CPU, with
+    the run's task and config. One-line UnicompError for anything else."""
+    folder = Path(folder)
+    config_path = folder / "config.yaml"
+    if not config_path.is_file():
+        raise UnicompError(f"{folder} is not a run folder (no config.yaml)")
+    data = load_yaml(config_path)
+    if "num_latents" not in data:
+        raise UnicompError(f"{folder} is not a Perceiver run: its config.yaml has no num_latents")
+    cfg = from_dict(PerceiverConfig, data, f"config file {config_path}")
+    state = _read_best(folder)
+    _best_step(folder, "", finished=True)  # a finished run: metrics.json is there
+    task = build_task(cfg.task, cfg.task_args)
+    with torch.random.fork_rng():  # build_perceiver seeds the global state; the caller's kept
+        model, _ = build_perceiver(cfg, task)
+    best = str(folder / "best.safetensors")
+    _load_checked(model, state, best, f"task {cfg.task}", "the run trained them")
+    return model.eval(), task, cfg
 
 
 def default_perceiver_out(cfg: PerceiverConfig) -> Path:

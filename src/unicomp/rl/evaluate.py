@@ -83,7 +83,7 @@ def score_reference(env_id: str | None, metadata: dict | None = None) -> dict | 
     meta = metadata or {}
     if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
         lo, hi = float(meta["ref_min_score"]), float(meta["ref_max_score"])
-        source = f"data set metadata ({meta.get('dataset_id', 'ref_min_score/ref_max_score')})"
+        source = "data set metadata (ref_min_score, ref_max_score)"
     elif reference_scores(env_id) is not None:
         lo, hi = reference_scores(env_id)
         source = f"built-in table ({_env_key(env_id)})"

@@ -1,0 +1,77 @@
+"""Run folders back into models from Python (issue 15, point 4): a Perceiver run through
+``load_perceiver_run`` scores its recorded test metric again, and an FPT run on a
+``random:`` backbone refuses to load when its frozen weights can no longer be re-created."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import cli_train, small_train
+from unicomp.errors import UnicompError
+from unicomp.experiments import load_fpt_run, load_perceiver_run, run_perceiver
+from unicomp.train import evaluate
+
+
+def test_perceiver_run_loads_and_reproduces_its_test_accuracy(tmp_path):
+    from unicomp.config import PerceiverConfig
+
+    out = tmp_path / "perceiver"
+    cfg = PerceiverConfig(
+        task="bit-xor",
+        num_latents=4,
+        d_latent=16,
+        num_blocks=1,
+        self_attends_per_block=1,
+        num_heads=2,
+        out=str(out),
+        train=small_train(steps=30, eval_every=10, lr=3e-3),
+    )
+    metrics = run_perceiver(cfg)
+    model, task, loaded = load_perceiver_run(out)
+    assert not model.training and loaded.num_latents == 4
+    test = evaluate(model, task, task.split("test"), loaded.train, torch.device("cpu"))
+    assert test["accuracy"] == metrics["test_accuracy"]
+    assert test["loss"] == pytest.approx(metrics["test_loss"], abs=1e-5)
+    params = dict(model.named_parameters())
+    for name, tensor in load_file(str(out / "best.safetensors")).items():
+        assert torch.equal(params[name], tensor), name
+    # a model with other weights would score differently: the check above can fail
+    with torch.no_grad():
+        for param in params.values():
+            param.mul_(1.5)
+    other = evaluate(model, task, task.split("test"), loaded.train, torch.device("cpu"))
+    assert other["loss"] != pytest.approx(metrics["test_loss"], abs=1e-5)
+
+
+def test_load_perceiver_run_refuses_other_folders(tmp_path):
+    with pytest.raises(UnicompError, match="not a run folder"):
+        load_perceiver_run(tmp_path)
+    (tmp_path / "config.yaml").write_text("task: bit-xor\nbackbone: minilm-l6\nfreeze: paper\n")
+    with pytest.raises(UnicompError, match="not a Perceiver run"):
+        load_perceiver_run(tmp_path)
+
+
+def test_random_backbone_run_checks_its_frozen_weights(tmp_path, tiny_gpt2):
+    """A random: run records the SHA-256 of its frozen weights; rebuilt with the same init
+    it loads and scores as recorded, rebuilt with another init it is refused."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(tiny_gpt2, folder)
+    run = tmp_path / "run"
+    args = ("--task", "bit-xor", "--backbone", f"random:{folder}", "--precision", "fp32")
+    metrics = cli_train(run, *args)
+    assert len(metrics["frozen_weights_sha256"]) == 64
+    model, task, cfg = load_fpt_run(run)
+    test = evaluate(model, task, task.split("test"), cfg.train, torch.device("cpu"))
+    assert test["loss"] == pytest.approx(metrics["test_loss"], abs=1e-5)
+    # another init recipe (as a transformers release could bring) gives other random weights
+    config = json.loads((folder / "config.json").read_text())
+    config["initializer_range"] = 0.05
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnicompError, match="frozen weights rebuilt now") as err:
+        load_fpt_run(run)
+    assert "\n" not in str(err.value) and f"random:{folder}" in str(err.value)
