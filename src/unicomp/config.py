@@ -287,10 +287,13 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     return cls(**kwargs)
 
 
-def save_yaml(cfg: Any, path: Path) -> None:
+def save_yaml(cfg: Any, path: Path, comments: list[str] | tuple[str, ...] = ()) -> None:
+    """``cfg`` as YAML; ``comments`` as ``# ...`` lines at the end (facts for the reader that
+    loading ignores, e.g. the device ``auto`` resolved to)."""
     from unicomp.files import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write_text(path, text + "".join(f"# {line}\n" for line in comments))
 
 
 def load_yaml(path: str | Path) -> dict:

@@ -176,7 +176,10 @@ def train_and_record(
     # config.yaml is written; a start that fails before its first checkpoint is undone.
     with claim_run_folder(out, resume=resume, enabled=is_main):
         if is_main and (not resume or changes):
-            save_yaml(cfg, out / "config.yaml")  # on resume: the changes applied, recorded
+            # on resume: the changes applied, recorded; the device ``auto`` picks, as a comment
+            # (the setting stays auto, so the file runs again on another machine)
+            used = f"train.device {cfg.train.device}: this run used {pick_device(cfg.train.device)}"
+            save_yaml(cfg, out / "config.yaml", comments=[used])
         t0 = time.perf_counter()
         result = train(model, task, cfg.train, out, resume=resume, run_config=to_dict(cfg))
         metrics = {
