@@ -42,7 +42,8 @@ import yaml
 
 from unicomp.ablate import Cell, _mean_std, _plan, load_suite, run_suites
 from unicomp.errors import UnicompError
-from unicomp.files import atomic_write, atomic_write_json, atomic_write_text
+from unicomp.files import atomic_write_json, atomic_write_text
+from unicomp.plots import plot_returns, pyplot, save_figure
 
 PRESETS = ("tiny", "quick", "paper")
 VERDICTS = ("holds", "partly", "does not hold", "not measured at this budget")
@@ -731,21 +732,6 @@ def _evidence(results: dict, cells: list[Cell], collection: dict | None, spec: d
 # --- figures ---------------------------------------------------------------------------------
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    _plt().close(fig)
-
-
 def _shown(path: str | Path) -> str:
     """A path for a command line: relative to the working folder where it is inside it."""
     path, here = Path(path).absolute(), Path.cwd()
@@ -810,7 +796,7 @@ def _train_command(cell: Cell, kind: str) -> str:
 
 
 def _dt_figures(out: Path, cells: list[Cell], collection) -> dict:
-    plt = _plt()
+    plt = pyplot()
     by_label: dict[str, list[dict]] = {}
     for c in cells:
         by_label.setdefault(c.row, []).append(_metrics(c))
@@ -835,37 +821,25 @@ def _dt_figures(out: Path, cells: list[Cell], collection) -> dict:
     ax.legend(fontsize=7)
     ax.set_title("Decision Transformer on Key-to-Door (target return 1)")
     fig.tight_layout()
-    _save(fig, out / "figures" / "dt-bars.png")
+    save_figure(fig, out / "figures" / "dt-bars.png")
     cmd = "; ".join(_train_command(c, "dt") for c in cells[:1]) + " (each run likewise)"
     figs["dt-bars"] = {"title": "Key-to-Door success by algorithm (mean ± std over seeds)",
                        "file": "figures/dt-bars.png", "runs": [_rel(c.cfg.out, out) for c in cells],
                        "command": cmd}  # fmt: skip
     dts = [c for c in cells if c.row == "DT"]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for c in dts:
-        ev = sorted((e["target_return"], e["return_mean"]) for e in _metrics(c)["eval"])
-        ax.plot(*zip(*ev, strict=True), marker="o", label=f"DT seed {c.seed}")
-    top = max(e["target_return"] for c in dts for e in _metrics(c)["eval"]) if dts else 1
-    ax.plot([0, top], [0, top], color="gray", ls=":", label="return = target")
-    bc = by_label.get("BC")
-    if bc:
-        ax.axhline(_mean([m["return_mean"] for m in bc]), color="C3", ls="--", label="BC")
-    ax.set_xlabel("target return (conditioning)")
-    ax.set_ylabel("return obtained (mean over episodes)")
-    ax.set_title("DT: return against target return (Key-to-Door)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, out / "figures" / "dt-targets.png")
-    figs["dt-targets"] = {"title": "DT return against target return",
-                          "file": "figures/dt-targets.png",
-                          "runs": [_rel(c.cfg.out, out) for c in dts],
-                          "command": f"unicomp dt eval --run {_shown(dts[0].cfg.out)} "
-                                     "--targets 0,1 (each DT run likewise)"}  # fmt: skip
+    if dts:  # the same picture as unicomp plot draws for DT runs
+        png = out / "figures" / "dt-targets.png"
+        plot_returns({Path(c.cfg.out): _metrics(c)["eval"] for c in dts}, png)
+        runs = [_shown(c.cfg.out) for c in dts]
+        figs["dt-targets"] = {"title": "DT return against target return (each seed)",
+                              "file": _rel(png, out), "runs": [_rel(c.cfg.out, out) for c in dts],
+                              "command": f"unicomp plot {' '.join(runs)} -o curves.png "
+                                         "(-> curves-returns.png)"}  # fmt: skip
     return figs
 
 
 def _perceiver_figures(out: Path, cells: list[Cell]) -> dict:
-    plt = _plt()
+    plt = pyplot()
     by: dict[str, list[float]] = {}
     for c in cells:
         by.setdefault(c.row, []).append(_metrics(c)["test_accuracy"])
@@ -876,7 +850,7 @@ def _perceiver_figures(out: Path, cells: list[Cell]) -> dict:
     ax.set_ylabel("hidden-pixel test accuracy (%)")
     ax.set_title("Perceiver IO vs Perceiver: digits-inpaint")
     fig.tight_layout()
-    _save(fig, out / "figures" / "perceiver-bars.png")
+    save_figure(fig, out / "figures" / "perceiver-bars.png")
     runs = [_rel(c.cfg.out, out) for c in cells]
     figs = {"perceiver-bars": {"title": "Perceiver IO against Perceiver (mean ± std over seeds)",
                                "file": "figures/perceiver-bars.png", "runs": runs,
