@@ -116,3 +116,16 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
     (tmp_path / "full" / "x").write_text("")
     assert main(["export", str(dt), "-o", str(tmp_path / "full")]) == 2
     assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_export_refuses_backbone_and_image_dts(tmp_path, tiny_gpt2):
+    from unicomp.errors import UnicompError
+    from unicomp.models.decision_transformer import build_decision_transformer
+    from unicomp.rl.export import _refuse_unless_exportable
+
+    backbone = build_decision_transformer(5, 2, backbone=f"random:{tiny_gpt2}", max_length=4)
+    with pytest.raises(UnicompError, match="pretrained backbone 'random:"):
+        _refuse_unless_exportable(backbone, tmp_path)
+    atari = build_decision_transformer(0, 4, discrete=True, image_shape=(4, 84, 84), n_layer=1)
+    with pytest.raises(UnicompError, match="states are images"):
+        _refuse_unless_exportable(atari, tmp_path)
