@@ -245,6 +245,10 @@ def _seconds_per_step(row: dict) -> float:
     return _mean([s / n for s, n in zip(row["train_seconds"], row["steps"], strict=True)])
 
 
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
 def _verdict(good: int, total: int) -> str:
     return "holds" if good == total else "partly" if good else "does not hold"
 
@@ -271,8 +275,8 @@ def _pretrained_vs_random(ev: Evidence):
     )
     good = int(better or (not_worse and faster)) + int(faster)
     reason = (
-        f"better: {'yes' if better else 'no'} (margin {100 * m:.1f} points), faster to "
-        f"{target}: {'yes' if faster else 'no'} (inf: never reached in the budget)"
+        f"better: {_yes(better)} (margin {100 * m:.1f} points), faster to "
+        f"{target}: {_yes(faster)} (inf: never reached in the budget)"
     )
     return ours, _verdict(good, 2), reason
 
@@ -310,7 +314,7 @@ def _ff_helps_attn_hurts(ev: Evidence):
     ours = f"FPT {_pm(fpt)}; + feed-forward {_pm(ff)}; + attention {_pm(attn)}"
     reason = (
         f"+ff not below FPT by more than the margin ({100 * m:.1f} points): "
-        f"{'yes' if helps else 'no'}; +attention below it: {'yes' if hurts else 'no'}"
+        f"{_yes(helps)}; +attention below it: {_yes(hurts)}"
     )
     return ours, _verdict(int(helps) + int(hurts), 2), reason
 
@@ -327,8 +331,8 @@ def _output_only(ev: Evidence):
         f"{speed:.1f}x faster per step (chance {100 * ev.chance:.0f}%)"
     )
     reason = (
-        f"above chance: {'yes' if works else 'no'}; below FPT: {'yes' if worse else 'no'}; "
-        f"at least 10x faster per step: {'yes' if faster else 'no'} (the paper's speed comes "
+        f"above chance: {_yes(works)}; below FPT: {_yes(worse)}; "
+        f"at least 10x faster per step: {_yes(faster)} (the paper's speed comes "
         "from features cached once, which a task drawing fresh examples each step such as "
         "bit XOR cannot use)"
     )
@@ -358,8 +362,8 @@ def _no_overfit(ev: Evidence):
         f"{100 * full['gap_mean']:+.1f}"
     )
     reason = (
-        f"FPT gap under 5 points: {'yes' if small else 'no'}; the full transformer's gap "
-        f"larger: {'yes' if contrast else 'no'}"
+        f"FPT gap under 5 points: {_yes(small)}; the full transformer's gap "
+        f"larger: {_yes(contrast)}"
     )
     return ours, _verdict(int(small) + int(small and contrast), 2), reason
 
@@ -375,7 +379,7 @@ def _dt_vs_bc(ev: Evidence):
     ours = f"Key-to-Door success: DT {_pm(dt)}, BC {_pm(bc)}; CQL/IQL not run"
     reason = (
         f"DT above BC by more than the margin ({100 * m:.1f} points): "
-        f"{'yes' if beats else 'no'}. CQL/IQL run through d3rlpy in its own environment "
+        f"{_yes(beats)}. CQL/IQL run through d3rlpy in its own environment "
         "(scripts/d3rlpy_baseline.py), not part of this command: at most partly"
     )
     return ours, "partly" if beats else "does not hold", reason
@@ -387,8 +391,7 @@ def _k1_worse(ev: Evidence):
     worse = _mean(k1) < _mean(dt) - m
     much = worse and _mean(k1) <= 0.5 * _mean(dt)
     ours = f"Key-to-Door success: K=1 {_pm(k1)} vs K={ev.dt['DT'][0]['context']} {_pm(dt)}"
-    yes = {True: "yes", False: "no"}
-    reason = f"worse beyond the margin: {yes[worse]}; at most half: {yes[much]}"
+    reason = f"worse beyond the margin: {_yes(worse)}; at most half: {_yes(much)}"
     return ours, "holds" if much else "partly" if worse else "does not hold", reason
 
 
@@ -400,8 +403,8 @@ def _key_to_door(ev: Evidence):
     strong = _mean(dt) >= 0.5
     ours = f"DT success {_pm(dt)}; the random policy's data {100 * data:.1f}%"
     reason = (
-        f"DT above the data's success rate: {'yes' if above else 'no'}; at least 50% "
-        f"(the paper: 71.8% from 1K episodes): {'yes' if strong else 'no'}"
+        f"DT above the data's success rate: {_yes(above)}; at least 50% "
+        f"(the paper: 71.8% from 1K episodes): {_yes(strong)}"
     )
     return ours, _verdict(int(above) + int(above and strong), 2), reason
 
@@ -414,8 +417,8 @@ def _delayed(ev: Evidence):
     over_bc = _mean(delayed) > _mean(bc) + m
     ours = f"Key-to-Door success with delayed reward {_pm(delayed)}; DT {_pm(dt)}; BC {_pm(bc)}"
     reason = (
-        f"delayed within the margin of DT: {'yes' if kept else 'no'}; above BC: "
-        f"{'yes' if over_bc else 'no'}. Key-to-Door's reward already comes at the door, so "
+        f"delayed within the margin of DT: {_yes(kept)}; above BC: "
+        f"{_yes(over_bc)}. Key-to-Door's reward already comes at the door, so "
         "this checks sparse reward and the delayed-reward path; the paper's Hopper test "
         "needs trained agents' data (not offline here): at most partly"
     )
