@@ -297,7 +297,7 @@ def _norms_matter_most(ev: Evidence):
     good = int(largest == "norms") + int(drop > m)
     reason = (
         f"largest gain from {largest}; freezing norms costs more than the margin "
-        f"({100 * m:.1f} points): {'yes' if drop > m else 'no'}"
+        f"({100 * m:.1f} points): {_yes(drop > m)}"
     )
     return ours, _verdict(good, 2), reason
 
