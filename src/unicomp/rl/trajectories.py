@@ -469,6 +469,10 @@ def register_env_spec(spec_json: str) -> None:
     import unicomp.rl.envs  # noqa: F401  (registers our environments first)
 
     spec = gym.envs.registration.EnvSpec.from_json(spec_json)
+    if spec.id.startswith("ALE/"):
+        from unicomp.rl.atari import atari_env_id
+
+        atari_env_id(spec.id)  # ale-py registers its ids itself (where installed), not we
     if spec.id not in gym.registry:
         gym.register(
             spec.id,
