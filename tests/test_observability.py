@@ -7,25 +7,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_cli
 from unicomp.cli import main
-
-
-def _unicomp(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m unicomp ARGS`` with stderr a pipe (not a terminal), as in a log."""
-    return subprocess.run(
-        [sys.executable, "-m", "unicomp", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +22,7 @@ def pendulum(tmp_path_factory) -> Path:
     """Six random-policy Pendulum episodes of 15 steps, collected through the CLI (stderr not a
     terminal: the progress bar must not flood it)."""
     out = tmp_path_factory.mktemp("data") / "pendulum"
-    proc = _unicomp(
+    proc = run_cli(
         "dt", "collect", "--env", "Pendulum-v1", "--policy", "random", "--episodes", "6",
         "--out", str(out), "--max-episode-steps", "15", "--n-envs", "2",
     )  # fmt: skip
@@ -51,7 +40,7 @@ def _dt_train(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess
     args += ["--hidden-size", "16", "--n-layer", "1", "--context", "4", "--val-fraction", "0.2"]
     args += ["--test-fraction", "0.2", "--eval-episodes", "2", "--eval-max-steps", "10"]
     args += ["--eval-targets=-100,-800", "--eval-envs", "2", *extra]
-    return _unicomp(*args)
+    return run_cli(*args)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +68,7 @@ def test_dt_runs_report_loss_and_returns_not_a_zero_accuracy(dt_run):
     from unicomp.train import _read_curve
 
     assert _read_curve(dt_run / "curve.csv", 4)[0]["val_accuracy"] is None
-    proc = _unicomp("report", str(dt_run))
+    proc = run_cli("report", str(dt_run))
     assert proc.returncode == 0, proc.stderr
     header, _, row = proc.stdout.strip().splitlines()
     cells = dict(zip(header.strip("|").split(" | "), row.strip("|").split(" | "), strict=True))
@@ -87,7 +76,7 @@ def test_dt_runs_report_loss_and_returns_not_a_zero_accuracy(dt_run):
     assert cells["backbone"] == "decision-transformer"
     assert float(cells["test_loss"]) == pytest.approx(metrics["test_loss"], abs=1e-4)
     assert cells["return_mean"] == f"{metrics['return_mean']:.0f}"  # (negative here)
-    proc = _unicomp("report", "--by-seed", str(dt_run))
+    proc = run_cli("report", "--by-seed", str(dt_run))
     assert f"| return {metrics['return_mean']:.4f} ± 0.0000 |" in proc.stdout, proc.stdout
 
 
@@ -126,7 +115,7 @@ def test_track_wandb_offline_writes_into_the_run_folder(tmp_path, tiny_gpt2):
     pytest.importorskip("wandb")  # never required; the track extra installs tensorboard only
     out = tmp_path / "r"
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(tmp_path)}
-    proc = _unicomp(
+    proc = run_cli(
         "fpt", "train", "--backbone", tiny_gpt2, "--steps", "4", "--eval-every", "2",
         "--batch-size", "4", "--no-progress", "--precision", "fp32", "--track", "wandb",
         "--out", str(out), env=env,
@@ -141,7 +130,7 @@ def test_track_wandb_offline_writes_into_the_run_folder(tmp_path, tiny_gpt2):
 
 def test_track_is_on_every_train_command_and_checked(tmp_path, capsys, monkeypatch):
     for command in (["fpt", "train"], ["perceiver", "train"], ["dt", "train"]):
-        proc = _unicomp(*command, "--help", env={"COLUMNS": "250"})
+        proc = run_cli(*command, "--help", env={"COLUMNS": "250"})
         assert "--track {none,tensorboard,wandb}" in proc.stdout, command
     with pytest.raises(SystemExit):  # argparse's usage error, exit status 2
         main(["fpt", "train", "--track", "mlflow"])
@@ -163,25 +152,25 @@ def test_plot_overlays_learning_curves_and_draws_dt_return_against_target(dt_run
         "10,0.7,0.5,0.69,0.52,0.001,1.0\n20,0.3,0.9,0.2,0.95,0.001,2.0\n"
     )
     out = tmp_path / "both.png"
-    proc = _unicomp("plot", str(dt_run), str(fpt), "-o", str(out))
+    proc = run_cli("plot", str(dt_run), str(fpt), "-o", str(out))
     assert proc.returncode == 0, proc.stderr
     returns = tmp_path / "both-returns.png"
     assert proc.stdout.splitlines() == [f"written: {out}", f"written: {returns}"]
     assert Image.open(out).size == (1210, 440)  # two panels: loss, and accuracy (the FPT run)
     assert Image.open(returns).size == (660, 550)
     # one DT run, default file name: loss only (a DT has no accuracy), in the run folder
-    proc = _unicomp("plot", str(dt_run))
+    proc = run_cli("plot", str(dt_run))
     assert proc.returncode == 0, proc.stderr
     assert Image.open(dt_run / "curves.png").size == (660, 440)
     assert (dt_run / "curves-returns.png").is_file()
     # an FPT run alone: no DT evaluation, no returns picture
-    proc = _unicomp("plot", str(fpt))
+    proc = run_cli("plot", str(fpt))
     assert proc.stdout.splitlines() == [f"written: {fpt / 'curves.png'}"]
     for bad, message in (
         ([str(tmp_path / "nope")], f"run folder {tmp_path / 'nope'} does not exist"),
         ([str(tmp_path)], f"{tmp_path} has no curve.csv (not a unicomp run folder"),
         ([str(fpt), "-o", str(tmp_path / "x.jpg")], "expected a .png file name"),
     ):
-        proc = _unicomp("plot", *bad)
+        proc = run_cli("plot", *bad)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert message in proc.stderr

@@ -9,7 +9,12 @@ the run folder, next to curve.csv:
 * ``wandb``: ``RUN/wandb/`` (Weights & Biases, where the ``wandb`` package is installed; never
   required). ``WANDB_MODE=offline`` logs without network (``wandb sync RUN/wandb/offline-*``
   uploads later); project ``$WANDB_PROJECT``, else ``unicomp``; the run is named after the
-  run folder, with the resolved config.
+  run folder, with the resolved config. A resumed run (``--resume``) logs into a new W&B run
+  of the same name, from the step it resumes at (TensorBoard: a new events file in the same
+  folder, which TensorBoard reads as one run).
+
+Not logged: a DT's returns in the environment (measured after training; in metrics.json and
+``unicomp plot``'s return-against-target picture).
 
 Metrics a task does not have (a continuous-action DT's accuracy) are not logged.
 """

@@ -409,10 +409,11 @@ def collect(
     (in component order) as a Minari data set in ``out``, with ``out/collection.json``
     recording what produced them and the returns measured. Returns that record."""
     out = Path(out)
-    check_out(out)
     if episodes < 1:
         raise UnicompError(f"--episodes must be at least 1, got {episodes}")
     env_id = atari_env_id(env_id) or env_id  # "breakout" -> "ALE/Breakout-v5"
+    check_env_id(env_id)  # a misspelt id: one line, before check_out makes the folder
+    check_out(out)
     counts = split_episodes(episodes, [c.share for c in components])
     t0 = time.perf_counter()
     all_episodes, parts, first = [], [], 0
