@@ -679,7 +679,11 @@ def reproduce(
         _make_tiny_backbones(spec["tiny_backbones"])
     # the size suite first: its larger model's runs are the longest, the others fill the slots
     order = sorted(suites, key=lambda g: g != "size")
-    done = run_suites([suites[g] for g in order], out / "fpt" / "logs", jobs, threads, say)
+    done = (
+        run_suites([suites[g] for g in order], out / "fpt" / "logs", jobs, threads, say)
+        if suites
+        else []
+    )
     results = dict(zip(order, done, strict=True))
     collection = _collect_key_to_door(out, spec["dt"]["episodes"], say) if "dt" in groups else None
     _run_jobs(cells, out / "logs", jobs, threads, say)
