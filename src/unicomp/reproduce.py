@@ -107,7 +107,7 @@ def preset(name: str, out: Path) -> dict:
             "about": "a smoke test (seconds per run): tiny random GPT-2s (2 layers, width 32 "
             "and 64) stand in for the pretrained models, a few steps each; verdicts mean "
             "nothing at this size",
-            "expected": "about a minute on 2 CPU cores",
+            "expected": "about 1.5 CPU-minutes (each FPT run is a process of its own)",
             "tiny_backbones": {small: 32, large: 64},
             "fpt": {"task": "bit-xor", "seeds": [0], "chance": 0.5,
                     "train": {"steps": 6, "batch_size": 8, "lr": 3e-3, "eval_every": 3,
@@ -164,7 +164,7 @@ def preset(name: str, out: Path) -> dict:
             "3-layer full transformer and 3 x 768 LSTM; Key-to-Door from 10,000 random "
             "episodes with the paper's gym DT size (3 layers, width 128), 3 seeds, 10,000 "
             "steps; Perceivers at 3 seeds, 5,000 steps",
-            "expected": "not measured; estimated at 2-4 hours on one GPU (docs/reproduce.md)",
+            "expected": "not measured; estimated at 1-3 hours on one GPU (docs/reproduce.md)",
             "fpt": {"task": "bit-xor", "seeds": [0, 1, 2], "chance": 0.5,
                     "train": {"steps": 5000, "batch_size": 32, "lr": 1e-3, "eval_every": 100,
                               "target_accuracy": 0.99},
