@@ -644,7 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("tiny", "quick", "paper"),
         help="tiny: seconds (tests); quick: about 30 min on 2 CPU cores; paper: a GPU",
     )
-    p.add_argument("--claims", help="comma-separated claim names (default: all)")
+    p.add_argument(
+        "--claims",
+        help="comma-separated claim names (default: all; docs/reproduce.md lists them, and "
+        "so does the error for an unknown one)",
+    )
     p.add_argument("--out", help="folder for the runs and the report [runs/reproduce-<preset>]")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at a time")
     p.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
