@@ -16,7 +16,6 @@ fitted to the task's length) stand in for the backbone's own during each forward
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections.abc import Sequence
@@ -38,15 +37,13 @@ def backbone_hash(backbone: nn.Module) -> str:
     """SHA-256 over every parameter of ``backbone`` (names, dtypes, shapes, bytes, in name
     order), computed once per backbone object. What an adapter file records of the backbone it
     was trained on, and checks a backbone against when loaded."""
+    from unicomp.features import _digest  # the feature cache's key: the same digest
+
     cached = backbone.__dict__.get("_unicomp_hash")
     if cached:
         return cached
-    h = hashlib.sha256()
-    for name, param in sorted(backbone.named_parameters()):
-        t = param.detach().cpu().contiguous()
-        h.update(f"{name} {t.dtype} {tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    backbone.__dict__["_unicomp_hash"] = digest = f"sha256:{h.hexdigest()}"
+    named = sorted(backbone.named_parameters(), key=lambda item: item[0])
+    backbone.__dict__["_unicomp_hash"] = digest = f"sha256:{_digest(named)}"
     return digest
 
 
