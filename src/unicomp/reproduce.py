@@ -570,12 +570,16 @@ def _run_job(cfg: Any, plan: str, threads: int, log: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from unicomp.config import DTConfig
+    from unicomp.experiments import run_dt, run_perceiver
+
+    saved = sys.stdout, sys.stderr
     with open(log, "a") as f:
         sys.stdout = sys.stderr = f
-        from unicomp.config import DTConfig
-        from unicomp.experiments import run_dt, run_perceiver
-
-        (run_dt if isinstance(cfg, DTConfig) else run_perceiver)(cfg, resume=plan == "resume")
+        try:
+            (run_dt if isinstance(cfg, DTConfig) else run_perceiver)(cfg, resume=plan == "resume")
+        finally:
+            sys.stdout, sys.stderr = saved  # the worker runs the next job with its own log
 
 
 def _run_jobs(cells: list[Cell], logs: Path, jobs: int, threads: int, say) -> None:
