@@ -336,13 +336,23 @@ def _write_curve(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+def _curve_value(key: str, text: str | None) -> float | None:
+    """One cell of curve.csv: a number; an empty accuracy cell is None (a task that counts
+    none); anything else (a cut row: a missing cell) raises ValueError."""
+    if text == "" and key in ("train_accuracy", "val_accuracy"):
+        return None
+    if text is None:
+        raise ValueError(f"row ends before {key}")
+    return float(text)
+
+
 def _read_curve(path: Path, upto: int) -> list[dict]:
     """The curve up to step ``upto``; a damaged file (the run folder's own) is one line."""
     if not path.exists():
         return []
     try:
-        with path.open() as f:  # an empty cell: a metric the task does not have (None)
-            rows = [{k: float(v) if v else None for k, v in r.items()} for r in csv.DictReader(f)]
+        with path.open() as f:
+            rows = [{k: _curve_value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
         return [{**r, "step": int(r["step"])} for r in rows if r["step"] <= upto]
     except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, csv.Error) as err:
         raise UnicompError(
