@@ -74,8 +74,9 @@ def _file_size_limit(limit: int):
 def test_a_write_failing_midway_is_one_line_and_leaves_the_folder_as_it_was(
     tmp_path, capfd, monkeypatch
 ):
-    """The real h5py writer, stopped 60 kB into the file: it segfaults (in the child process
-    that unicomp.files.write_in_child runs it in); the command reports one line."""
+    """The real h5py writer, stopped 60 kB into the file: it fails, and usually segfaults
+    afterwards (in the child process that unicomp.files.write_in_child runs it in; whether
+    h5py crashes varies from run to run); the command reports one line either way."""
     out = tmp_path / "data"
     out.mkdir()
     (out / "notes.txt").write_text("mine\n")
@@ -85,7 +86,7 @@ def test_a_write_failing_midway_is_one_line_and_leaves_the_folder_as_it_was(
     assert main(argv) == 2
     line = _error_line(capfd)
     assert f"could not write the data set in {out}: File too large" in line, line
-    assert "(the writer then crashed: SIGSEGV)" in line and "nothing was written" in line
+    assert line.endswith("; nothing was written"), line
     assert _listing(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # no temporary left
     monkeypatch.undo()  # the retry, with room, writes the data set
