@@ -107,13 +107,16 @@ def cli_train(out, *args: str) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m unicomp ARGS`` in a fresh process, ``env`` added to this one's environment;
-    stdout and stderr captured (stderr a pipe, as in a log file)."""
+def run_cli(
+    *args: str, env: dict | None = None, cwd=None, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m unicomp ARGS`` in a fresh process (in ``cwd``), ``env`` added to this one's
+    environment; stdout and stderr captured (stderr a pipe, as in a log file)."""
     return subprocess.run(
         [sys.executable, "-m", "unicomp", *args],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
     )

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import run_cli
 
 minari = pytest.importorskip("minari")
 gym = pytest.importorskip("gymnasium")
@@ -45,14 +45,7 @@ gym.register("MyEnv-v0", entry_point="mymod:MyEnv")
 
 
 def _cli(*args: str, env: dict | None = None, cwd: Path | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "unicomp.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-    )
+    return run_cli(*args, env=env, cwd=cwd, timeout=300)
 
 
 def _pendulum_buffers(episodes: int = 5, steps: int = 12):
