@@ -14,14 +14,16 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import small_train
-from unicomp import experiments
+from unicomp.experiments import fpt as experiments
 from unicomp import features as fc
+from unicomp.backbones.base import position_table
 from unicomp.backbones.hf import HFBackbone, load_backbone, truncate_layers
 from unicomp.backbones.lstm import LSTMBackbone
 from unicomp.cli import main
 from unicomp.config import FPTConfig
 from unicomp.errors import UnicompError, UnknownNameError, WeightsNotFoundError
-from unicomp.experiments import build_fpt, build_task, run_fpt
+from unicomp.experiments.common import build_task
+from unicomp.experiments.fpt import build_fpt, run_fpt
 from unicomp.freezing import apply_freeze_policy, parameter_groups
 from unicomp.models.fpt import FPT
 from unicomp.registry import TASKS, Entry
@@ -61,7 +63,7 @@ def test_lstm_names_and_interface():
     assert small.name == "lstm:2x16" and small.model_type == "lstm" and small.is_decoder
     assert (small.lstm.num_layers, small.hidden_size, small.lstm.dropout) == (2, 16, 0.1)
     assert small.source.startswith("random init (seed 5), LSTM 2 layers width 16")
-    assert small.position_table() is None
+    assert position_table(small) is None  # no table of its own: the FPT adds one
     small.set_attention("eager")  # a no-op
     out = small(torch.randn(2, 7, 16), torch.ones(2, 7, dtype=torch.long))
     assert out.shape == (2, 7, 16) and torch.isfinite(out).all()

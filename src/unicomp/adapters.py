@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from unicomp.backbones.base import position_table
 from unicomp.errors import UnicompError
 
 FORMAT = "unicomp-adapter/1"
@@ -67,7 +68,7 @@ def export_adapter(run: str | Path, path: str | Path) -> dict[str, Any]:
 
     from unicomp import __version__
     from unicomp.codecs import CODECS, codec_for
-    from unicomp.experiments import rebuild_fpt_run
+    from unicomp.experiments.fpt import rebuild_fpt_run
     from unicomp.files import atomic_write
 
     built = rebuild_fpt_run(run)
@@ -190,7 +191,7 @@ class SharedBackbone(nn.Module):
         for attr in ("name", "source", "model_type", "hidden_size", "is_decoder"):
             setattr(self, attr, getattr(backbone, attr))
         params = dict(backbone.named_parameters())
-        table = backbone.position_table()
+        table = position_table(backbone)
         table_name = next((n for n, p in params.items() if table and p is table[2].weight), None)
         for name, value in tensors.items():
             if name not in params:
@@ -211,7 +212,7 @@ class SharedBackbone(nn.Module):
         return {name.replace(":", "."): t for name, t in self.named_buffers()}
 
     def position_table(self):
-        return self.shared.position_table()
+        return position_table(self.shared)
 
     def fit_positions(self, max_len: int) -> str:
         """The shared table fitted to ``max_len`` rows as the run's was, unless the adapter

@@ -83,7 +83,9 @@ def _package_path(package: str, inner: str) -> Path | None:
 
 
 class HFBackbone(nn.Module):
-    """Wraps a ``transformers`` base model (no LM head).
+    """Wraps a ``transformers`` base model (no LM head): a
+    :class:`~unicomp.backbones.base.Backbone` with the optional
+    :class:`~unicomp.backbones.base.PositionTable` (its table is None for rotary models).
 
     forward(inputs_embeds (B, T, H), attention_mask (B, T) of 0/1) -> hidden (B, T, H).
     Positions: the model adds its own learned table (GPT-2, BERT) or applies rotary
@@ -341,7 +343,7 @@ def _random_config(name: str, spec: BackboneSpec | None) -> tuple[Any, str]:
         ) from None
 
 
-Backbone = HFBackbone | LSTMBackbone
+LoadedBackbone = HFBackbone | LSTMBackbone  # what load_backbone returns
 
 
 def load_backbone(
@@ -350,7 +352,7 @@ def load_backbone(
     dropout: float | None = None,
     attn_implementation: str | None = None,
     seed: int = 0,
-) -> Backbone:
+) -> LoadedBackbone:
     """Load a backbone by registered name, hub id, local folder, ``random:<any of those>``,
     ``stats:<any of those>``, ``lstm[:<layers>x<width>]`` or ``run:<DIR>``.
 
@@ -444,7 +446,7 @@ def match_statistics(module: nn.Module, seed: int) -> tuple[int, int]:
     return redrawn, kept
 
 
-def _statistics_matched(name: str, overrides: dict[str, Any], seed: int) -> Backbone:
+def _statistics_matched(name: str, overrides: dict[str, Any], seed: int) -> LoadedBackbone:
     base = name.removeprefix("stats:")
     if not base:
         raise UnicompError("backbone 'stats:' needs a name: stats:<name> (e.g. stats:minilm-l6)")
@@ -467,13 +469,13 @@ def _statistics_matched(name: str, overrides: dict[str, Any], seed: int) -> Back
 _RUNS_LOADING: set[Path] = set()  # run folders being loaded now: a loop of run: names is an error
 
 
-def _from_run(name: str, overrides: dict[str, Any]) -> Backbone:
+def _from_run(name: str, overrides: dict[str, Any]) -> LoadedBackbone:
     """The backbone of a finished FPT run folder: the run's whole FPT rebuilt as that run built
     it (its backbone name, seed, layers and position table fitted to its task), with the
-    trained weights of its best.safetensors loaded (unicomp.experiments.rebuild_fpt_run).
+    trained weights of its best.safetensors loaded (unicomp.experiments.fpt.rebuild_fpt_run).
     Dropout: ``overrides['dropout']`` where given (the new run's ``backbone_dropout``), else
     the run's own; the weights do not depend on it."""
-    from unicomp.experiments import rebuild_fpt_run  # lazily: experiments imports this module
+    from unicomp.experiments.fpt import rebuild_fpt_run  # lazily: experiments imports this module
 
     folder_text = name.removeprefix("run:")
     if not folder_text:
@@ -513,7 +515,7 @@ def _from_run(name: str, overrides: dict[str, Any]) -> Backbone:
 
 
 # --- --backbone-layers --------------------------------------------------------------------------
-def truncate_layers(backbone: Backbone, n: int) -> str:
+def truncate_layers(backbone: LoadedBackbone, n: int) -> str:
     """Keep the first ``n`` transformer blocks of ``backbone`` (in place); describe the cut.
 
     The blocks are the shallowest ``nn.ModuleList`` of the model whose length is the config's

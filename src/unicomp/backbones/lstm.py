@@ -4,12 +4,14 @@
 Names: ``lstm`` (3 layers, width 768) or ``lstm:<layers>x<width>`` (e.g. ``lstm:3x384``),
 loaded through :func:`unicomp.backbones.hf.load_backbone` like every other backbone.
 
-It has the interface the FPT wrapper uses from :class:`~unicomp.backbones.hf.HFBackbone`:
-``name``, ``source``, ``model_type``, ``hidden_size``, ``is_decoder``, ``position_table()``,
-``set_attention()`` and ``forward(inputs_embeds, attention_mask)``.
+It implements :class:`unicomp.backbones.base.Backbone` (``hidden_size``,
+``forward(inputs_embeds, attention_mask)``) and, like
+:class:`~unicomp.backbones.hf.HFBackbone`, has what an FPT run records and calls: ``name``,
+``source``, ``model_type``, ``is_decoder`` and ``set_attention()``.
 
-* Positions: it has no position table (``position_table()`` is None), so the FPT adds its own
-  learned table at the input, as for rotary backbones. A recurrent network knows the order of
+* Positions: it has no position table (it does not implement the optional
+  :class:`~unicomp.backbones.base.PositionTable`), so the FPT adds its own learned table at
+  the input, as for rotary backbones. A recurrent network knows the order of
   its inputs anyway; the table keeps the FPT recipe (trainable positions) the same for every
   backbone.
 * Padding: the LSTM is unidirectional and reads left to right, so its output at position t
@@ -91,10 +93,6 @@ class LSTMBackbone(nn.Module):
         self.source = (
             f"random init (seed {seed}), LSTM {layers} layers width {width}, no pretrained weights"
         )
-
-    def position_table(self) -> None:
-        """None: the FPT adds its learned position table at the input."""
-        return None
 
     def set_attention(self, name: str) -> None:
         """No attention to switch (``choose_attention`` times both names alike)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unicomp.backbones.base import Backbone, backbone_label, fit_positions
 from unicomp.backbones.hf import HFBackbone
 from unicomp.errors import UnicompError
 from unicomp.tasks.base import TaskSpec
@@ -29,10 +30,15 @@ class FPT(nn.Module):
     fpt attention draws them).
     """
 
-    def __init__(self, backbone: HFBackbone, spec: TaskSpec, readout: str = "last"):
+    def __init__(self, backbone: Backbone, spec: TaskSpec, readout: str = "last"):
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"unknown readout {readout!r}; choices: {', '.join(READOUTS)}")
+        if not isinstance(backbone, nn.Module) or not isinstance(backbone, Backbone):
+            raise UnicompError(
+                f"backbone {backbone_label(backbone)!r}: expected an nn.Module with hidden_size "
+                "and forward(inputs_embeds, attention_mask) (unicomp.backbones.base.Backbone)"
+            )
         hidden = backbone.hidden_size
         self.spec, self.readout = spec, readout
         if spec.vocab_size is not None:
@@ -40,12 +46,13 @@ class FPT(nn.Module):
         else:
             self.embed_in = nn.Linear(spec.d_in, hidden)
         self.backbone = backbone
-        if backbone.position_table() is not None:
+        fitted = fit_positions(backbone, spec.max_len)
+        if fitted is not None:
             self.pos = None
-            self.positions = backbone.fit_positions(spec.max_len)
+            self.positions = fitted
         else:
-            # Rotary or no positions (SmolLM2/Llama): add a learned table at the input so the
-            # FPT recipe (trainable positions) still applies; see DESIGN.md.
+            # Rotary or no positions (SmolLM2/Llama, an LSTM): add a learned table at the input
+            # so the FPT recipe (trainable positions) still applies; see DESIGN.md.
             self.pos = nn.Embedding(spec.max_len, hidden)
             nn.init.normal_(self.pos.weight, std=0.02)
             self.positions = "a learned table added at the input (backbone has none)"
@@ -64,7 +71,8 @@ class FPT(nn.Module):
         and flash kernels do not return the weights."""
         if not isinstance(self.backbone, HFBackbone):
             raise UnicompError(
-                f"backbone {self.backbone.name!r} ({self.backbone.model_type}) has no attention"
+                f"backbone {backbone_label(self.backbone)!r} ({type(self.backbone).__name__}) "
+                "has no attention"
             )
         mask = self._mask(x, mask)
         out = self.backbone.run(self.backbone_inputs(x), mask, output_attentions=True)
