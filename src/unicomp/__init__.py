@@ -9,7 +9,9 @@ transformers):
   safetensors file (see docs/serving.md);
 * ``load_adapter(path, backbone=None)``: that file around a backbone (loaded by the name the
   file records, or one given, shared between adapters), with ``predict(inputs)``;
-* ``TASKS``, ``BACKBONES``, ``FREEZE_POLICIES``: the registries (``unicomp list``).
+* ``TASKS``, ``BACKBONES``, ``FREEZE_POLICIES``: the registries (``unicomp list``);
+* ``register_task(name, cls_or_target, help="")``: add a task of your own (a Task subclass or
+  "module:Class"); another package adds one with a ``unicomp.tasks`` entry point.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _API = {
     "TASKS": "unicomp.registry",
     "BACKBONES": "unicomp.registry",
     "FREEZE_POLICIES": "unicomp.registry",
+    "register_task": "unicomp.registry",
 }
 __all__ = ["__version__", *_API]
 

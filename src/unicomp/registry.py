@@ -3,6 +3,16 @@
 A new task, backbone or freeze policy is one file plus one ``register(...)`` line in
 ``unicomp/catalog.py``. Entries are "module:attribute" strings so that ``unicomp list`` and
 name validation never import torch-heavy modules.
+
+Tasks from other packages, without editing this one: an entry point in the group
+``unicomp.tasks`` (its name is the task's name, its value "module:Class"), e.g. in the other
+package's pyproject.toml::
+
+    [project.entry-points."unicomp.tasks"]
+    parity = "mypackage.tasks:Parity"
+
+or, from Python, :func:`register_task`. Both are read after the catalogue, on the first lookup;
+a name that is already a task is an error.
 """
 
 from __future__ import annotations
@@ -11,7 +21,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from unicomp.errors import UnknownNameError
+from unicomp.errors import UnicompError, UnknownNameError
 
 
 @dataclass
@@ -27,12 +37,55 @@ class Entry:
         module, _, attr = self.target.partition(":")
         return getattr(importlib.import_module(module), attr)
 
+    @property
+    def where(self) -> str:
+        """What messages call the entry: its "module:attribute" target (for a class or
+        function given itself, where it is defined), or its help where it has no target."""
+        if self.target is None:
+            return self.help
+        if isinstance(self.target, str):
+            return self.target
+        module = getattr(self.target, "__module__", "?")
+        return f"{module}:{getattr(self.target, '__qualname__', type(self.target).__name__)}"
+
+
+TASK_ENTRY_POINTS = "unicomp.tasks"  # the entry-point group of other packages' tasks
+_entry_points_read = False
+
 
 def _load_catalog() -> None:
-    """Import ``unicomp.catalog`` (its ``register`` lines) on the first lookup, so that
-    ``import unicomp; unicomp.load_backbone("minilm-l6")`` works without importing it first.
-    (While the catalogue is being imported, Python's module cache returns the partial module.)"""
+    """Import ``unicomp.catalog`` (its ``register`` lines) on the first lookup, then register
+    the tasks of the ``unicomp.tasks`` entry points, so that ``import unicomp;
+    unicomp.load_backbone("minilm-l6")`` works without importing anything first. (While the
+    catalogue is being imported, Python's module cache returns the partial module.)"""
+    global _entry_points_read
     importlib.import_module("unicomp.catalog")
+    if not _entry_points_read:
+        _register_entry_points()
+        _entry_points_read = True
+
+
+def _register_entry_points() -> None:
+    """Register each ``unicomp.tasks`` entry point as a task (lazily: its target is imported
+    on first use). All or none: a name that is already a task, or that two packages both
+    claim, is a one-line error naming both."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Entry] = {}
+    for point in entry_points(group=TASK_ENTRY_POINTS):
+        package = point.dist.name if point.dist is not None else "an unknown package"
+        if point.name in TASKS._entries:
+            other = f"the built-in task ({TASKS._entries[point.name].where})"
+        elif point.name in found:
+            other = f"{found[point.name].where} ({found[point.name].help})"
+        else:
+            found[point.name] = Entry(point.name, point.value, f"from package {package}")
+            continue
+        raise UnicompError(
+            f"task {point.name!r}: {TASK_ENTRY_POINTS} entry point {point.value} (from package "
+            f"{package}) clashes with {other}; rename the entry point"
+        )
+    TASKS._entries.update(found)
 
 
 class Registry:
@@ -45,7 +98,9 @@ class Registry:
 
     def register(self, name: str, target: Any, help: str = "", **kwargs: Any) -> None:
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is already registered")
+            raise UnicompError(
+                f"{self.kind} {name!r} is already registered ({self._entries[name].where})"
+            )
         self._entries[name] = Entry(name, target, help, kwargs)
 
     def names(self) -> list[str]:
@@ -70,3 +125,13 @@ class Registry:
 TASKS = Registry("task")
 BACKBONES = Registry("backbone")
 FREEZE_POLICIES = Registry("freeze policy")
+
+
+def register_task(name: str, cls_or_target: type | str, help: str = "") -> None:
+    """Add a task under ``name``: a :class:`unicomp.tasks.base.Task` subclass, or its
+    "module:Class" (imported on first use). After the built-in tasks and the entry points
+    (read first), so a name that is already a task is an error naming it. A class object
+    lives in this process only; for ``unicomp`` on the command line (and re-running a saved
+    config.yaml), declare a ``unicomp.tasks`` entry point instead."""
+    _load_catalog()
+    TASKS.register(name, cls_or_target, help)
