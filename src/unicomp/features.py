@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from unicomp.datasets import cache_dir
+from unicomp.data import cache_dir
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write
 from unicomp.registry import FREEZE_POLICIES

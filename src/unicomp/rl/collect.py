@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from unicomp.datasets import SafeUnpickler
+from unicomp.data.pickles import SafeUnpickler
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import check_free_space, temporary_folder, write_in_child
 from unicomp.rl.atari import atari_env_id
@@ -141,7 +141,7 @@ class _VecNormalizeUnpickler(SafeUnpickler):
 
     The zoo's pickles name the old ``gym`` package (gym.spaces.Box); we map it to gymnasium.
     Anything else (a class outside this list) is refused, so a tampered file cannot run code;
-    numpy arrays are checked as in every data pickle (unicomp.datasets.SafeUnpickler: plain
+    numpy arrays are checked as in every data pickle (unicomp.data.pickles.SafeUnpickler: plain
     numeric arrays only).
     """
 

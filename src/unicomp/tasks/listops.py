@@ -25,7 +25,7 @@ test are disjoint. Departures from LRA, for clarity: the root is always an opera
 could draw a lone digit, which its length bounds then rejected), the length bounds are
 inclusive (LRA's are strict), and each split has its own random stream, so the test set does
 not change when ``n_train`` does. LRA sizes (96,000 / 2,000 / 2,000; lengths 500 to 2,000)
-are the defaults. Generated splits are cached as ``.npz`` in ``unicomp.datasets.cache_dir()``,
+are the defaults. Generated splits are cached as ``.npz`` in ``unicomp.data.cache_dir()``,
 keyed by every generator argument.
 """
 
@@ -40,7 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from unicomp import datasets
+from unicomp.data import cache_dir
+from unicomp.data import data_root as find_data_root
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import atomic_write
 from unicomp.tasks.base import TaskSpec
@@ -291,7 +292,7 @@ def _cached(
     """
     key_text = json.dumps({**key, "version": _GENERATOR_VERSION}, sort_keys=True)
     digest = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    path = datasets.cache_dir() / "listops" / f"{kind}-{digest}.npz"
+    path = cache_dir() / "listops" / f"{kind}-{digest}.npz"
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["key"]) == key_text:
@@ -420,7 +421,7 @@ class ListOps(SequenceTask):
             raise ValueError("max_tokens must be at least 1")
         folder = None
         if source != "generate":
-            root = datasets.data_root(data_root)
+            root = find_data_root(data_root)
             folder = find_tsv_folder(root) if root is not None else None
             if folder is None and (source == "tsv" or data_root is not None):
                 where = root if root is not None else "no folder (set data_root or UNICOMP_DATA)"

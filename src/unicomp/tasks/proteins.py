@@ -51,7 +51,8 @@ from typing import Any
 
 import numpy as np
 
-from unicomp import datasets
+from unicomp.data import data_root as find_data_root
+from unicomp.data.pickles import load_data_pickle
 from unicomp.errors import DataError
 from unicomp.tasks.base import TaskSpec
 from unicomp.tasks.sequences import SequenceTask, TokenSequences
@@ -142,7 +143,7 @@ def read_tape_lmdb(path: Path) -> list[Any]:
         raise DataError(f"{path}: cannot open it as an LMDB database: {err}") from None
     # TAPE stores its records as pickles, and unpickling can run code: we only ever unpickle
     # from the folder the user named as holding TAPE's data (data_root / UNICOMP_DATA), and
-    # only containers, numbers, strings and numpy arrays (datasets.load_data_pickle).
+    # only containers, numbers, strings and numpy arrays (unicomp.data.pickles.load_data_pickle).
     try:
         # LMDB maps the file into memory: reading a page past the end of a truncated file
         # kills the process (SIGBUS), so compare the size the database claims with the file's.
@@ -181,7 +182,7 @@ def read_tape_lmdb(path: Path) -> list[Any]:
 
 def _unpickle(raw: bytes, path: Path, what: str) -> Any:
     try:
-        return datasets.load_data_pickle(io.BytesIO(raw))  # see read_tape_lmdb
+        return load_data_pickle(io.BytesIO(raw))  # see read_tape_lmdb
     except Exception as err:
         raise DataError(f"{path}: {what} cannot be unpickled: {err}") from None
 
@@ -332,7 +333,7 @@ class RemoteHomology(SequenceTask):
             raise ValueError("max_len must be at least 1")
         if not 0 <= val_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1)")
-        root = datasets.data_root(data_root)
+        root = find_data_root(data_root)
         if root is None:
             raise DataError(
                 "remote-homology needs data: pass --task-arg data_root=DIR or set UNICOMP_DATA "
