@@ -55,11 +55,11 @@ def interleaved(
 
 
 def fpt_training_step(cfg, fixed, n_classes: int, compile_: bool = False):
-    """unicomp's FPT for ``cfg`` (built by ``unicomp.experiments.build_fpt``) on one fixed
+    """unicomp's FPT for ``cfg`` (built by ``unicomp.experiments.fpt.build_fpt``) on one fixed
     batch, and the step ``unicomp.train.train`` takes with it (forward under the resolved
     precision, the task's loss, backward, the metric, clipping at 1.0, the loop's AdamW),
     without the loop's evaluation and checkpoints. Returns (step, precision, attention)."""
-    from unicomp.experiments import build_fpt
+    from unicomp.experiments.fpt import build_fpt
     from unicomp.tasks.base import Task, TaskSpec
     from unicomp.train import autocast, make_optimizer, resolve_precision
 

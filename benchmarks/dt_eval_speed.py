@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from unicomp.models.decision_transformer import DecisionTransformer, build_decision_transformer
-from unicomp.rl.evaluate import DTAgent, make_env, run_episodes
+from unicomp.rl.envs import make_env
+from unicomp.rl.evaluate import DTAgent, run_episodes
 
 
 def sequential_rollouts(

@@ -554,7 +554,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from unicomp.rl.dt_task import DTTask
-    from unicomp.rl.evaluate import DTAgent, make_env, run_episodes
+    from unicomp.rl.envs import make_env
+    from unicomp.rl.evaluate import DTAgent, run_episodes
     from unicomp.rl.trajectories import read_dataset
 
     env_kwargs = json.loads(args.env_kwargs)

@@ -4,7 +4,7 @@ against this machine's matmul peaks, every setting side by side in one process.
     .venv/bin/python benchmarks/fpt_step_speed.py --backbone minilm-l6 --steps 3 --rounds 3
 
 One training step (forward, backward, AdamW, clipping) of the FPT at 64 tokens of 16 values,
-10 classes, batch 32, built by ``unicomp.experiments.build_fpt`` and stepped as
+10 classes, batch 32, built by ``unicomp.experiments.fpt.build_fpt`` and stepped as
 ``unicomp.train`` steps it. Settings (rounds interleave them, so machine noise hits all alike):
 
 * ``paper, default``: the paper's freezing with unicomp's defaults (precision auto, attention

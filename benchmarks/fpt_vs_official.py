@@ -16,7 +16,7 @@ at 1.0. Settings, timed in rounds that alternate between them (median s/step):
   dropout of 0.1, as its scripts/run.py configures it; only ``tqdm`` and the weights download
   are patched out. The data set object subclasses the official ``Dataset`` and returns one
   fixed random batch (the official CIFAR-10 loader needs torchvision and the data).
-* ``unicomp default``: unicomp's model built by ``unicomp.experiments.build_fpt`` with the
+* ``unicomp default``: unicomp's model built by ``unicomp.experiments.fpt.build_fpt`` with the
   defaults (precision auto, attention auto, no dropout in the frozen layers) and unicomp's
   training step (the optimizer of ``unicomp.train.make_optimizer``, autocast as resolved,
   the task's loss and metric, clipping). Run bookkeeping (evaluation, checkpoints) is left

@@ -14,7 +14,7 @@ per epoch of the same task at the same batch size.
   cache key (hashing weights and data), of writing the cache file and of reading it back (a
   later run's disk hit).
 
-Both models are built by ``unicomp.experiments.build_fpt`` (seed 0), in the chosen precision
+Both models are built by ``unicomp.experiments.fpt.build_fpt`` (seed 0), in the chosen precision
 (fp32 by default). The extracted features are written to the cache as ``run_fpt`` would, so
 ``unicomp fpt train --freeze output-only`` with the same settings then starts from a disk
 hit. Prints a table, the ratios and one JSON line.
@@ -35,7 +35,8 @@ import torch
 
 from unicomp import features as fc
 from unicomp.config import FPTConfig, TrainConfig
-from unicomp.experiments import build_fpt, build_task, task_defaults
+from unicomp.experiments.common import build_task, task_defaults
+from unicomp.experiments.fpt import build_fpt
 from unicomp.tasks.base import Batch, Task
 from unicomp.train import autocast, make_optimizer, train
 

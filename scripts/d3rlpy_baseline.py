@@ -199,7 +199,7 @@ def main() -> None:
     env = args.env or exported["env"]
     if not env:
         raise SystemExit(f"{args.data} names no environment; pass --env")
-    from unicomp.experiments import primary_scores
+    from unicomp.experiments.dt import primary_scores
     from unicomp.files import atomic_write_json
 
     cmd = [args.d3rlpy_python, __file__, "--stage", "train", "--algo", args.algo]

@@ -56,7 +56,7 @@ run_one() {
       fi
       # 10 episodes per target while training; the table uses 50 (the same first 10 and 40 more)
       [ ! -f $run/metrics.json ] || [ -f $run/eval.json ] ||
-        $U dt eval --run $run --episodes 50 --n-envs 50 --threads 1 > $run.eval.log ;;
+        $U dt eval --run $run --eval-episodes 50 --eval-envs 50 --threads 1 > $run.eval.log ;;
   esac
   [ -f $run/metrics.json ] && echo "done: $name" || echo "FAILED: $name (see $run.log)"
 }

@@ -26,7 +26,8 @@ from unicomp.config import TrainConfig
 from unicomp.models.decision_transformer import build_decision_transformer
 from unicomp.rl.collect import make_policy
 from unicomp.rl.dt_task import DTTask
-from unicomp.rl.evaluate import DTAgent, make_env, run_episodes
+from unicomp.rl.envs import make_env
+from unicomp.rl.evaluate import DTAgent, run_episodes
 from unicomp.rl.trajectories import TrajectoryDataset
 from unicomp.train import train
 

@@ -72,7 +72,7 @@ def test_adapter_predicts_what_the_run_predicts(adapter_runs, name, natural):
     """The task's test split as natural inputs (bit strings, ListOps text): the codec encodes
     them to the task's own tokens, and the adapter's logits and outputs are the run model's."""
     from unicomp.adapters import load_adapter
-    from unicomp.experiments import load_fpt_run
+    from unicomp.experiments.fpt import load_fpt_run
 
     model, task, _ = load_fpt_run(adapter_runs[name])
     test = task.split("test")

@@ -19,13 +19,8 @@ pytest.importorskip("ale_py")
 pytest.importorskip("cv2")
 pytest.importorskip("minari")
 
-from unicomp.rl.atari import (  # noqa: E402
-    ATARI_REF_SCORES,
-    ATARI_TARGETS,
-    atari_env_id,
-    parse_ranges,
-    read_dqn_replay,
-)
+from unicomp.rl.atari import ATARI_REF_SCORES, ATARI_TARGETS, atari_env_id, parse_ranges
+from unicomp.rl.dqn_replay import read_dqn_replay
 
 H = W = 84
 
@@ -277,7 +272,8 @@ def test_dqn_replay_import_cli_writes_a_data_set(tmp_path, capsys):
 
 # --- environments, collection, training and acting -------------------------------------------
 def test_atari_env_has_the_papers_preprocessing():
-    from unicomp.rl.evaluate import default_targets, make_env, normalized_score
+    from unicomp.rl.envs import make_env
+    from unicomp.rl.evaluate import default_targets, normalized_score
 
     assert atari_env_id("breakout") == atari_env_id("Breakout") == "ALE/Breakout-v5"
     assert atari_env_id("Hopper-v5") is None
@@ -330,7 +326,7 @@ def test_collect_with_an_sb3_atari_agent_epsilon_greedy(tmp_path):
     observing our (4, 84, 84) frames loads as --agent and acts with --noise as epsilon."""
     sb3 = pytest.importorskip("stable_baselines3")
     from unicomp.cli import main
-    from unicomp.rl.evaluate import make_env
+    from unicomp.rl.envs import make_env
     from unicomp.rl.trajectories import read_dataset
 
     env = make_env("ALE/Breakout-v5")
@@ -379,7 +375,7 @@ def test_atari_dt_trains_and_acts_in_breakout(tmp_path, breakout_data, extra):
     assert ev["sampled_actions"]
     if extra == ["--context", "1"]:
         assert metrics["context"] == 1
-    assert main(["dt", "eval", "--run", str(run), "--episodes", "1", "--max-steps", "5"]) == 0
+    assert main(["dt", "eval", "--run", str(run), "--eval-episodes", "1", "--eval-max-steps", "5"]) == 0
     again = json.loads((run / "eval.json").read_text())
     assert again["eval"][0]["length_mean"] <= 5 and again["eval"][0]["sampled_actions"]
 

@@ -14,13 +14,13 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.conftest import cli_train
-from unicomp import experiments
 from unicomp import features as fc
 from unicomp.attention import token_labels
 from unicomp.backbones.hf import load_backbone
 from unicomp.cli import main
 from unicomp.errors import UnicompError
-from unicomp.experiments import load_fpt_run
+from unicomp.experiments import fpt as experiments
+from unicomp.experiments.fpt import load_fpt_run
 from unicomp.registry import TASKS, Entry
 from unicomp.tasks.bits import BitMemory
 from unicomp.train import evaluate

@@ -14,7 +14,6 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import small_train
-from unicomp.experiments import fpt as experiments
 from unicomp import features as fc
 from unicomp.backbones.base import position_table
 from unicomp.backbones.hf import HFBackbone, load_backbone, truncate_layers
@@ -22,6 +21,7 @@ from unicomp.backbones.lstm import LSTMBackbone
 from unicomp.cli import main
 from unicomp.config import FPTConfig
 from unicomp.errors import UnicompError, UnknownNameError, WeightsNotFoundError
+from unicomp.experiments import fpt as experiments
 from unicomp.experiments.common import build_task
 from unicomp.experiments.fpt import build_fpt, run_fpt
 from unicomp.freezing import apply_freeze_policy, parameter_groups

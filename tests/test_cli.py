@@ -187,7 +187,7 @@ def test_bad_config_files_are_one_line_errors(tmp_path, text, expected, capsys):
 def test_optional_flags_take_numbers_and_none():
     from unicomp.cli import build_parser
     from unicomp.config import FPTConfig, resolve
-    from unicomp.experiments import task_defaults
+    from unicomp.experiments.common import task_defaults
 
     parser = build_parser()
     args = parser.parse_args(["fpt", "train", "--backbone-dropout", "0.1"])

@@ -193,7 +193,7 @@ def test_dt_train_with_a_backbone_then_dt_eval_reloads_it(
     from safetensors.torch import load_file
 
     from unicomp.config import load_yaml
-    from unicomp.rl.runs import evaluate_run, load_run
+    from unicomp.experiments.dt import evaluate_run, load_dt_run
 
     prefix, _, fixture = name.rpartition(":")
     backbone = f"{prefix}:" * bool(prefix) + request.getfixturevalue(fixture)
@@ -209,7 +209,7 @@ def test_dt_train_with_a_backbone_then_dt_eval_reloads_it(
     assert load_yaml(run / "config.yaml")["backbone"] == backbone
     saved = load_file(run / "best.safetensors")
     assert sum(t.numel() for t in saved.values()) == metrics["trainable_params"]  # trained only
-    _, _, model = load_run(run)  # frozen weights rebuilt from the backbone name
+    model, _, _ = load_dt_run(run)  # frozen weights rebuilt from the backbone name
     assert model.config.backbone == backbone
     capsys.readouterr()
     result = evaluate_run(run, episodes=1, max_steps=10)

@@ -21,7 +21,7 @@ pytest.importorskip("minari")
 def _dt_run(tmp_path, name: str, discrete: bool = False, **cfg):
     """A 3-step DT (2 layers, 2 heads, width 16, K=4) on generated episodes; its folder."""
     from unicomp.config import DTConfig
-    from unicomp.experiments import run_dt
+    from unicomp.experiments.dt import run_dt
     from unicomp.rl.trajectories import TrajectoryDataset, write_minari
 
     act_dim = 4 if discrete else 2
@@ -40,10 +40,10 @@ def _dt_run(tmp_path, name: str, discrete: bool = False, **cfg):
 
 def _same_actions(run, out, seed: int):
     """(ours, transformers') actions on random inputs and on the run's validation windows."""
+    from unicomp.experiments.dt import load_dt_run
     from unicomp.rl.export import example_inputs, predicted_actions
-    from unicomp.rl.runs import load_run
 
-    _, _, model = load_run(run)
+    model, _, _ = load_dt_run(run)
     hf_model = transformers.DecisionTransformerModel.from_pretrained(out)
     pairs = [predicted_actions(model, hf_model, example_inputs(model.config, 5, seed))]
     from unicomp.rl.dt_task import DTTask
@@ -110,7 +110,7 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
     fpt.mkdir()
     (fpt / "config.yaml").write_text("task: bit-xor\nbackbone: minilm-l6\nfreeze: paper\n")
     assert main(["export", str(fpt), "-o", str(tmp_path / "hf")]) == 2
-    assert "unicomp.experiments.load_fpt_run" in capsys.readouterr().err
+    assert "unicomp.experiments.load_run" in capsys.readouterr().err
     dt = _dt_run(tmp_path, "dt")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")

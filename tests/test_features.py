@@ -15,7 +15,8 @@ from tests.conftest import small_train
 from unicomp import features as fc
 from unicomp.config import FPTConfig
 from unicomp.errors import UnicompError
-from unicomp.experiments import build_fpt, build_task, run_fpt
+from unicomp.experiments.common import build_task
+from unicomp.experiments.fpt import build_fpt, run_fpt
 from unicomp.registry import TASKS, Entry
 from unicomp.tasks.base import Batch, TaskSpec, TensorTask, batch_generator, epoch_indices
 from unicomp.tasks.sequences import SequenceTask, TokenSequences

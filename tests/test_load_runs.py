@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import cli_train, small_train
 from unicomp.errors import UnicompError
-from unicomp.experiments import load_fpt_run, load_perceiver_run, run_perceiver
+from unicomp.experiments.fpt import load_fpt_run
+from unicomp.experiments.perceiver import load_perceiver_run, run_perceiver
 from unicomp.train import evaluate
 
 

@@ -187,6 +187,6 @@ def test_user_environment_keeps_its_spec(tmp_path):
     assert metrics["env"] == "MyEnv-v0" and metrics["eval"][0]["episodes"] == 2
     assert metrics["eval"][0]["length_mean"] == 6  # MyEnv's episodes: 6 steps
     assert metrics["reference_scores"] is None and metrics["normalized_score_mean"] is None
-    proc = _cli("dt", "eval", "--run", "run", "--episodes", "2", env=env, cwd=tmp_path)
+    proc = _cli("dt", "eval", "--run", "run", "--eval-episodes", "2", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["env"] == "MyEnv-v0"

@@ -65,9 +65,9 @@ def test_dt_runs_report_loss_and_returns_not_a_zero_accuracy(dt_run):
     assert [r["step"] for r in rows] == ["2", "4"]
     assert all(r["train_accuracy"] == "" and r["val_accuracy"] == "" for r in rows)
     assert all(float(r["val_loss"]) > 0 for r in rows)
-    from unicomp.train import _read_curve
+    from unicomp.files import read_curve
 
-    assert _read_curve(dt_run / "curve.csv", 4)[0]["val_accuracy"] is None
+    assert read_curve(dt_run / "curve.csv", 4)[0]["val_accuracy"] is None
     proc = run_cli("report", str(dt_run))
     assert proc.returncode == 0, proc.stderr
     header, _, row = proc.stdout.strip().splitlines()

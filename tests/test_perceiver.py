@@ -383,7 +383,7 @@ def test_run_perceiver_on_digits_writes_examples(tmp_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")
     from unicomp.config import PerceiverConfig
-    from unicomp.experiments import run_perceiver
+    from unicomp.experiments.perceiver import run_perceiver
 
     cfg = PerceiverConfig(
         task="digits-inpaint", num_latents=4, d_latent=16, num_heads=2, num_blocks=1,

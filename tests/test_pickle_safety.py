@@ -14,11 +14,12 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from unicomp.data.pickles import load_data_pickle
-from unicomp.rl.collect import _VecNormalizeUnpickler
+from unicomp.rl.collect import _load_vecnormalize
 
 
 # --- a small pickle assembler (protocol 2/3 opcodes), independent of the code under test ------
@@ -117,12 +118,12 @@ def test_object_arrays_and_tampered_dtypes_are_refused(tmp_path):
         """
         import io, json, pickle, sys
         from unicomp.data.pickles import load_data_pickle
-        from unicomp.rl.collect import _VecNormalizeUnpickler
+        from unicomp.rl.collect import _load_vecnormalize
         attacks = json.loads(sys.stdin.read())
         out = {}
         for name, hexed in attacks.items():
             for who, load in (("data", load_data_pickle),
-                              ("vecnormalize", lambda f: _VecNormalizeUnpickler(f).load())):
+                              ("vecnormalize", _load_vecnormalize)):
                 try:
                     value = load(io.BytesIO(bytes.fromhex(hexed)))
                     repr(value)
@@ -282,7 +283,7 @@ def test_fuzzed_allow_listed_pickles_never_crash(program, vecnormalize):
     data or raises UnpicklingError, never another exception, never a crash."""
     try:
         if vecnormalize:
-            value = _VecNormalizeUnpickler(io.BytesIO(program)).load()
+            value = _load_vecnormalize(io.BytesIO(program))
         else:
             value = load_data_pickle(io.BytesIO(program))
     except pickle.UnpicklingError as err:
@@ -320,3 +321,24 @@ def test_damaged_numeric_pickles_never_crash(base, edits, cut):
         return
     _check_plain(value)
     assert not (isinstance(value, float) and math.isnan(value) and False)
+
+
+def test_a_vecnormalize_file_loads_with_its_classes_and_old_gym_names():
+    """The allow-list admits what a real VecNormalize pickle needs, including the zoo's old
+    ``gym.spaces`` names (read as gymnasium), and nothing of theirs for plain data."""
+    import gymnasium as gym
+
+    vec_env = pytest.importorskip("stable_baselines3.common.vec_env")
+    vn = vec_env.VecNormalize(vec_env.DummyVecEnv([lambda: gym.make("Pendulum-v1")]))
+    vn.obs_rms.mean[:] = [1, 2, 3]
+    vn.venv = None  # as SB3 saves it
+    raw = pickle.dumps(vn, protocol=2)
+    zoo = raw.replace(b"cgymnasium.spaces.box\nBox", b"cgym.spaces.box\nBox")
+    assert zoo != raw
+    for data in (raw, zoo, pickle.dumps(vn, protocol=5)):
+        loaded = _load_vecnormalize(io.BytesIO(data))
+        assert type(loaded) is vec_env.VecNormalize
+        assert np.array_equal(loaded.obs_rms.mean, [1, 2, 3])
+        assert loaded.observation_space == vn.observation_space
+    with pytest.raises(pickle.UnpicklingError, match="refused to load stable_baselines3"):
+        load_data_pickle(io.BytesIO(raw))

@@ -25,7 +25,8 @@ from unicomp.cli import build_parser
 from unicomp.config import DTConfig, FPTConfig, TrainConfig, from_dict, resolve
 from unicomp.data.images import read_idx
 from unicomp.errors import DataError, UnicompError
-from unicomp.experiments import dt_task_defaults, task_defaults
+from unicomp.experiments.common import task_defaults
+from unicomp.experiments.dt import dt_task_defaults
 from unicomp.tasks.listops import OPERATORS, apply_operator, detokenize, read_tsv
 from unicomp.tasks.proteins import (
     AMINO_ACIDS,

@@ -12,19 +12,16 @@ import torch
 
 from tests.conftest import small_train
 from unicomp.models.decision_transformer import build_decision_transformer
-from unicomp.rl.baselines import (
-    DelayedRewardAgent,
-    MLPPolicy,
-    MLPPolicyConfig,
-    build_policy,
+from unicomp.models.policies import MLPPolicy, MLPPolicyConfig, build_policy, policy_spec
+from unicomp.rl.dt_task import DTTask
+from unicomp.rl.evaluate import DelayedRewardAgent, DTAgent, run_episodes
+from unicomp.rl.trajectories import (
+    Episode,
+    TrajectoryDataset,
     delay_rewards,
-    policy_spec,
     select_top_percent,
     top_episode_ids,
 )
-from unicomp.rl.dt_task import DTTask
-from unicomp.rl.evaluate import DTAgent, run_episodes
-from unicomp.rl.trajectories import Episode, TrajectoryDataset
 
 pytest.importorskip("gymnasium")
 pytest.importorskip("minari")
@@ -255,8 +252,8 @@ def test_cli_bc_pbc_eval_and_compare(tmp_path, capsys):
     # dt eval: the best weights again, more episodes, another seed, eval.json
     assert (
         main(
-            ["dt", "eval", "--run", str(tmp_path / "dt"), "--episodes", "3"]
-            + ["--max-steps", "5", "--seed", "7", "--n-envs", "3"]
+            ["dt", "eval", "--run", str(tmp_path / "dt"), "--eval-episodes", "3"]
+            + ["--eval-max-steps", "5", "--eval-seed", "7", "--eval-envs", "3"]
         )
         == 0
     )
@@ -268,8 +265,8 @@ def test_cli_bc_pbc_eval_and_compare(tmp_path, capsys):
     # the same weights and seeds give the same returns (the DT acts deterministically)
     assert (
         main(
-            ["dt", "eval", "--run", str(tmp_path / "dt"), "--episodes", "3"]
-            + ["--max-steps", "5", "--seed", "7", "--n-envs", "1", "--out", "again.json"]
+            ["dt", "eval", "--run", str(tmp_path / "dt"), "--eval-episodes", "3"]
+            + ["--eval-max-steps", "5", "--eval-seed", "7", "--eval-envs", "1", "--out", "again.json"]
         )
         == 0
     )
@@ -295,7 +292,7 @@ def test_cli_bc_pbc_eval_and_compare(tmp_path, capsys):
 
 
 def test_compare_groups_seeds_but_not_training_budgets(tmp_path):
-    from unicomp.rl.runs import compare_runs
+    from unicomp.runs import compare_runs
 
     def run(name, seed, steps, ret):
         folder = tmp_path / name
@@ -356,7 +353,7 @@ def _walk_to(env, target) -> None:
 @pytest.mark.filterwarnings("ignore:.*not within the observation space")  # moved key/door
 @pytest.mark.parametrize("take_key", [True, False])
 def test_key_to_door_rewards_the_door_only_with_the_key(take_key):
-    from unicomp.rl.evaluate import make_env
+    from unicomp.rl.envs import make_env
 
     env = make_env("KeyToDoor-v0", size=4, phase_steps=(8, 3, 8))
     obs, _ = env.reset(seed=3)
@@ -391,7 +388,7 @@ def test_key_to_door_rewards_the_door_only_with_the_key(take_key):
 @pytest.mark.filterwarnings("ignore:.*not within the observation space")  # moved key/door
 def test_key_to_door_ends_after_phase_three_and_collects_random_data(tmp_path):
     from unicomp.rl.collect import Component, collect
-    from unicomp.rl.evaluate import make_env
+    from unicomp.rl.envs import make_env
     from unicomp.rl.trajectories import read_minari
 
     env = make_env("KeyToDoor-v0", size=2, phase_steps=(1, 1, 2))
@@ -433,7 +430,7 @@ class _Random:
 
 # --- shortest paths on a random graph -------------------------------------------------------------
 def test_graph_env_is_connected_and_walks_to_the_goal():
-    from unicomp.rl.evaluate import make_env
+    from unicomp.rl.envs import make_env
 
     env = make_env("GraphShortestPath-v0", n_nodes=12, edge_prob=0.15, graph_seed=1, goal=0)
     inner = env.unwrapped

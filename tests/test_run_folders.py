@@ -23,7 +23,8 @@ from tests.conftest import small_train
 from unicomp.cli import main
 from unicomp.config import FPTConfig, save_yaml
 from unicomp.errors import TrainingDivergedError, UnicompError
-from unicomp.experiments import RESUMABLE_CHANGES, check_resume, run_fpt
+from unicomp.experiments.common import RESUMABLE_CHANGES, check_resume
+from unicomp.experiments.fpt import run_fpt
 from unicomp.train import load_checkpoint
 
 SETTINGS = settings(
@@ -143,7 +144,7 @@ def test_refused_run_leaves_the_existing_run_untouched(tmp_path, tiny_gpt2, caps
 
 
 def test_failed_start_leaves_no_folder_and_a_retry_is_accepted(tmp_path, tiny_gpt2, monkeypatch):
-    import unicomp.experiments as ex
+    import unicomp.experiments.common as ex
 
     real_train = ex.train
 

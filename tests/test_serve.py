@@ -71,7 +71,7 @@ def _in_process(adapter_runs, name):  # noqa: F811
 
 
 def _test_inputs(adapter_runs, name, natural):  # noqa: F811
-    from unicomp.experiments import load_fpt_run
+    from unicomp.experiments.fpt import load_fpt_run
 
     return natural(load_fpt_run(adapter_runs[name])[1].split("test").x)
 

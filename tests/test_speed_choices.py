@@ -10,7 +10,8 @@ import yaml
 from tests.conftest import small_train
 from unicomp import train as train_mod
 from unicomp.config import FPTConfig, TrainConfig
-from unicomp.experiments import run_fpt, task_defaults
+from unicomp.experiments.common import task_defaults
+from unicomp.experiments.fpt import run_fpt
 
 
 @pytest.fixture
@@ -78,7 +79,7 @@ def test_resume_keeps_the_attention_measured_at_the_start(tmp_path, tiny_gpt2, m
     )
     run_fpt(cfg)
     saved = yaml.safe_load((out / "config.yaml").read_text())["attn_implementation"]
-    import unicomp.experiments as experiments
+    import unicomp.experiments.fpt as experiments
 
     def must_not_measure(*args, **kwargs):
         raise AssertionError("a resumed run measured the attention again")

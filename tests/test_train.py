@@ -12,7 +12,8 @@ import torch
 from tests.conftest import small_train
 from unicomp.config import FPTConfig
 from unicomp.errors import TrainingDivergedError, UnicompError
-from unicomp.experiments import build_task, run_fpt
+from unicomp.experiments.common import build_task
+from unicomp.experiments.fpt import run_fpt
 from unicomp.train import load_checkpoint
 
 

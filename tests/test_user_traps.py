@@ -109,7 +109,7 @@ def test_no_prefix_matching_of_options():
 def test_yaml_floats_in_scientific_notation(tmp_path):
     from unicomp.config import FPTConfig, resolve
     from unicomp.errors import UnicompError
-    from unicomp.experiments import task_defaults
+    from unicomp.experiments.common import task_defaults
 
     path = tmp_path / "c.yaml"
     path.write_text("task_args: {n_bits: 3}\ntrain: {lr: 1e-3, weight_decay: 5E-4}\n")

@@ -34,6 +34,7 @@ from typing import Any
 from unicomp.config import FPTConfig, check_config, from_dict, load_yaml
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
+from unicomp.runs import mean_std
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
 PROTOCOLS = ("paper", "sweep")
@@ -111,7 +112,7 @@ def _need_keys(data: dict, allowed: set, where: str) -> None:
 
 def _cell_config(base: dict, row: dict, seed: int, where: str, extra_train: dict) -> FPTConfig:
     """FPTConfig for one cell: field defaults < task defaults < suite < row < protocol."""
-    from unicomp.experiments import task_defaults
+    from unicomp.experiments.common import task_defaults
 
     task = row.get("task", base.get("task"))
     if not isinstance(task, str):
@@ -249,9 +250,9 @@ def load_suite(
 
 
 def _config_changes(cfg: FPTConfig, folder: Path) -> tuple[dict, dict]:
-    """experiments.config_changes, where attention asked as "auto" matches the one the run
+    """experiments.common.config_changes, where attention asked as "auto" matches the one the run
     measured and saved."""
-    from unicomp.experiments import config_changes
+    from unicomp.experiments.common import config_changes
 
     diffs, refused = config_changes(cfg, folder)
     if getattr(cfg, "attn_implementation", None) == "auto":  # (FPT runs)
@@ -316,10 +317,10 @@ def _start(cell: Cell, plan: str, logs: Path, threads: int) -> subprocess.Popen:
 
 def _read_metrics(cell: Cell) -> dict:
     folder = Path(cell.cfg.out)
-    from unicomp.train import _read_curve
+    from unicomp.files import read_curve
 
     metrics = json.loads((folder / "metrics.json").read_text())
-    curve = _read_curve(folder / "curve.csv", metrics["steps"])
+    curve = read_curve(folder / "curve.csv", metrics["steps"])
     best = next((r for r in curve if r["step"] == metrics.get("best_step")), None)
     metrics["train_accuracy_at_best"] = best["train_accuracy"] if best else None
     metrics["curve"] = [(r["step"], r["val_accuracy"]) for r in curve]
@@ -430,14 +431,10 @@ def _pick(cells: list[Cell]) -> Cell | None:
     return max(done, key=lambda c: (c.metrics["val_accuracy"], -(c.lr or 0)))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _pct(values: list[float]) -> str:
     if not values:
         return "-"
-    mean, std = _mean_std(values)
+    mean, std = mean_std(values, single=0.0)
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
@@ -487,7 +484,7 @@ def summarise(suite: Suite, seconds: float) -> dict:
 def _row_summary(title, label, row, chosen: list[Cell], failed: list[str], all_cells) -> dict:
     m = [c.metrics for c in chosen]
     test = [x["test_accuracy"] for x in m]
-    mean, std = _mean_std(test) if test else (None, None)
+    mean, std = mean_std(test, single=0.0) if test else (None, None)
     train = [x["train_accuracy_at_best"] for x in m if x.get("train_accuracy_at_best") is not None]
     cfg = (chosen or all_cells)[0].cfg if (chosen or all_cells) else None
     return {

@@ -2,7 +2,7 @@
 
     unicomp fpt attention RUN [--example N] [--split test] [--out FILE.png]
 
-loads the finished run folder RUN (:func:`unicomp.experiments.load_fpt_run`: the run's
+loads the finished run folder RUN (:func:`unicomp.experiments.fpt.load_fpt_run`: the run's
 whole trained FPT, best.safetensors checked), runs example N (default 0) of its ``test`` (or
 ``val``) split through it with eager attention, in fp32 on the CPU, and writes:
 
@@ -207,7 +207,7 @@ def attention_command(
 ) -> dict:
     """``unicomp fpt attention``: draw and save example ``example``'s attention maps of the
     run in ``run``; returns what was written and predicted."""
-    from unicomp.experiments import load_fpt_run
+    from unicomp.experiments.fpt import load_fpt_run
 
     folder = Path(run)
     png = Path(out) if out else folder / f"attention-{split}-{example}.png"

@@ -3,7 +3,7 @@
 Imported by the CLI and by ``unicomp.api``; targets are imported lazily on first use.
 """
 
-from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS
+from unicomp.registry import BACKBONE_SOURCES, BACKBONES, FREEZE_POLICIES, TASKS
 
 # --- backbones: name -> hub id, offline package, and the config for random:<name> -------------
 _gpt2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024}
@@ -130,4 +130,11 @@ FREEZE_POLICIES.register(
     "full",
     frozenset({"input", "output", "pos", "norm", "ff", "attn", "embed", "other"}),
     "everything trains",
+)
+
+# --- backbones that a run of this package builds (load_backbone's prefixes) -----------------------
+BACKBONE_SOURCES.register(
+    "run",
+    "unicomp.experiments.fpt:backbone_from_run",
+    "run:<DIR>: the backbone of a finished FPT run folder, with the weights it trained",
 )

@@ -9,6 +9,7 @@ Errors a user can act on (unknown names, missing weights, bad files) print as on
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -60,12 +61,9 @@ def _list_task(name: str) -> None:
     """``unicomp list --task NAME``: the training defaults a run of the task starts from (before
     --config and flags) and the task's constructor arguments; ``dt``: the DT defaults."""
     from unicomp.config import TrainConfig, task_train_defaults
-    from unicomp.experiments import (
-        dt_task_defaults,
-        perceiver_task_defaults,
-        task_arguments,
-        task_defaults,
-    )
+    from unicomp.experiments.common import task_arguments, task_defaults
+    from unicomp.experiments.dt import dt_task_defaults
+    from unicomp.experiments.perceiver import perceiver_task_defaults
 
     base = TrainConfig()
     if name == "dt":
@@ -101,23 +99,28 @@ def _resume_from_run_folder(args: argparse.Namespace) -> None:
         args.config = args.config or str(Path(args.out) / "config.yaml")
 
 
-def _defaults(name: str):
-    """unicomp.experiments' ``name`` (task_defaults, ...), imported when first called (--help
-    printing the resolved defaults), not when the parser is built."""
+def _defaults(target: str):
+    """The training-defaults function ``target`` ("module:function", e.g.
+    "unicomp.experiments.common:task_defaults"), imported when first called (--help printing
+    the resolved defaults), not when the parser is built."""
 
     def call(task: str) -> dict:
-        import unicomp.experiments
-
-        return getattr(unicomp.experiments, name)(task)
+        module, _, name = target.partition(":")
+        return getattr(importlib.import_module(module), name)(task)
 
     return call
 
 
 def _add_train_command(
-    group, name: str, help: str, cls: type, func, defaults: str = "task_defaults"
+    group,
+    name: str,
+    help: str,
+    cls: type,
+    func,
+    defaults: str = "unicomp.experiments.common:task_defaults",
 ) -> argparse.ArgumentParser:
     """A ``train``-like subcommand: --config, --resume and one flag per config field; --help
-    states the defaults resolved with unicomp.experiments' ``defaults``."""
+    states the defaults resolved with ``defaults`` (see ``_defaults``)."""
     p = group.add_parser(name, help=help, formatter_class=HelpFormatter)
     p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -128,7 +131,8 @@ def _add_train_command(
 
 def cmd_fpt_train(args: argparse.Namespace) -> None:
     from unicomp.config import resolve
-    from unicomp.experiments import run_fpt, task_defaults
+    from unicomp.experiments.common import task_defaults
+    from unicomp.experiments.fpt import run_fpt
 
     _resume_from_run_folder(args)
     cfg = resolve(FPTConfig, args, task_defaults)
@@ -267,13 +271,13 @@ def _add_serve_command(sub) -> None:
 
 def _resolve_perceiver(args: argparse.Namespace):
     from unicomp.config import PerceiverConfig, resolve
-    from unicomp.experiments import perceiver_task_defaults
+    from unicomp.experiments.perceiver import perceiver_task_defaults
 
     return resolve(PerceiverConfig, args, perceiver_task_defaults)
 
 
 def cmd_perceiver_train(args: argparse.Namespace) -> None:
-    from unicomp.experiments import run_perceiver
+    from unicomp.experiments.perceiver import run_perceiver
 
     _resume_from_run_folder(args)
     cfg = _resolve_perceiver(args)
@@ -365,7 +369,7 @@ def _collect(args: argparse.Namespace, agents: Path | None) -> dict:
 
 def cmd_dt_train(args: argparse.Namespace) -> None:
     from unicomp.config import DTConfig, resolve
-    from unicomp.experiments import dt_task_defaults, run_dt
+    from unicomp.experiments.dt import dt_task_defaults, run_dt
 
     _resume_from_run_folder(args)
     cfg = resolve(DTConfig, args, dt_task_defaults)
@@ -385,24 +389,24 @@ def _eval_summary(e: dict) -> dict:
 def _targets(text: str | None) -> list[float] | None:
     if not text:
         return None
-    return _comma_list(text, float, "--targets", "numbers like 3600,1800")
+    return _comma_list(text, float, "--eval-targets", "numbers like 3600,1800")
 
 
 def cmd_dt_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from unicomp.rl.runs import evaluate_run
+    from unicomp.experiments.dt import evaluate_run
 
     if args.threads:
         torch.set_num_threads(args.threads)
     result = evaluate_run(
         args.run,
-        episodes=args.episodes,
-        seed=args.seed,
-        targets=_targets(args.targets),
-        n_envs=args.n_envs,
-        max_steps=args.max_steps,
-        window=args.window,
+        episodes=args.eval_episodes,
+        seed=args.eval_seed,
+        targets=_targets(args.eval_targets),
+        n_envs=args.eval_envs,
+        max_steps=args.eval_max_steps,
+        window=args.eval_window,
         out=args.out,
     )
     keys = ("env", "algo", "train_steps", "episodes", "return_mean", "normalized_score_mean")
@@ -413,7 +417,7 @@ def cmd_dt_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_dt_compare(args: argparse.Namespace) -> None:
-    from unicomp.rl.runs import write_comparison
+    from unicomp.runs import write_comparison
 
     text, _ = write_comparison(args.runs, args.out)
     print(text, end="")
@@ -483,7 +487,7 @@ def _add_dt_commands(sub) -> None:
         "train a DT on a data set, then act in the environment; writes a run folder",
         DTConfig,
         cmd_dt_train,
-        defaults="dt_task_defaults",
+        defaults="unicomp.experiments.dt:dt_task_defaults",
     )
 
     p = dt.add_parser(
@@ -491,12 +495,15 @@ def _add_dt_commands(sub) -> None:
         help="act with a run folder's best weights in its environment; write DIR/eval.json",
     )
     p.add_argument("--run", required=True, help="a dt train run folder")
-    p.add_argument("--episodes", type=int, default=10, help="episodes per target return [10]")
-    p.add_argument("--seed", type=int, help="episode i resets with seed + i [the run's eval_seed]")
-    p.add_argument("--targets", help="target returns, comma-separated [the run's]; BC: ignored")
-    p.add_argument("--n-envs", type=int, default=16, help="environments stepped together [16]")
-    p.add_argument("--max-steps", type=int, help="time limit [the env's own]")
-    p.add_argument("--window", choices=("exact", "rolling"), help="context past K [the run's]")
+    # the names of dt train's evaluation settings (DTConfig's eval_* fields)
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes per target [10]")
+    p.add_argument(
+        "--eval-seed", type=int, help="episode i resets with seed + i [the run's eval_seed]"
+    )
+    p.add_argument("--eval-targets", help="target returns, comma-separated [the run's]; BC: none")
+    p.add_argument("--eval-envs", type=int, default=16, help="environments stepped together [16]")
+    p.add_argument("--eval-max-steps", type=int, help="time limit [the env's own]")
+    p.add_argument("--eval-window", choices=("exact", "rolling"), help="context past K [the run's]")
     p.add_argument("--threads", type=int, help="torch threads [torch's default]")
     p.add_argument("--out", help="where to write the result [RUN/eval.json]")
     p.set_defaults(func=cmd_dt_eval)
@@ -537,7 +544,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from unicomp.report import load_runs, runs_table, seeds_table
+    from unicomp.runs import load_runs, runs_table, seeds_table
 
     runs = load_runs(args.runs)
     print(seeds_table(runs) if args.by_seed else runs_table(runs))
@@ -729,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train a Perceiver (IO) on a task; writes a run folder",
         PerceiverConfig,
         cmd_perceiver_train,
-        defaults="perceiver_task_defaults",
+        defaults="unicomp.experiments.perceiver:perceiver_task_defaults",
     )
     p = perceiver.add_parser(
         "search-latents",

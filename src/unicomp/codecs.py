@@ -232,7 +232,7 @@ CODECS = {
 
 def codec_for(task: str, task_args: dict[str, Any], spec: TaskSpec) -> Codec:
     """The codec of ``task`` run with ``task_args`` (the task's defaults fill the rest)."""
-    from unicomp.experiments import task_arguments
+    from unicomp.experiments.common import task_arguments
     from unicomp.registry import TASKS
 
     if task not in CODECS:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from unicomp.config import FPTConfig, TrainConfig, load_yaml
 from unicomp.errors import UnicompError
-from unicomp.experiments import run_fpt, task_defaults
+from unicomp.experiments.common import task_defaults
+from unicomp.experiments.fpt import run_fpt
 
 # task -> (task arguments, training budget); both runs of a pair stop at 99% validation.
 DEMO = {

@@ -9,6 +9,7 @@ writers remove such leftovers when they start (:func:`sweep_temporaries`).
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import re
@@ -325,3 +326,27 @@ def _undo_start(out: Path) -> None:
     for name in START_FOLDERS:
         shutil.rmtree(out / name, ignore_errors=True)
     sweep_temporaries(out)
+
+
+def _curve_value(key: str, text: str | None) -> float | None:
+    """One cell of curve.csv: a number; an empty accuracy cell is None (a task that counts
+    none); anything else (a cut row: a missing cell) raises ValueError."""
+    if text == "" and key in ("train_accuracy", "val_accuracy"):
+        return None
+    if text is None:
+        raise ValueError(f"row ends before {key}")
+    return float(text)
+
+
+def read_curve(path: Path, upto: int) -> list[dict]:
+    """The curve up to step ``upto``; a damaged file (the run folder's own) is one line."""
+    if not path.exists():
+        return []
+    try:
+        with path.open() as f:
+            rows = [{k: _curve_value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{**r, "step": int(r["step"])} for r in rows if r["step"] <= upto]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, csv.Error) as err:
+        raise UnicompError(
+            f"{path}: damaged learning curve ({type(err).__name__}: {err})"
+        ) from None

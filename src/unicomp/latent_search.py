@@ -112,7 +112,7 @@ def search_latents(
     cfg: PerceiverConfig, latents: list[int], tolerance: float, out: Path | None = None
 ) -> dict:
     """Train ``cfg`` once per latent size; write and return the table and the choice."""
-    from unicomp.experiments import run_perceiver
+    from unicomp.experiments.perceiver import run_perceiver
     from unicomp.registry import TASKS
 
     if cfg.pretrained:

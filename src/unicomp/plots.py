@@ -42,11 +42,11 @@ def save_figure(fig, path: Path, dpi: int = 110) -> None:
 
 
 def _curve(run: Path) -> list[dict]:
-    from unicomp.train import _read_curve
+    from unicomp.files import read_curve
 
     if not (run / "curve.csv").is_file():
         raise UnicompError(f"{run} has no curve.csv (not a unicomp run folder, or not started)")
-    return _read_curve(run / "curve.csv", upto=1 << 62)
+    return read_curve(run / "curve.csv", upto=1 << 62)
 
 
 def _evaluations(run: Path) -> list[dict]:

@@ -125,6 +125,8 @@ class Registry:
 TASKS = Registry("task")
 BACKBONES = Registry("backbone")
 FREEZE_POLICIES = Registry("freeze policy")
+# Backbones built by a layer above unicomp.backbones (``run:<DIR>``: a finished FPT run's)
+BACKBONE_SOURCES = Registry("backbone source")
 
 
 def register_task(name: str, cls_or_target: type | str, help: str = "") -> None:

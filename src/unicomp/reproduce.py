@@ -9,9 +9,9 @@ the experiments it needs and a verdict rule. A preset (:func:`preset`) sizes the
   by :mod:`unicomp.ablate` (same cells, same skipping of finished runs, same tables and plots);
 - Decision Transformer (``dt``): a Key-to-Door data set collected by a random policy
   (:func:`unicomp.rl.collect.collect`), then DT, DT K=1, BC and DT with delayed rewards
-  trained and evaluated by :func:`unicomp.experiments.run_dt` (``unicomp dt train``);
+  trained and evaluated by :func:`unicomp.experiments.dt.run_dt` (``unicomp dt train``);
 - Perceiver (``perceiver``): Perceiver IO and the plain Perceiver on the dense
-  ``digits-inpaint`` task (:func:`unicomp.experiments.run_perceiver`).
+  ``digits-inpaint`` task (:func:`unicomp.experiments.perceiver.run_perceiver`).
 
 Every run is an ordinary run folder under ``OUT``; a finished one is skipped on a re-run (its
 config.yaml checked against what the preset asks), a killed one resumes. Then
@@ -40,10 +40,11 @@ from typing import Any
 
 import yaml
 
-from unicomp.ablate import Cell, _mean_std, _plan, load_suite, run_suites
+from unicomp.ablate import Cell, _plan, load_suite, run_suites
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
 from unicomp.plots import plot_returns, pyplot, save_figure
+from unicomp.runs import mean_std
 
 PRESETS = ("tiny", "quick", "paper")
 VERDICTS = ("holds", "partly", "does not hold", "not measured at this budget")
@@ -222,13 +223,13 @@ class Evidence:
 
 
 def _pm(values: list[float], scale: float = 100, digits: int = 1) -> str:
-    mean, std = _mean_std(values)
+    mean, std = mean_std(values, single=0.0)
     return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f} (n={len(values)})"
 
 
 def _margin(*groups: list[float]) -> float:
     """A difference counts when it exceeds the larger of 1 point and any group's std."""
-    return max([0.01] + [_mean_std(g)[1] for g in groups])
+    return max([0.01] + [mean_std(g, single=0.0)[1] for g in groups])
 
 
 def _mean(values: list[float]) -> float:
@@ -550,7 +551,7 @@ def _job_cells(out: Path, spec: dict) -> list[Cell]:
                 cells.append(Cell(key, label, "dt", seed, cfg))
     if "perceiver" in spec:
         p = spec["perceiver"]
-        from unicomp.experiments import perceiver_task_defaults
+        from unicomp.experiments.perceiver import perceiver_task_defaults
 
         for model in ("perceiver-io", "perceiver"):
             for seed in p["seeds"]:
@@ -571,7 +572,8 @@ def _run_job(cfg: Any, plan: str, threads: int, log: str) -> None:
 
     torch.set_num_threads(threads)
     from unicomp.config import DTConfig
-    from unicomp.experiments import run_dt, run_perceiver
+    from unicomp.experiments.dt import run_dt
+    from unicomp.experiments.perceiver import run_perceiver
 
     saved = sys.stdout, sys.stderr
     with open(log, "a") as f:
@@ -815,7 +817,7 @@ def _dt_figures(out: Path, cells: list[Cell], collection) -> dict:
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = list(by_label)
     means = [100 * _mean([m["success_rate"] for m in by_label[k]]) for k in labels]
-    stds = [100 * _mean_std([m["success_rate"] for m in by_label[k]])[1] for k in labels]
+    stds = [100 * mean_std([m["success_rate"] for m in by_label[k]], single=0.0)[1] for k in labels]
     ax.bar(range(len(labels)), means, yerr=stds, capsize=3, label="unicomp")
     paper = {"DT": 71.8, "BC": 1.4}
     marks = [(i, paper[k]) for i, k in enumerate(labels) if k in paper]
@@ -857,7 +859,7 @@ def _perceiver_figures(out: Path, cells: list[Cell]) -> dict:
     fig, ax = plt.subplots(figsize=(5, 4))
     labels = list(by)
     ax.bar(labels, [100 * _mean(by[k]) for k in labels],
-           yerr=[100 * _mean_std(by[k])[1] for k in labels], capsize=3)  # fmt: skip
+           yerr=[100 * mean_std(by[k], single=0.0)[1] for k in labels], capsize=3)  # fmt: skip
     ax.set_ylabel("hidden-pixel test accuracy (%)")
     ax.set_title("Perceiver IO vs Perceiver: digits-inpaint")
     fig.tight_layout()

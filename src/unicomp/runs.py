@@ -1,18 +1,26 @@
-"""Tables from run folders: ``unicomp report runs/*`` prints one markdown row per run.
+"""Run folders read back as tables, for every model family: ``unicomp report runs/*`` (one
+markdown row per run, or ``--by-seed``: mean +- std over seeds) and ``unicomp dt compare``
+(Decision Transformer / BC runs: returns and normalised scores, mean +- std over training
+seeds; .md and .csv).
 
 The numbers come from each run's metrics.json and config.yaml, so a table in docs/ can be
-regenerated from the folders that produced it.
+regenerated from the folders that produced it. Writing a run folder: unicomp.experiments.common;
+loading one back into its model: ``unicomp.experiments.load_run``.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import statistics
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unicomp.errors import UnicompError
+from unicomp.files import atomic_write_text
 
 COLUMNS = (
     "task",
@@ -183,8 +191,8 @@ def seeds_table(runs: list[dict]) -> str:
         values = [r[key_of] for r in rs if r.get(key_of) is not None]
         score = "-"
         if values:
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            score = f"{statistics.mean(values):.4f} ± {spread:.4f}"
+            mean, spread = mean_std(values, single=0.0)
+            score = f"{mean:.4f} ± {spread:.4f}"
             if not accuracy_only:  # the metric named, and how many runs have it
                 partial = f" ({len(values)} runs)" if len(values) < len(rs) else ""
                 score = f"{label} {score}{partial}"
@@ -193,3 +201,196 @@ def seeds_table(runs: list[dict]) -> str:
             f"| {task} | {backbone} | {freeze} | {len(rs)} | {score} | {reached} | {shown} |"
         )
     return "\n".join(lines)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnicompError(f"{path} does not exist: not a finished run folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UnicompError(f"{path}: not readable JSON ({err})") from None
+
+
+# --- comparison table ---------------------------------------------------------------------------
+def run_label(metrics: dict, algo: str | None = None) -> str:
+    """DT, DT K=1, DT delayed, BC (mlp), %BC 10% (dt-noreturn), ... from a run's metrics."""
+    algo = algo or metrics.get("algo", "dt")
+    top = float(metrics.get("top_percent", 100.0))
+    if algo == "dt":
+        label = "DT"
+        if metrics.get("context", 20) != 20:
+            label += f" K={metrics['context']}"
+        if top < 100:
+            label += f" top {top:g}%"
+    elif algo in ("bc", "pbc"):
+        label = f"%BC {top:g}%" if algo == "pbc" else "BC"
+        label += f" ({metrics.get('policy', 'dt-noreturn')})"
+    else:  # runs of other programs in our format (scripts/d3rlpy_baseline.py: cql, iql)
+        label = algo.upper()
+    if metrics.get("delayed_reward"):
+        label += " delayed"
+    return label
+
+
+def _scores(run: Path) -> dict:
+    """A run's metrics, with eval.json's scores over metrics.json's where both exist."""
+    metrics = _read_json(run / "metrics.json")
+    row = {**metrics, "run": str(run), "label": run_label(metrics)}
+    if "data_path" not in row and (run / "config.yaml").exists():  # runs before data_path
+        from unicomp.config import load_yaml
+
+        row["data_path"] = str(load_yaml(run / "config.yaml").get("data", ""))
+    if (run / "eval.json").exists():
+        row.update({k: v for k, v in _read_json(run / "eval.json").items() if k != "label"})
+    return row
+
+
+# Config keys that do not make two runs different settings: the seed (and the split it
+# seeds), where the run was written, how it was shown, and how it was evaluated.
+_NOT_SETTINGS = {"out", "train.seed", "train.progress", "train.device", "train.eval_batch_size"}
+
+
+def _settings(run: Path) -> dict[str, str]:
+    """The run's setting (unicomp.runs.run_settings), evaluation settings aside."""
+    from unicomp.config import DTConfig
+
+    return run_settings(run, DTConfig, lambda k: k in _NOT_SETTINGS or k.startswith("eval_"))
+
+
+def mean_std(values: list[float], single: float | None = None) -> tuple[float, float | None]:
+    """Mean and sample standard deviation of per-seed values (``single`` for one value).
+    Every table over seeds uses it: ``report --by-seed``, ``dt compare``, ``fpt ablate``."""
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else single
+
+
+def compare_runs(runs: list[str | Path]) -> list[dict[str, Any]]:
+    """One row per setting: runs whose config.yaml differ only in seed (and output folder and
+    evaluation settings) are grouped; each score is the mean over seeds of the per-run mean,
+    ± the sample standard deviation across seeds (None with a single seed). Rows that would
+    read alike (same algorithm label, data set, environment, training steps) name the
+    settings that tell them apart, e.g. "DT (rtg_scale=0.1)"."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    settings: dict[tuple, dict[str, str]] = {}
+    for run in runs:
+        row = _scores(Path(run))
+        if "return_mean" not in row:
+            raise UnicompError(
+                f"{run}: no evaluation scores; run `unicomp dt eval --run {run}` first"
+            )
+        data = Path(str(row.get("data_path", ""))).name
+        steps = row.get("train_steps", row.get("steps"))
+        config = _settings(Path(run))
+        key = (row["label"], data, row.get("env"), steps, tuple(sorted(config.items())))
+        groups[key].append(row)
+        settings[key] = config
+    alike: dict[tuple, list[tuple]] = defaultdict(list)
+    for key in groups:
+        alike[key[:4]].append(key)
+    table = []
+    for key, rows in groups.items():
+        label, data, env, steps, _ = key
+        peers = alike[key[:4]]
+        if len(peers) > 1:
+            others = [settings[p] for p in peers if p != key]
+            label = f"{label} ({', '.join(differing_settings(settings[key], others))})"
+        entry: dict[str, Any] = {
+            "algo": label,
+            "dataset": data,
+            "env": env,
+            "n_seeds": len(rows),
+            "seeds": " ".join(str(r.get("seed")) for r in rows),
+            "episodes": rows[0].get("episodes"),
+            "train_steps": steps,
+        }
+        for key in ("return_mean", "normalized_score_mean", "success_rate"):
+            values = [r[key] for r in rows if r.get(key) is not None]
+            name = key.removesuffix("_mean")
+            if len(values) == len(rows):
+                entry[f"{name}_mean"], entry[f"{name}_std"] = mean_std(values)
+            else:
+                entry[f"{name}_mean"] = entry[f"{name}_std"] = None
+            if len(rows) == 1:  # one seed: the spread over its episodes, marked in the table
+                entry[f"{name}_episode_std"] = rows[0].get(f"{name}_std")
+        table.append(entry)
+    return table
+
+
+CSV_FIELDS = (
+    "algo",
+    "dataset",
+    "env",
+    "n_seeds",
+    "seeds",
+    "episodes",
+    "train_steps",
+    "return_mean",
+    "return_std",
+    "normalized_score_mean",
+    "normalized_score_std",
+    "success_rate_mean",
+    "success_rate_std",
+)
+
+
+def _pm(mean: float | None, std: float | None, digits: int, episode_std: float | None = None):
+    if mean is None:
+        return "-"
+    if digits == 1 and abs(mean) < 10:
+        digits = 3  # small returns (Key-to-Door: 0 or 1) need more than one decimal
+    if std is not None:
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if episode_std is not None:
+        return f"{mean:.{digits}f} ± {episode_std:.{digits}f}*"
+    return f"{mean:.{digits}f}"
+
+
+def table_markdown(table: list[dict[str, Any]]) -> str:
+    success = any(r["success_rate_mean"] is not None for r in table)
+    head = ["algo", "dataset", "env", "steps", "seeds", "return", "normalised score"]
+    head += ["success rate"] if success else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        cells = [
+            r["algo"],
+            r["dataset"],
+            str(r["env"]),
+            str(r["train_steps"]),
+            f"{r['n_seeds']} ({r['seeds']})",
+            _pm(r["return_mean"], r["return_std"], 1, r.get("return_episode_std")),
+            _pm(
+                r["normalized_score_mean"],
+                r["normalized_score_std"],
+                1,
+                r.get("normalized_score_episode_std"),
+            ),
+        ]
+        if success:
+            cells.append(_pm(r["success_rate_mean"], r["success_rate_std"], 3))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "± is the standard deviation across training seeds; * marks a single seed, where it "
+        "is the spread over its evaluation episodes."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def table_csv(table: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(table)
+    return buf.getvalue()
+
+
+def write_comparison(runs: list[str | Path], out: str | Path) -> tuple[str, list[dict]]:
+    """The table as markdown (returned, and written to ``out``.md) and CSV (``out``.csv)."""
+    table = compare_runs(runs)
+    text = table_markdown(table)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".md"), text)
+    atomic_write_text(out.with_suffix(".csv"), table_csv(table))
+    return text, table

@@ -31,7 +31,7 @@ from torch import nn
 
 from unicomp.config import TrainConfig
 from unicomp.errors import TrainingDivergedError, UnicompError
-from unicomp.files import atomic_write, atomic_write_text
+from unicomp.files import atomic_write, atomic_write_text, read_curve
 from unicomp.tasks.base import Batch, Task, iter_chunks
 from unicomp.tracking import Tracker, progress_bar
 
@@ -336,30 +336,6 @@ def _write_curve(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def _curve_value(key: str, text: str | None) -> float | None:
-    """One cell of curve.csv: a number; an empty accuracy cell is None (a task that counts
-    none); anything else (a cut row: a missing cell) raises ValueError."""
-    if text == "" and key in ("train_accuracy", "val_accuracy"):
-        return None
-    if text is None:
-        raise ValueError(f"row ends before {key}")
-    return float(text)
-
-
-def _read_curve(path: Path, upto: int) -> list[dict]:
-    """The curve up to step ``upto``; a damaged file (the run folder's own) is one line."""
-    if not path.exists():
-        return []
-    try:
-        with path.open() as f:
-            rows = [{k: _curve_value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
-        return [{**r, "step": int(r["step"])} for r in rows if r["step"] <= upto]
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, csv.Error) as err:
-        raise UnicompError(
-            f"{path}: damaged learning curve ({type(err).__name__}: {err})"
-        ) from None
-
-
 def _load_best(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
     try:
         return load_file(path, device=str(device))
@@ -449,7 +425,7 @@ def train(
         # Training forward only: its shapes never change, so it compiles once; evaluation
         # (a shorter last chunk) stays eager. See docs/benchmarks.md for when this pays.
         net = torch.compile(net)
-    rows = _read_curve(curve_path, state.step) if resume else []
+    rows = read_curve(curve_path, state.step) if resume else []
     if resume and state.best_step > 0:  # the run folder's files, checked before training on
         if not any(r["step"] == state.best_step for r in rows):
             raise UnicompError(f"{curve_path}: damaged, it lacks step {state.best_step}")

@@ -47,7 +47,7 @@ from torch import nn
 
 from unicomp.backbones.lstm import LSTMBackbone, is_lstm_name, parse_lstm_name
 from unicomp.errors import UnicompError, UnknownNameError, WeightsNotFoundError
-from unicomp.registry import BACKBONES
+from unicomp.registry import BACKBONE_SOURCES, BACKBONES
 
 # Encoder families: bidirectional attention (recorded in the run summary).
 _ENCODER_TYPES = {
@@ -366,7 +366,8 @@ def load_backbone(
     if name.startswith("stats:"):
         return _statistics_matched(name, overrides, seed)
     if name.startswith("run:"):
-        return _from_run(name, overrides)
+        # a finished FPT run's backbone: unicomp.experiments.fpt, a layer above this module
+        return BACKBONE_SOURCES.entry("run").load()(name, overrides)
     random_init = name.startswith("random:")
     base = name.removeprefix("random:")
     if base in BACKBONES:
@@ -466,52 +467,6 @@ def _statistics_matched(name: str, overrides: dict[str, Any], seed: int) -> Load
 
 
 # --- run:<DIR> ----------------------------------------------------------------------------------
-_RUNS_LOADING: set[Path] = set()  # run folders being loaded now: a loop of run: names is an error
-
-
-def _from_run(name: str, overrides: dict[str, Any]) -> LoadedBackbone:
-    """The backbone of a finished FPT run folder: the run's whole FPT rebuilt as that run built
-    it (its backbone name, seed, layers and position table fitted to its task), with the
-    trained weights of its best.safetensors loaded (unicomp.experiments.fpt.rebuild_fpt_run).
-    Dropout: ``overrides['dropout']`` where given (the new run's ``backbone_dropout``), else
-    the run's own; the weights do not depend on it."""
-    from unicomp.experiments.fpt import rebuild_fpt_run  # lazily: experiments imports this module
-
-    folder_text = name.removeprefix("run:")
-    if not folder_text:
-        raise UnicompError("backbone 'run:' needs a run folder: run:<DIR>")
-    folder = Path(folder_text)
-    key = folder.resolve()
-    if key in _RUNS_LOADING:
-        raise UnicompError(f"backbone {name!r}: run folders name each other's backbones in a loop")
-    _RUNS_LOADING.add(key)
-    try:
-        run = rebuild_fpt_run(
-            folder, where=f"backbone {name!r}", finished=False, backbone_overrides=overrides
-        )
-    finally:
-        _RUNS_LOADING.discard(key)
-    cfg, model = run.cfg, run.model
-    layers_note = "" if cfg.backbone_layers is None else f", {run.summary['backbone_layers']}"
-    step = "not recorded (no metrics.json)" if run.best_step is None else str(run.best_step)
-    has_backbone = any(k.startswith("backbone.") for k in run.loaded)
-    notes = [] if has_backbone else ["best.safetensors holds no backbone weights (all frozen)"]
-    if model.pos is not None:
-        notes.append(
-            "the run's own input position table (pos, added by its FPT wrapper because the "
-            "backbone has none) is not transferred"
-        )
-    else:
-        notes.append(f"position table: {model.positions}")
-    backbone = model.backbone
-    backbone.requires_grad_(True)  # as any loaded backbone: the new run's policy decides
-    backbone.name = name
-    backbone.source = (
-        f"the backbone of run {folder} (task {cfg.task}, backbone {cfg.backbone}, freeze "
-        f"{cfg.freeze}{layers_note}, trained weights from best.safetensors, step {step}); "
-        f"{'; '.join(notes)}; rebuilt from: {backbone.source}"
-    )
-    return backbone
 
 
 # --- --backbone-layers --------------------------------------------------------------------------

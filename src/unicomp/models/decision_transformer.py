@@ -33,7 +33,7 @@ Against the official code (github.com/kzl/decision-transformer, gym/):
   (Nature-DQN layers, then a linear layer and tanh).
 * ``use_returns=False`` drops the return tokens: 2K tokens (s_1, a_1, s_2, ...), the same
   network otherwise. It is our behaviour-cloning baseline "the DT without returns-to-go"
-  (unicomp.rl.baselines); the official gym code's BC is an MLP instead (also offered there).
+  (unicomp.models.policies); the official gym code's BC is an MLP instead (also offered there).
 
 A pretrained backbone (``backbone``: any name ``unicomp.backbones.hf.load_backbone`` takes,
 e.g. minilm-l6, smollm2-135m, random:minilm-l6) replaces the GPT-2 built from n_layer/n_head/

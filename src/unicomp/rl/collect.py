@@ -31,15 +31,16 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from unicomp.data.pickles import SafeUnpickler
+from unicomp.data.pickles import load_data_pickle
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import check_free_space, temporary_folder, write_in_child
 from unicomp.rl.atari import atari_env_id
-from unicomp.rl.evaluate import check_env_id, make_env, reference_scores, run_episodes
+from unicomp.rl.envs import check_env_id, make_env
+from unicomp.rl.evaluate import reference_scores, run_episodes
 from unicomp.rl.trajectories import TrajectoryDataset, default_dataset_id, write_minari
 
 SB3_ALGOS = ("tqc", "sac", "td3", "ppo", "a2c", "dqn")
@@ -136,33 +137,23 @@ def _find_agent_files(path: Path) -> tuple[Path, Path | None]:
     return zip_path, None
 
 
-class _VecNormalizeUnpickler(SafeUnpickler):
-    """Reads a VecNormalize pickle with only the classes such a file needs.
+# The classes a VecNormalize pickle needs beyond plain data. The zoo's pickles name the old ``gym``
+# package (gym.spaces.Box): read as gymnasium. Anything else is refused, so a tampered file cannot
+# run code; numpy arrays are checked as in every data pickle (plain numeric arrays only).
+_VECNORMALIZE_CLASSES = (
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__generator_ctor"),
+    ("gymnasium.spaces.box", "Box"),
+    ("stable_baselines3.common.running_mean_std", "RunningMeanStd"),
+    ("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"),
+    ("collections", "OrderedDict"),
+)
 
-    The zoo's pickles name the old ``gym`` package (gym.spaces.Box); we map it to gymnasium.
-    Anything else (a class outside this list) is refused, so a tampered file cannot run code;
-    numpy arrays are checked as in every data pickle (unicomp.data.pickles.SafeUnpickler: plain
-    numeric arrays only).
-    """
 
-    ALLOWED = {
-        ("numpy.random._pickle", "__randomstate_ctor"),
-        ("numpy.random._pickle", "__bit_generator_ctor"),
-        ("numpy.random._pickle", "__generator_ctor"),
-        ("gymnasium.spaces.box", "Box"),
-        ("stable_baselines3.common.running_mean_std", "RunningMeanStd"),
-        ("stable_baselines3.common.vec_env.vec_normalize", "VecNormalize"),
-        ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module: str, name: str):
-        if module == "gym" or module.startswith("gym."):
-            module = "gymnasium" + module[3:]
-        if (module, name) in self.ALLOWED:
-            import importlib
-
-            return getattr(importlib.import_module(module), name)
-        return super().find_class(module, name)
+def _load_vecnormalize(f: IO[bytes]) -> Any:
+    """Unpickle a VecNormalize file through the allow-list unpickler (unicomp.data.pickles)."""
+    return load_data_pickle(f, classes=_VECNORMALIZE_CLASSES, renamed_modules={"gym": "gymnasium"})
 
 
 def read_vecnormalize(path: Path) -> dict[str, Any] | None:
@@ -173,7 +164,7 @@ def read_vecnormalize(path: Path) -> dict[str, Any] | None:
     load them through an allow-list unpickler rather than trusting pickle."""
     try:
         with path.open("rb") as f:
-            vn = _VecNormalizeUnpickler(f).load()
+            vn = _load_vecnormalize(f)
         if not getattr(vn, "norm_obs", False):
             return None
         rms = vn.obs_rms
@@ -542,9 +533,9 @@ def import_dqn_replay(
     suffixes: list[int] | None = None,
     log=print,
 ) -> dict[str, Any]:
-    """Episodes of a DQN Replay Dataset run (unicomp.rl.atari.read_dqn_replay; the paper's
+    """Episodes of a DQN Replay Dataset run (unicomp.rl.dqn_replay.read_dqn_replay; the paper's
     1%: ``transitions=500_000`` over the 50 checkpoints) written as ``collect`` writes."""
-    from unicomp.rl.atari import read_dqn_replay
+    from unicomp.rl.dqn_replay import read_dqn_replay
 
     out = Path(out)
     check_out(out)

@@ -20,7 +20,8 @@ percent less data. Set both to small values to approach the paper's setting.
 Targets ``y``: continuous actions as (B, K, act + 1), the last channel the mask (the loop
 passes only ``y`` to the loss); discrete actions as (B, K) ids with -100 at padding.
 
-Options for the baselines and the paper's other experiments (unicomp.rl.baselines):
+Options for the baselines and the paper's other experiments (the data selections of
+unicomp.rl.trajectories):
 ``use_returns=False`` feeds zeros as returns-to-go (behaviour cloning: the models built for it
 do not read them at all); ``top_percent`` keeps the best X% of the data's steps by episode
 return before the split (%BC), so validation and test episodes come from the same selection;
@@ -38,8 +39,12 @@ import torch
 import torch.nn.functional as F
 
 from unicomp.errors import DataError
-from unicomp.rl.baselines import delay_rewards, select_top_percent
-from unicomp.rl.trajectories import TrajectoryDataset, read_dataset
+from unicomp.rl.trajectories import (
+    TrajectoryDataset,
+    delay_rewards,
+    read_dataset,
+    select_top_percent,
+)
 from unicomp.tasks.base import Batch, Task, TaskSpec, batch_generator
 
 IGNORE = -100  # cross-entropy's ignore_index for padded discrete targets

@@ -1,5 +1,7 @@
 """Small gymnasium environments for the Decision Transformer paper's credit-assignment and
-path-finding experiments. Importing this module registers them:
+path-finding experiments, and ``make_env``, the one way unicomp makes an environment (ours,
+gymnasium's, Atari with the paper's preprocessing, a data set's recorded spec). Importing this
+module registers ours:
 
 ``KeyToDoor-v0`` (paper sec. 5.5, after Mesnard et al. 2020): three rooms in turn.
   Phase 1, a room with a key: stepping onto the key picks it up. Phase 2, an empty room.
@@ -32,12 +34,18 @@ path-finding experiments. Importing this module registers them:
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+from unicomp.errors import UnicompError
+from unicomp.rl.atari import _register_ale, atari_env_id, make_atari_env
 
 _MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
 
@@ -173,3 +181,117 @@ def _register() -> None:
 
 
 _register()
+
+
+def make_env(env_id: str, **kwargs):
+    """``gymnasium.make`` with MuJoCo's warnings routed to Python's (see below); our own
+    environments (unicomp.rl.envs: KeyToDoor-v0, ...) are registered first. Atari ids
+    (``ALE/Breakout-v5``, ``breakout``) get the paper's preprocessing (unicomp.rl.atari)."""
+
+    if atari_env_id(env_id):
+        check_env_id(atari_env_id(env_id))
+        return make_atari_env(env_id, **kwargs)
+    _route_mujoco_warnings()
+    check_env_id(env_id)
+    return gym.make(env_id, **kwargs)
+
+
+def check_env_id(env_id: str) -> None:
+    """Raise a one-line UnicompError for an id gymnasium's registry does not hold, naming
+    the close matches (``Hoper-v5``: Hopper-v5, ...)."""
+    import difflib
+
+    if ":" in env_id:  # "module:Env-v0": gymnasium imports the module first
+        return
+    if env_id.startswith("ALE/"):
+        _register_ale()
+    try:
+        gym.spec(env_id)
+    except gym.error.UnregisteredEnv as err:
+        close = difflib.get_close_matches(env_id, list(gym.registry), n=4, cutoff=0.6)
+        hint = f"close matches: {', '.join(close)}" if close else str(err)
+        raise UnicompError(
+            f"unknown environment {env_id!r} (not in gymnasium's registry); {hint}"
+        ) from None
+    except gym.error.Error:  # e.g. an id without -vN, which gymnasium.make resolves
+        return
+
+
+def _route_mujoco_warnings() -> None:
+    """MuJoCo writes its warnings to MUJOCO_LOG.TXT in the working directory and stderr. We
+    send them to Python's warnings instead, so a rollout leaves no file behind; deprecation
+    notes about gymnasium's model files (e.g. 'settotalmass', once per environment made) go
+    to the debug log, since users can do nothing about them. Simulation warnings (NaN or
+    huge accelerations) stay visible. Only where no handler is installed yet."""
+    try:
+        import mujoco
+    except ImportError:
+        return
+    if mujoco.get_mju_user_warning() is None:
+        mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+def _mujoco_warning(message: str) -> None:
+    if "deprecated" in message:
+        logging.getLogger("unicomp.mujoco").debug("MuJoCo: %s", message)
+    else:
+        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+
+def make_vector_env(
+    env_id: str,
+    n: int,
+    max_episode_steps: int | None = None,
+    vectorization: str = "sync",
+    env_kwargs: dict | None = None,
+):
+    """``n`` copies of ``env_id`` in a gymnasium vector env (sync: one process; async: one
+    subprocess each, worth it only for slow environments)."""
+
+    _route_mujoco_warnings()
+    kwargs = dict(env_kwargs or {})
+    if max_episode_steps is not None:
+        kwargs["max_episode_steps"] = max_episode_steps
+    fns: list[Callable] = [lambda: make_env(env_id, **kwargs) for _ in range(n)]
+    if vectorization == "async":
+        return gym.vector.AsyncVectorEnv(fns)
+    if vectorization != "sync":
+        raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
+    return gym.vector.SyncVectorEnv(fns)
+
+
+def register_env_spec(spec_json: str) -> None:
+    """Register a gymnasium env spec (``EnvSpec.to_json()``, as Minari stores it) unless its
+    id is registered already: gymnasium's own environments and ours stay as they are."""
+
+    spec = gym.envs.registration.EnvSpec.from_json(spec_json)
+    if spec.id.startswith("ALE/"):
+        atari_env_id(spec.id)  # ale-py registers its ids itself (where installed), not we
+    if spec.id not in gym.registry:
+        gym.register(
+            spec.id,
+            entry_point=spec.entry_point,
+            reward_threshold=spec.reward_threshold,
+            nondeterministic=spec.nondeterministic,
+            max_episode_steps=spec.max_episode_steps,
+            order_enforce=spec.order_enforce,
+            disable_env_checker=spec.disable_env_checker,
+            kwargs=spec.kwargs,
+        )
+
+
+def env_spec_of(env_id: str):
+    """gymnasium's EnvSpec of ``env_id``, None where it has none; ``module:Env-v0`` imports
+    the module first, as ``gymnasium.make`` does, so the spec of an environment registered
+    by the user's module is found."""
+    import importlib
+
+    if env_id.startswith("ALE/"):
+        atari_env_id(env_id)  # registers the ALE ids, where ale-py is installed
+    module, _, name = env_id.rpartition(":")
+    if module:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return None
+    return gym.registry.get(name)

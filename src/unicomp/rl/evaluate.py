@@ -15,17 +15,15 @@ key/value cache) at the same timestep, which makes batching exact and simple.
 
 from __future__ import annotations
 
-import logging
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from unicomp.errors import UnicompError
-from unicomp.rl.atari import ATARI_REF_SCORES, ATARI_TARGETS, atari_env_id
+from unicomp.rl.atari import ATARI_REF_SCORES, ATARI_TARGETS
+from unicomp.rl.envs import make_vector_env
 from unicomp.rl.trajectories import Episode
 
 # D4RL reference returns (d4rl/infos.py, REF_MIN_SCORE / REF_MAX_SCORE, the same for every
@@ -142,95 +140,6 @@ class RolloutResult:
         if env_id and _env_key(env_id) in SUCCESS_RETURNS:
             out["success_rate"] = float(np.mean(self.returns >= SUCCESS_RETURNS[_env_key(env_id)]))
         return out
-
-
-def make_env(env_id: str, **kwargs):
-    """``gymnasium.make`` with MuJoCo's warnings routed to Python's (see below); our own
-    environments (unicomp.rl.envs: KeyToDoor-v0, ...) are registered first. Atari ids
-    (``ALE/Breakout-v5``, ``breakout``) get the paper's preprocessing (unicomp.rl.atari)."""
-    import gymnasium as gym
-
-    import unicomp.rl.envs  # noqa: F401  (registers our environments)
-
-    if atari_env_id(env_id):
-        from unicomp.rl.atari import make_atari_env
-
-        check_env_id(atari_env_id(env_id))
-        return make_atari_env(env_id, **kwargs)
-    _route_mujoco_warnings()
-    check_env_id(env_id)
-    return gym.make(env_id, **kwargs)
-
-
-def check_env_id(env_id: str) -> None:
-    """Raise a one-line UnicompError for an id gymnasium's registry does not hold, naming
-    the close matches (``Hoper-v5``: Hopper-v5, ...)."""
-    import difflib
-
-    import gymnasium as gym
-
-    import unicomp.rl.envs  # noqa: F401  (registers our environments)
-
-    if ":" in env_id:  # "module:Env-v0": gymnasium imports the module first
-        return
-    if env_id.startswith("ALE/"):
-        from unicomp.rl.atari import _register_ale
-
-        _register_ale()
-    try:
-        gym.spec(env_id)
-    except gym.error.UnregisteredEnv as err:
-        close = difflib.get_close_matches(env_id, list(gym.registry), n=4, cutoff=0.6)
-        hint = f"close matches: {', '.join(close)}" if close else str(err)
-        raise UnicompError(
-            f"unknown environment {env_id!r} (not in gymnasium's registry); {hint}"
-        ) from None
-    except gym.error.Error:  # e.g. an id without -vN, which gymnasium.make resolves
-        return
-
-
-def _route_mujoco_warnings() -> None:
-    """MuJoCo writes its warnings to MUJOCO_LOG.TXT in the working directory and stderr. We
-    send them to Python's warnings instead, so a rollout leaves no file behind; deprecation
-    notes about gymnasium's model files (e.g. 'settotalmass', once per environment made) go
-    to the debug log, since users can do nothing about them. Simulation warnings (NaN or
-    huge accelerations) stay visible. Only where no handler is installed yet."""
-    try:
-        import mujoco
-    except ImportError:
-        return
-    if mujoco.get_mju_user_warning() is None:
-        mujoco.set_mju_user_warning(_mujoco_warning)
-
-
-def _mujoco_warning(message: str) -> None:
-    if "deprecated" in message:
-        logging.getLogger("unicomp.mujoco").debug("MuJoCo: %s", message)
-    else:
-        warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
-
-
-def make_vector_env(
-    env_id: str,
-    n: int,
-    max_episode_steps: int | None = None,
-    vectorization: str = "sync",
-    env_kwargs: dict | None = None,
-):
-    """``n`` copies of ``env_id`` in a gymnasium vector env (sync: one process; async: one
-    subprocess each, worth it only for slow environments)."""
-    import gymnasium as gym
-
-    _route_mujoco_warnings()
-    kwargs = dict(env_kwargs or {})
-    if max_episode_steps is not None:
-        kwargs["max_episode_steps"] = max_episode_steps
-    fns: list[Callable] = [lambda: make_env(env_id, **kwargs) for _ in range(n)]
-    if vectorization == "async":
-        return gym.vector.AsyncVectorEnv(fns)
-    if vectorization != "sync":
-        raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
-    return gym.vector.SyncVectorEnv(fns)
 
 
 def run_episodes(
@@ -397,12 +306,10 @@ def evaluate_dt(
 ) -> dict[str, Any]:
     """Mean/std return and normalised score of the DT conditioned on ``target_return``
     (None for policies that read no returns: BC). ``delayed_reward``: the agent observes the
-    rewards of unicomp.rl.baselines.delay_rewards (none before the episode ends).
+    rewards of unicomp.rl.trajectories.delay_rewards (none before the episode ends).
     ``sample``: discrete actions drawn from the predicted distribution (see DTAgent).
     ``ref_scores``: (random, expert) returns of the score (default: our table's).
     ``progress``: a bar over the episodes on stderr (unicomp.tracking.progress_bar)."""
-    from unicomp.rl.baselines import DelayedRewardAgent
-
     device = next(model.parameters()).device
     agent: Agent = DTAgent(
         model,
@@ -431,3 +338,22 @@ def evaluate_dt(
     if sample and model.config.discrete:
         out["sampled_actions"] = True
     return out
+
+
+class DelayedRewardAgent:
+    """Wraps an agent so that it observes the delayed reward of ``delay_rewards`` while
+    acting: zero at every step. The sum would arrive with the episode's last step, after
+    which the agent does not act again in that episode, so zeros throughout are exact. The
+    rollout still scores the environment's own rewards (their sum is the same)."""
+
+    def __init__(self, agent):
+        self.agent = agent
+
+    def reset(self, n: int) -> None:
+        self.agent.reset(n)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.agent.act(obs)
+
+    def observe(self, rewards: np.ndarray) -> None:
+        self.agent.observe(np.zeros_like(rewards))

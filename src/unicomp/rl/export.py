@@ -69,10 +69,9 @@ def _refuse_other_runs(run: Path) -> None:
     data = load_yaml(run / "config.yaml")
     if "data" not in data:
         kind = "a Perceiver" if "num_latents" in data else "an FPT"
-        loader = "load_perceiver_run" if "num_latents" in data else "load_fpt_run"
         raise UnicompError(
             f"{run} is {kind} run: export writes Decision Transformers only; load it in "
-            f"Python with unicomp.experiments.{loader}({str(run)!r})"
+            f"Python with unicomp.experiments.load_run({str(run)!r})"
         )
 
 
@@ -191,13 +190,13 @@ def export_dt_run(run: str | Path, out: str | Path) -> dict[str, Any]:
     both predict the same actions. Returns what was written and the largest difference."""
     import transformers
 
-    from unicomp.rl.runs import load_run
+    from unicomp.experiments.dt import load_dt_run
 
     run, out = Path(run), Path(out)
     _refuse_other_runs(run)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UnicompError(f"{out} exists and is not an empty folder; choose another -o")
-    cfg, metrics, model = load_run(run)
+    model, cfg, metrics = load_dt_run(run)
     _refuse_unless_exportable(model, run)
     model = model.float().cpu().eval()
     norm = metrics["normalization"]

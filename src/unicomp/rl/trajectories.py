@@ -18,6 +18,7 @@ missing key, lengths that disagree, NaN or inf values, an empty data set.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from unicomp.errors import DataError, UnicompError
+from unicomp.rl.envs import env_spec_of, make_env, register_env_spec
 
 D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
 
@@ -461,54 +463,6 @@ def _from_minari(open_dataset, data_dir: Path, source: str) -> TrajectoryDataset
     return result
 
 
-def register_env_spec(spec_json: str) -> None:
-    """Register a gymnasium env spec (``EnvSpec.to_json()``, as Minari stores it) unless its
-    id is registered already: gymnasium's own environments and ours stay as they are."""
-    import gymnasium as gym
-
-    import unicomp.rl.envs  # noqa: F401  (registers our environments first)
-
-    spec = gym.envs.registration.EnvSpec.from_json(spec_json)
-    if spec.id.startswith("ALE/"):
-        from unicomp.rl.atari import atari_env_id
-
-        atari_env_id(spec.id)  # ale-py registers its ids itself (where installed), not we
-    if spec.id not in gym.registry:
-        gym.register(
-            spec.id,
-            entry_point=spec.entry_point,
-            reward_threshold=spec.reward_threshold,
-            nondeterministic=spec.nondeterministic,
-            max_episode_steps=spec.max_episode_steps,
-            order_enforce=spec.order_enforce,
-            disable_env_checker=spec.disable_env_checker,
-            kwargs=spec.kwargs,
-        )
-
-
-def env_spec_of(env_id: str):
-    """gymnasium's EnvSpec of ``env_id``, None where it has none; ``module:Env-v0`` imports
-    the module first, as ``gymnasium.make`` does, so the spec of an environment registered
-    by the user's module is found."""
-    import importlib
-
-    import gymnasium as gym
-
-    import unicomp.rl.envs  # noqa: F401  (registers our environments)
-
-    if env_id.startswith("ALE/"):
-        from unicomp.rl.atari import atari_env_id
-
-        atari_env_id(env_id)  # registers the ALE ids, where ale-py is installed
-    module, _, name = env_id.rpartition(":")
-    if module:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            return None
-    return gym.registry.get(name)
-
-
 def write_minari(
     dataset: TrajectoryDataset,
     path: str | os.PathLike,
@@ -613,8 +567,6 @@ def _spaces(dataset: TrajectoryDataset, env_spec=None):
         return obs_space, gym.spaces.Discrete(dataset.action_dim)
     if env_spec is not None:
         # The environment's own bounds (e.g. [-1, 1] for the MuJoCo tasks).
-        from unicomp.rl.evaluate import make_env
-
         env = make_env(dataset.env_id)
         try:
             act_space = env.action_space
@@ -653,3 +605,58 @@ def read_dataset(path: str | os.PathLike, env_id: str | None = None) -> Trajecto
     if env_id is not None:
         ds.env_id = env_id
     return ds
+
+
+# --- data selections (%BC, paper sec. 5.3; delayed rewards, sec. 5.5) -------------------------
+# %BC trains on the best X% of the data. As in the official gym code (``pct_traj``), X% counts
+# timesteps: the episodes are ranked by return and the best ones are kept while their steps fit
+# in X% of all steps (at least the single best episode).
+def top_episode_ids(dataset: TrajectoryDataset, percent: float) -> np.ndarray:
+    """Indices (sorted) of the best episodes by return whose steps fit in ``percent`` % of the
+    data set's steps; always at least the best episode. Ties keep the earlier episode first."""
+    if not 0 < percent <= 100:
+        raise ValueError(f"top_percent must be in (0, 100], got {percent}")
+    returns = dataset.returns()
+    lengths = np.array([len(e) for e in dataset.episodes], dtype=np.int64)
+    order = np.argsort(-returns, kind="stable")  # best first
+    budget = max(1, int(percent / 100.0 * lengths.sum()))
+    fits = np.cumsum(lengths[order]) <= budget  # a prefix of the ranking
+    n = max(1, int(fits.sum()))
+    return np.sort(order[:n])
+
+
+def select_top_percent(dataset: TrajectoryDataset, percent: float) -> TrajectoryDataset:
+    """The data set restricted to its best ``percent`` % of steps (see ``top_episode_ids``)."""
+    if percent >= 100:
+        return dataset
+    ids = top_episode_ids(dataset, percent)
+    meta = {
+        **dataset.metadata,
+        "top_percent": percent,
+        "selected_episodes": len(ids),
+        "source_episodes": len(dataset),
+        "min_selected_return": float(dataset.returns()[ids].min()),
+    }
+    return TrajectoryDataset(
+        [dataset.episodes[i] for i in ids],
+        env_id=dataset.env_id,
+        source=f"{dataset.source} (best {percent:g}% of steps: {len(ids)} episodes)",
+        metadata=meta,
+    )
+
+
+def delay_rewards(dataset: TrajectoryDataset) -> TrajectoryDataset:
+    """Paper sec. 5.5 (sparse, delayed reward): every reward of an episode is withheld and
+    their sum given at its last step. Returns-to-go then equal the episode's return at every
+    step; the data set's returns are unchanged."""
+    episodes = []
+    for e in dataset.episodes:
+        rewards = np.zeros_like(e.rewards)
+        rewards[-1] = e.rewards.sum(dtype=np.float64)
+        episodes.append(dataclasses.replace(e, rewards=rewards))
+    return TrajectoryDataset(
+        episodes,
+        env_id=dataset.env_id,
+        source=f"{dataset.source} (rewards delayed to the episode's end)",
+        metadata={**dataset.metadata, "delayed_reward": True},
+    )

@@ -1,0 +1,358 @@
+"""Decision Transformer and behaviour-cloning runs: ``run_dt`` trains on a data set through the
+one loop, then acts in the environment; ``load_dt_run`` rebuilds a finished run's policy;
+``evaluate_run`` acts with it again (``unicomp dt eval``).
+
+The data path runs one way: a data set (unicomp.rl.trajectories) -> ``DTTask`` windows
+(unicomp.rl.dt_task) -> the policy (unicomp.models.decision_transformer / .policies) -> the
+loop (unicomp.train) -> the run folder -> acting (unicomp.rl.evaluate, environments from
+unicomp.rl.envs).
+
+A run folder holds config.yaml, metrics.json (with ``model_config`` and ``normalization``)
+and best.safetensors (the validation-selected weights). ``eval.json``, written by
+``evaluate_run``, holds the same top-level score keys as metrics.json: ``return_mean``,
+``return_std``, ``normalized_score_mean``, ``normalized_score_std`` (D4RL environments),
+``success_rate`` (Key-to-Door), ``episodes`` and ``train_steps``, taken from the first target
+return, and every target's result under ``eval``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from unicomp.config import DTConfig, from_dict, load_yaml
+from unicomp.errors import UnicompError
+from unicomp.experiments.common import _is_main, train_and_record
+from unicomp.files import atomic_write_json
+from unicomp.freezing import count_parameters
+from unicomp.models.decision_transformer import build_decision_transformer
+from unicomp.models.policies import MLPPolicy, MLPPolicyConfig, build_policy, policy_spec
+from unicomp.provenance import provenance
+from unicomp.rl.dt_task import DTTask
+from unicomp.rl.envs import register_env_spec
+from unicomp.rl.evaluate import default_targets, evaluate_dt, score_reference
+from unicomp.runs import _read_json, run_label
+from unicomp.train import load_trainable_state
+
+
+def dt_task_defaults(name: str) -> dict:
+    return dict(DTTask.default_train)
+
+
+def dt_default_out(cfg: DTConfig) -> Path:
+    """runs/<algo>-<data folder>-s<seed>, e.g. runs/dt-hopper-medium-s0, runs/pbc10-...;
+    the algo part names the BC network when it is not the default."""
+    algo = cfg.algo + (f"{cfg.top_percent:g}" if cfg.algo == "pbc" else "")
+    if cfg.algo != "dt" and cfg.policy != "dt-noreturn":
+        algo += f"-{cfg.policy}"
+    return Path("runs") / f"{algo}-{Path(cfg.data).name}-s{cfg.train.seed}"
+
+
+def build_dt_policy(cfg: DTConfig, task) -> nn.Module:
+    """The network ``cfg`` trains: the DT, or for BC/%BC the DT without return tokens or the
+    MLP policy (unicomp.models.policies)."""
+    obs_shape = task.dataset.obs_shape
+    state_dim = int(obs_shape[0]) if len(obs_shape) == 1 else 0
+    if cfg.algo != "dt" and cfg.policy == "mlp":
+        if cfg.backbone:
+            raise UnicompError("--backbone goes with a transformer policy, not --policy mlp")
+        if len(obs_shape) != 1:
+            raise UnicompError(f"--policy mlp needs vector states; {cfg.data} has {obs_shape}")
+        return MLPPolicy(
+            MLPPolicyConfig(
+                state_dim=state_dim,
+                act_dim=task.act_dim,
+                discrete=task.discrete,
+                hidden_size=cfg.hidden_size,
+                n_layer=cfg.n_layer,
+                dropout=cfg.dropout,
+                max_ep_len=cfg.max_ep_len,
+            )
+        )
+    return build_decision_transformer(
+        state_dim,
+        task.act_dim,
+        discrete=task.discrete,
+        max_length=cfg.context,
+        max_ep_len=cfg.max_ep_len,
+        hidden_size=cfg.hidden_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        dropout=cfg.dropout,
+        attn_implementation=cfg.attn_implementation,
+        image_shape=tuple(obs_shape) if len(obs_shape) == 3 else None,
+        use_returns=cfg.algo == "dt",
+        **_dt_backbone_fields(cfg),
+    )
+
+
+def _dt_backbone_fields(cfg: DTConfig) -> dict:
+    """The DT's backbone settings (none for the paper's GPT-2: its defaults)."""
+    if not cfg.backbone:
+        return {}
+    return {"backbone": cfg.backbone, "freeze": cfg.freeze, "backbone_seed": cfg.train.seed}
+
+
+def _dt_backbone_summary(model: nn.Module, cfg: DTConfig) -> dict:
+    """What metrics.json records of the DT's transformer, as FPT runs do."""
+    if not cfg.backbone:
+        return {"backbone": None, "freeze": cfg.freeze}
+    backbone = model.transformer
+    return {
+        "backbone": cfg.backbone,
+        "freeze": cfg.freeze,
+        "backbone_source": backbone.source,
+        "backbone_type": backbone.model_type,
+        "backbone_is_decoder": backbone.is_decoder,
+        "positions": backbone.positions,
+        "trainable_by_group": model.trainable_by_group,
+    }
+
+
+# The score keys a DT run folder's metrics.json (and eval.json) carry at the top level, taken
+# from the evaluation with the first target return (the paper's higher one by default).
+SCORE_KEYS = (
+    "return_mean",
+    "return_std",
+    "normalized_score_mean",
+    "normalized_score_std",
+    "success_rate",
+    "episodes",
+)
+
+
+def primary_scores(evals: list[dict]) -> dict:
+    """The first evaluation's scores, for the top level of metrics.json / eval.json."""
+    if not evals:
+        return {}
+    first = evals[0]
+    scores = {k: first[k] for k in SCORE_KEYS if k in first}
+    # always present; null where the environment has no D4RL reference returns
+    scores.setdefault("normalized_score_mean", None)
+    scores.setdefault("normalized_score_std", None)
+    return {"primary_target": first["target_return"], **scores}
+
+
+def act(
+    model: nn.Module,
+    env_id: str,
+    targets: list[float | None],
+    norm: dict,
+    reference: dict | None,
+    *,
+    episodes: int,
+    seed: int,
+    n_envs: int,
+    max_steps: int | None,
+    window: str,
+    sample: bool,
+    progress: bool = True,
+) -> list[dict]:
+    """Act with a trained policy in ``env_id``, once per target return (None: BC, which reads
+    none), as it was trained to (``norm``: the run's normalization); scores against
+    ``reference`` (the data set's random/expert returns) where given, else our table's."""
+    refs = reference and (reference["ref_min_score"], reference["ref_max_score"])
+    return [
+        evaluate_dt(
+            model,
+            env_id,
+            target,
+            norm["state_mean"],
+            norm["state_std"],
+            norm["rtg_scale"],
+            episodes=episodes,
+            seed=seed,
+            n_envs=n_envs,
+            max_episode_steps=max_steps or None,
+            window=window,
+            delayed_reward=bool(norm.get("delayed_reward", False)),
+            sample=sample,
+            ref_scores=refs,
+            progress=progress,
+        )
+        for target in targets
+    ]
+
+
+def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
+    """Train a Decision Transformer (or, ``cfg.algo`` bc/pbc, a behaviour-cloning baseline) on
+    ``cfg.data`` through the one loop (checkpoint chosen on held-out episodes' action loss),
+    then act in the environment with the chosen weights, conditioned on each target return
+    (BC: once, it reads no return). Writes the usual run folder; ``metrics.json`` adds ``eval``
+    (return and normalised score per target), the first target's scores at the top level
+    (``return_mean``, ``normalized_score_mean``, ..., ``train_steps``), ``normalization``
+    (what acting needs: state mean/std, return scale) and ``model_config`` (what
+    ``unicomp dt eval`` rebuilds the network from)."""
+    if not cfg.data:
+        raise UnicompError(
+            "--data is required: a Minari folder (unicomp dt collect), a Minari data set id "
+            "or a D4RL .hdf5 file"
+        )
+    if cfg.algo == "bc" and cfg.top_percent < 100:
+        raise UnicompError("--algo bc trains on all the data; use --algo pbc with --top-percent")
+    try:
+        task = DTTask(
+            cfg.data,
+            context=cfg.context,
+            rtg_scale=cfg.rtg_scale,
+            max_ep_len=cfg.max_ep_len,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            split_seed=cfg.train.seed,
+            env_id=cfg.env,
+            use_returns=cfg.algo == "dt",
+            top_percent=cfg.top_percent,
+            delayed_reward=cfg.delayed_reward,
+        )
+    except ValueError as err:
+        raise UnicompError(str(err)) from None
+    env_id = task.env_id
+    if cfg.eval_episodes > 0 and not env_id:
+        raise UnicompError(
+            f"{cfg.data} names no environment (D4RL files never do); pass --env, e.g. "
+            "--env Hopper-v5, to evaluate in one"
+        )
+    try:
+        targets = [float(t) for t in cfg.eval_targets.split(",") if t.strip()]
+    except ValueError:
+        raise UnicompError(f"--eval-targets {cfg.eval_targets!r}: expected numbers") from None
+    targets = targets or list(default_targets(env_id, float(task.dataset.returns().max())))
+    eval_targets: list[float | None] = list(targets) if cfg.algo == "dt" else [None]
+    out = Path(cfg.out) if cfg.out else dt_default_out(cfg)
+    cfg.out = str(out)
+    torch.manual_seed(cfg.train.seed)
+    model = build_dt_policy(cfg, task)
+    trainable, total = count_parameters(model)
+    norm = task.normalization()
+    reference = score_reference(env_id, task.dataset.metadata)
+    summary = {
+        **_dt_backbone_summary(model, cfg),
+        "env": env_id,
+        # the data set's env spec, to rebuild an environment of the user's (mymod:MyEnv-v0)
+        "env_spec": None if cfg.env else task.dataset.metadata.get("env_spec"),
+        "reference_scores": reference,  # of normalized_score_*: the data set's, else our table
+        "data_path": cfg.data,
+        "algo": cfg.algo,
+        "policy": "decision-transformer" if cfg.algo == "dt" else cfg.policy,
+        "top_percent": cfg.top_percent,
+        "delayed_reward": cfg.delayed_reward,
+        "context": cfg.context,
+        "data": task.dataset.summary(),
+        "source_data": task.source_summary,
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_fraction": trainable / total,
+        "normalization": norm,
+        "model_config": policy_spec(model),
+    }
+    header = {"task": "dt", "model": summary["policy"], "data": cfg.data}
+    metrics = train_and_record(cfg, task, model, header, summary, out, resume)
+    metrics["train_steps"] = metrics["steps"]
+    if cfg.eval_episodes > 0 and _is_main():
+        metrics["eval"] = act(
+            model,
+            env_id,
+            eval_targets,
+            norm,
+            reference,
+            episodes=cfg.eval_episodes,
+            seed=cfg.eval_seed,
+            n_envs=cfg.eval_envs,
+            max_steps=cfg.eval_max_steps,
+            window=cfg.eval_window,
+            sample=cfg.eval_sample,
+            progress=cfg.train.progress,
+        )
+        metrics.update(primary_scores(metrics["eval"]))
+    if _is_main():
+        atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def load_dt_run(run: str | Path) -> tuple[nn.Module, DTConfig, dict]:
+    """(model with its best weights, in eval mode; config; metrics) of a finished DT/BC run
+    folder."""
+    run = Path(run)
+    cfg = from_dict(DTConfig, load_yaml(run / "config.yaml"), f"{run / 'config.yaml'}")
+    metrics = _read_json(run / "metrics.json")
+    if "normalization" not in metrics:
+        raise UnicompError(f"{run / 'metrics.json'}: no 'normalization'; not a dt train run")
+    if "model_config" in metrics:
+        model = build_policy(metrics["model_config"])
+    else:  # runs written before model_config was recorded: rebuild from the data set
+        task = DTTask(cfg.data, context=cfg.context, max_ep_len=cfg.max_ep_len, env_id=cfg.env)
+        torch.manual_seed(0)
+        model = build_dt_policy(cfg, task)
+    best = run / "best.safetensors"
+    if not best.exists():
+        raise UnicompError(f"{best} does not exist: the run saved no weights")
+    load_trainable_state(model, load_file(best))
+    return model.eval(), cfg, metrics
+
+
+def evaluate_run(
+    run: str | Path,
+    episodes: int = 10,
+    seed: int | None = None,
+    targets: list[float] | None = None,
+    n_envs: int = 16,
+    max_steps: int | None = None,
+    window: str | None = None,
+    out: str | Path | None = None,
+) -> dict[str, Any]:
+    """Act with a run's best weights in its environment: ``episodes`` episodes per target
+    return (episode i resets with ``seed + i``; default the run's ``eval_seed``), many at
+    once in vector environments. Targets default to the ones the run was evaluated with
+    (else the paper's for the environment); BC runs ignore them. Writes ``out``
+    (default ``run/eval.json``) and returns its content."""
+
+    model, cfg, metrics = load_dt_run(run)
+    env_id = metrics.get("env") or cfg.env
+    if not env_id:
+        raise UnicompError(f"{run}: the run names no environment to act in")
+    if metrics.get("env_spec"):  # the data set's environment, registered as it recorded it
+        register_env_spec(metrics["env_spec"])
+    reference = metrics.get("reference_scores")  # runs before it was recorded: our table
+    norm = metrics["normalization"]
+    if cfg.algo != "dt":
+        chosen: list[float | None] = [None]
+    elif targets:
+        chosen = list(targets)
+    elif metrics.get("eval"):
+        chosen = [e["target_return"] for e in metrics["eval"]]
+    else:
+        chosen = list(default_targets(env_id, float(metrics["data"]["return_max"])))
+    seed = cfg.eval_seed if seed is None else seed
+    evals = act(
+        model,
+        env_id,
+        chosen,
+        norm,
+        reference,
+        episodes=episodes,
+        seed=seed,
+        n_envs=n_envs,
+        max_steps=max_steps,
+        window=window or cfg.eval_window,
+        sample=cfg.eval_sample,
+    )
+    result = {
+        "run": str(run),
+        "env": env_id,
+        "algo": cfg.algo,
+        "label": run_label(metrics, cfg.algo),
+        "data_path": cfg.data,
+        "seed": cfg.train.seed,
+        "eval_seed": seed,
+        "train_steps": metrics.get("steps"),
+        "best_step": metrics.get("best_step"),
+        **primary_scores(evals),
+        "eval": evals,
+        **provenance(),
+    }
+    atomic_write_json(Path(out) if out else Path(run) / "eval.json", result)
+    return result
