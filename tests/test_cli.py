@@ -238,3 +238,31 @@ def test_demo_prints_its_table(tmp_path, tiny_gpt2, capsys):
     assert f"random:{tiny_gpt2}: random init" in out
     # A second call reuses the finished runs instead of training again.
     assert main(["demo", "--quick", "--backbone", tiny_gpt2, "--out", str(tmp_path)]) == 0
+
+
+def test_comma_separated_numbers_share_one_parser_and_one_message(tmp_path, capsys):
+    """--seeds, --latents and --eval-targets read through config.comma_numbers: items may have
+    spaces or be empty; a bad one is the same one-line error naming the flag."""
+    from unicomp.config import comma_numbers
+    from unicomp.errors import UnicompError
+
+    assert comma_numbers(" 8, 16,,32 ", int, "--latents") == [8, 16, 32]
+    assert comma_numbers("3600,1e3", float, "--eval-targets") == [3600.0, 1000.0]
+    for text, kind, noun in (
+        ("8,x", int, "integers"),
+        ("1.5", int, "integers"),
+        ("a", float, "numbers"),
+    ):
+        with pytest.raises(
+            UnicompError, match=rf"^--flag '{text}': expected {noun} separated by commas$"
+        ):
+            comma_numbers(text, kind, "--flag")
+    commands = (
+        ["perceiver", "search-latents", "--task", "bit-xor", "--latents", "8,x"],
+        ["fpt", "ablate", "--suite", "bit-xor", "--out", str(tmp_path), "--seeds", "0,x"],
+    )
+    for args in commands:
+        assert main(args) == 2
+        flag = args[-2]
+        err = capsys.readouterr().err.strip()
+        assert err == f"unicomp: error: {flag} '{args[-1]}': expected integers separated by commas"

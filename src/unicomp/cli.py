@@ -16,7 +16,13 @@ from pathlib import Path
 
 import unicomp
 import unicomp.catalog  # noqa: F401  (registers everything; imports no torch)
-from unicomp.config import FPTConfig, HelpFormatter, PerceiverConfig, add_dataclass_args
+from unicomp.config import (
+    FPTConfig,
+    HelpFormatter,
+    PerceiverConfig,
+    add_dataclass_args,
+    comma_numbers,
+)
 from unicomp.errors import UnicompError
 from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS
 
@@ -153,18 +159,10 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
     print(f"run folder: {cfg.out}")
 
 
-def _comma_list(text: str, convert, flag: str, expected: str) -> list:
-    """``--flag a,b,c`` as a list of ``convert``ed items; a bad item is a one-line error."""
-    try:
-        return [convert(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UnicompError(f"{flag} {text!r}: expected {expected}") from None
-
-
 def _int_list(text: str | None) -> list[int] | None:
     if text is None:
         return None
-    return _comma_list(text, int, "--seeds", "integers separated by commas")
+    return comma_numbers(text, int, "--seeds")
 
 
 def cmd_fpt_ablate(args: argparse.Namespace) -> None:
@@ -302,10 +300,7 @@ def cmd_perceiver_train(args: argparse.Namespace) -> None:
 def cmd_perceiver_search(args: argparse.Namespace) -> None:
     from unicomp.latent_search import search_latents
 
-    try:
-        latents = [int(n) for n in args.latents.split(",") if n.strip()]
-    except ValueError:
-        raise UnicompError(f"--latents {args.latents!r}: expected sizes like 8,16,32") from None
+    latents = comma_numbers(args.latents, int, "--latents")
     tolerance = args.tolerance
     del args.latents, args.tolerance  # not PerceiverConfig fields
     cfg = _resolve_perceiver(args)
@@ -389,7 +384,7 @@ def _eval_summary(e: dict) -> dict:
 def _targets(text: str | None) -> list[float] | None:
     if not text:
         return None
-    return _comma_list(text, float, "--eval-targets", "numbers like 3600,1800")
+    return comma_numbers(text, float, "--eval-targets")
 
 
 def cmd_dt_eval(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -318,6 +318,19 @@ def _flag(name: str) -> str:
 
 def _parse_value(text: str) -> Any:
     return yaml_number(yaml.safe_load(text))  # numbers (1e-3 too), booleans, null
+
+
+_Number = TypeVar("_Number", int, float)
+
+
+def comma_numbers(text: str, kind: type[_Number], flag: str) -> list[_Number]:
+    """``"8,16, 32"`` -> [8, 16, 32]: each comma-separated item as ``kind`` (int or float),
+    empty items skipped; a bad item is a one-line error naming ``flag``."""
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        noun = "integers" if kind is int else "numbers"
+        raise UnicompError(f"{flag} {text!r}: expected {noun} separated by commas") from None
 
 
 # A flag given as "none" or "null" for an optional field: distinct from "flag not given".

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from unicomp.config import DTConfig, from_dict, load_yaml
+from unicomp.config import DTConfig, comma_numbers, from_dict, load_yaml
 from unicomp.errors import UnicompError
 from unicomp.experiments.common import _is_main, train_and_record
 from unicomp.files import atomic_write_json
@@ -216,10 +216,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
             f"{cfg.data} names no environment (D4RL files never do); pass --env, e.g. "
             "--env Hopper-v5, to evaluate in one"
         )
-    try:
-        targets = [float(t) for t in cfg.eval_targets.split(",") if t.strip()]
-    except ValueError:
-        raise UnicompError(f"--eval-targets {cfg.eval_targets!r}: expected numbers") from None
+    targets = comma_numbers(cfg.eval_targets, float, "--eval-targets")
     targets = targets or list(default_targets(env_id, float(task.dataset.returns().max())))
     eval_targets: list[float | None] = list(targets) if cfg.algo == "dt" else [None]
     out = Path(cfg.out) if cfg.out else dt_default_out(cfg)
