@@ -1,4 +1,5 @@
-"""Run folders back into models from Python (issue 15, point 4): a Perceiver run through
+"""Run folders back into models from Python (issue 15, point 4; issue 16: every family through
+``unicomp.experiments.load_run``): a Perceiver run through
 ``load_perceiver_run`` scores its recorded test metric again, and an FPT run on a
 ``random:`` backbone refuses to load when its frozen weights can no longer be re-created."""
 
@@ -76,3 +77,75 @@ def test_random_backbone_run_checks_its_frozen_weights(tmp_path, tiny_gpt2):
     with pytest.raises(UnicompError, match="frozen weights rebuilt now") as err:
         load_fpt_run(run)
     assert "\n" not in str(err.value) and f"random:{folder}" in str(err.value)
+
+
+# --- unicomp.experiments.load_run: every family's run folder back into its model -----------------
+def test_load_run_gives_back_an_fpt_that_scores_its_recorded_test_metrics(tmp_path, tiny_gpt2):
+    from unicomp.experiments import load_run, run_kind
+
+    for freeze in ("paper", "output-only"):  # output-only: trained on cached features
+        out = tmp_path / freeze
+        metrics = cli_train(out, "--task", "bit-xor", "--backbone", tiny_gpt2, "--freeze", freeze)
+        assert run_kind(out) == "fpt"
+        model, task, cfg = load_run(out)
+        assert not model.training and cfg.freeze == freeze
+        test = evaluate(model, task, task.split("test"), cfg.train, torch.device("cpu"))
+        assert test["accuracy"] == metrics["test_accuracy"], freeze
+        assert test["loss"] == pytest.approx(metrics["test_loss"], abs=1e-5), freeze
+
+
+def test_load_run_gives_back_a_perceiver(tmp_path):
+    from unicomp.config import PerceiverConfig
+    from unicomp.experiments import load_run, run_kind
+
+    out = tmp_path / "perceiver"
+    cfg = PerceiverConfig(
+        task="bit-xor", num_latents=4, d_latent=16, num_blocks=1, self_attends_per_block=1,
+        num_heads=2, out=str(out), train=small_train(steps=6, eval_every=3),
+    )  # fmt: skip
+    metrics = run_perceiver(cfg)
+    assert run_kind(out) == "perceiver"
+    model, task, loaded = load_run(out)
+    test = evaluate(model, task, task.split("test"), loaded.train, torch.device("cpu"))
+    assert test["accuracy"] == metrics["test_accuracy"]
+
+
+def test_load_run_gives_back_a_decision_transformer_that_acts_and_scores_as_recorded(tmp_path):
+    from unicomp.cli import main
+    from unicomp.experiments import load_run, run_kind
+    from unicomp.experiments.dt import act, build_dt_task
+
+    data = tmp_path / "data"
+    argv = ["dt", "collect", "--env", "Pendulum-v1", "--policy", "random", "--episodes", "6"]
+    assert main([*argv, "--out", str(data), "--max-episode-steps", "15", "--n-envs", "2"]) == 0
+    out = tmp_path / "dt"
+    argv = ["dt", "train", "--data", str(data), "--out", str(out), "--steps", "4"]
+    argv += ["--eval-every", "2", "--batch-size", "4", "--context", "4", "--hidden-size", "16"]
+    argv += ["--n-layer", "1", "--val-fraction", "0.2", "--test-fraction", "0.2"]
+    argv += ["--eval-episodes", "2", "--eval-targets", "-100", "--no-progress"]
+    assert main(argv) == 0
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert run_kind(out) == "dt"
+    model, cfg, metrics = load_run(out)
+    assert metrics == recorded and not model.training
+    # the held-out episodes' action loss, as the run measured it with its best weights
+    task = build_dt_task(cfg)
+    test = evaluate(model, task, task.split("test"), cfg.train, torch.device("cpu"))
+    assert test["loss"] == pytest.approx(metrics["test_loss"], abs=1e-5)
+    # and the same episodes (same seeds) return what the run recorded
+    again = act(
+        model, metrics["env"], [-100.0], metrics["normalization"], metrics["reference_scores"],
+        episodes=2, seed=cfg.eval_seed, n_envs=cfg.eval_envs, max_steps=cfg.eval_max_steps,
+        window=cfg.eval_window, sample=cfg.eval_sample, progress=False,
+    )  # fmt: skip
+    assert again[0]["return_mean"] == pytest.approx(metrics["return_mean"], rel=1e-5)
+
+
+def test_load_run_refuses_a_folder_of_no_family(tmp_path):
+    from unicomp.experiments import load_run
+
+    with pytest.raises(UnicompError, match="no config.yaml"):
+        load_run(tmp_path)
+    (tmp_path / "config.yaml").write_text("lr: 3\n")
+    with pytest.raises(UnicompError, match="not the config of an FPT, Perceiver or Decision"):
+        load_run(tmp_path)

@@ -52,6 +52,27 @@ def dt_default_out(cfg: DTConfig) -> Path:
     return Path("runs") / f"{algo}-{Path(cfg.data).name}-s{cfg.train.seed}"
 
 
+def build_dt_task(cfg: DTConfig) -> DTTask:
+    """The run's data as the loop's task: its windows, normalisation and episode split (seeded
+    by the run's seed), the %BC selection and delayed rewards applied."""
+    try:
+        return DTTask(
+            cfg.data,
+            context=cfg.context,
+            rtg_scale=cfg.rtg_scale,
+            max_ep_len=cfg.max_ep_len,
+            val_fraction=cfg.val_fraction,
+            test_fraction=cfg.test_fraction,
+            split_seed=cfg.train.seed,
+            env_id=cfg.env,
+            use_returns=cfg.algo == "dt",
+            top_percent=cfg.top_percent,
+            delayed_reward=cfg.delayed_reward,
+        )
+    except ValueError as err:
+        raise UnicompError(str(err)) from None
+
+
 def build_dt_policy(cfg: DTConfig, task) -> nn.Module:
     """The network ``cfg`` trains: the DT, or for BC/%BC the DT without return tokens or the
     MLP policy (unicomp.models.policies)."""
@@ -194,22 +215,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
         )
     if cfg.algo == "bc" and cfg.top_percent < 100:
         raise UnicompError("--algo bc trains on all the data; use --algo pbc with --top-percent")
-    try:
-        task = DTTask(
-            cfg.data,
-            context=cfg.context,
-            rtg_scale=cfg.rtg_scale,
-            max_ep_len=cfg.max_ep_len,
-            val_fraction=cfg.val_fraction,
-            test_fraction=cfg.test_fraction,
-            split_seed=cfg.train.seed,
-            env_id=cfg.env,
-            use_returns=cfg.algo == "dt",
-            top_percent=cfg.top_percent,
-            delayed_reward=cfg.delayed_reward,
-        )
-    except ValueError as err:
-        raise UnicompError(str(err)) from None
+    task = build_dt_task(cfg)
     env_id = task.env_id
     if cfg.eval_episodes > 0 and not env_id:
         raise UnicompError(
@@ -281,7 +287,7 @@ def load_dt_run(run: str | Path) -> tuple[nn.Module, DTConfig, dict]:
     if "model_config" in metrics:
         model = build_policy(metrics["model_config"])
     else:  # runs written before model_config was recorded: rebuild from the data set
-        task = DTTask(cfg.data, context=cfg.context, max_ep_len=cfg.max_ep_len, env_id=cfg.env)
+        task = build_dt_task(cfg)
         torch.manual_seed(0)
         model = build_dt_policy(cfg, task)
     best = run / "best.safetensors"
