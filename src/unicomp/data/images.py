@@ -39,7 +39,6 @@ from unicomp.data import cache_dir, checksum, data_root, download
 from unicomp.data.pickles import load_data_pickle
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import atomic_write
-from unicomp.tasks.base import batch_generator
 
 _DATA_SEED = 20210309  # the fixed shuffle of class-sorted image folders (same for every run)
 
@@ -484,7 +483,10 @@ def _read_image_folder(folder: Path) -> ImageData:
     # cover every class, as they do in the (already shuffled) official batches.
     out = []
     for s, offset in (("train", 1), ("test", 2)):
-        perm = torch.randperm(len(arrays[f"{s}_y"]), generator=batch_generator(_DATA_SEED, -offset))
+        # torch's generator seeded as the tasks' batch_generator(_DATA_SEED, -offset) would be,
+        # so the order is the one every earlier run of this folder used.
+        gen = torch.Generator().manual_seed(_DATA_SEED * 1_000_003 - offset)
+        perm = torch.randperm(len(arrays[f"{s}_y"]), generator=gen)
         out += [arrays[f"{s}_x"][perm.numpy()], arrays[f"{s}_y"][perm.numpy()]]
     n_train, n_test = len(out[1]), len(out[3])
     return ImageData(
