@@ -426,23 +426,6 @@ def d3rlpy_worker(args) -> None:
     print(json.dumps({"train_s_per_step": train_s, "eval": evals, "d3rlpy": d3rlpy.__version__}))
 
 
-def export_for_d3rlpy(dataset, path: Path) -> None:
-    """Flat D4RL-style arrays (as scripts/d3rlpy_baseline.py exports them)."""
-    eps = dataset.episodes
-    terminals = np.concatenate([e.terminations for e in eps]).astype(np.float32)
-    timeouts = np.concatenate([e.truncations for e in eps]).astype(np.float32)
-    ends = np.cumsum([len(e) for e in eps]) - 1
-    timeouts[ends] = np.maximum(timeouts[ends], 1.0 - terminals[ends])
-    np.savez(
-        path,
-        observations=np.concatenate([e.states for e in eps]).astype(np.float32),
-        actions=np.concatenate([e.actions for e in eps]).astype(np.float32),
-        rewards=np.concatenate([e.rewards for e in eps]).astype(np.float32),
-        terminals=terminals,
-        timeouts=timeouts,
-    )
-
-
 # --- the benchmark ---------------------------------------------------------------------------
 def median(values):
     return statistics.median(values) if values else float("nan")
@@ -553,6 +536,7 @@ def main() -> None:
     check_checkout(args.official)
     torch.set_num_threads(args.threads)
 
+    from unicomp.experiments.external import flat_arrays
     from unicomp.rl.dt_task import DTTask
     from unicomp.rl.envs import make_env
     from unicomp.rl.evaluate import DTAgent, run_episodes
@@ -596,7 +580,7 @@ def main() -> None:
     npz = None
     if args.d3rlpy_python:
         npz = Path(tempfile.mkdtemp()) / "data.npz"
-        export_for_d3rlpy(dataset, npz)
+        np.savez(npz, **flat_arrays(dataset))  # as `unicomp dt external` exports them
 
     def d3rlpy_round() -> None:
         cmd = [

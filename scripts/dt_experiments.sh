@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Decision Transformer runs recorded in docs/rl-experiments.md, in order (one seed each;
 # every process takes under about 3 minutes on one CPU thread). Needs $UNICOMP_DATA/sb3-agents
-# for the CartPole data and .venv-d3rlpy for CQL (see scripts/d3rlpy_baseline.py).
+# for the CartPole data and .venv-d3rlpy for CQL (see docs/rl-experiments.md).
 #   scripts/dt_experiments.sh [OUT]      (default runs/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ if ! grep -qs '"steps": 4000' $K/dt4k-s0/metrics.json; then  # the DT continued 
 fi
 for steps in 3000 30000; do
   name=cql$([ $steps = 3000 ] || echo 30k)-s0
-  done_ $K/$name || .venv/bin/python scripts/d3rlpy_baseline.py --algo cql --data $K/random-4k \
+  done_ $K/$name || $U dt external --algo cql --data $K/random-4k \
     --steps $steps --eval-episodes 500 --eval-envs 100 --out $K/$name
 done
 $U dt compare --runs $K/*-s? --out $K/compare

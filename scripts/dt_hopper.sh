@@ -4,7 +4,7 @@
 # a time (one CPU thread each). Skips finished runs and evaluations, so it can be started
 # again after an interruption (a killed DT run resumes from its checkpoint).
 # Needs $UNICOMP_DATA/sb3-agents (the data) and .venv-d3rlpy (CQL/IQL, see
-# scripts/d3rlpy_baseline.py).
+# docs/rl-experiments.md).
 #   scripts/dt_hopper.sh [OUT]      (default runs/hopper)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +45,7 @@ run_one() {
   case "$*" in
     *D3RLPY=*)
       algo=${!#}; set -- "${@:1:$#-1}"  # the last word is D3RLPY=<algo>
-      [ -f $run/metrics.json ] || .venv/bin/python scripts/d3rlpy_baseline.py \
+      [ -f $run/metrics.json ] || $U dt external \
         --algo ${algo#D3RLPY=} --data $OUT/$data "$@" --eval-episodes 50 --eval-envs 50 \
         --out $run > $run.log 2>&1 ;;
     *)

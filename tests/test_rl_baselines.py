@@ -488,51 +488,98 @@ def test_dt_beats_bc_on_key_to_door(tmp_path):
     assert success["dt"] > success["bc"] + 0.4, success
 
 
-# --- CQL / IQL through d3rlpy (scripts/d3rlpy_baseline.py) ---------------------------------------
-def _d3rlpy_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "d3rlpy_baseline.py"
-    spec = importlib.util.spec_from_file_location("d3rlpy_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+# --- CQL / IQL through d3rlpy (unicomp dt external) ----------------------------------------------
 def test_d3rlpy_export_marks_every_episode_end(tmp_path):
+    from unicomp.experiments.external import export_data
     from unicomp.rl.trajectories import write_minari
 
     ds = _dataset([3, 4, 2])
     ds.episodes[1].terminations[-1], ds.episodes[1].truncations[-1] = True, False
     ds.episodes[2].truncations[-1] = False  # an episode that ends with neither flag
     write_minari(ds, tmp_path / "set")
-    info = _d3rlpy_script().export(str(tmp_path / "set"), None, tmp_path)
+    info = export_data(str(tmp_path / "set"), None, tmp_path)
     arrays = np.load(tmp_path / "data.npz")
     assert arrays["observations"].shape == (9, 4) and arrays["actions"].dtype == np.float32
     assert arrays["terminals"].tolist() == [0, 0, 0, 0, 0, 0, 1, 0, 0]
     assert arrays["timeouts"].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 1]
     assert info["env"] == "Hopper-v5" and info["discrete"] is False
+    assert info["reference_scores"]["source"] == "built-in table (hopper)"
+
+
+class _WalkToTarget(torch.nn.Module):
+    """A TorchScript policy as d3rlpy saves one (observations in, action indices out): on
+    Key-to-Door, a step towards the key or the door, whichever is in view."""
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        offset = obs[:, 3:5] + obs[:, 6:8]  # key, door: row and column minus the agent's
+        action = torch.zeros(obs.shape[0], dtype=torch.long)  # up
+        action[offset[:, 1] < 0] = 2  # left
+        action[offset[:, 1] > 0] = 3  # right
+        action[offset[:, 0] > 0] = 1  # down
+        action[offset[:, 0] < 0] = 0
+        return action
+
+
+def test_external_policy_is_scored_like_a_dt_run_and_compared(tmp_path, capsys):
+    """Stages 1 and 3 of `unicomp dt external` without d3rlpy: the export of a discrete data
+    set, then a TorchScript policy in its place acted with by our evaluator; metrics.json
+    carries a DT run's score keys and `dt compare` puts it in a row of its own."""
+    from unicomp.cli import main
+    from unicomp.experiments.external import export_data, score_run
+
+    data, out = tmp_path / "ktd", tmp_path / "cql"
+    collect = ["dt", "collect", "--env", "KeyToDoor-v0", "--policy", "random", "--episodes", "6"]
+    assert main(collect + ["--out", str(data), "--n-envs", "3"]) == 0
+    out.mkdir()
+    exported = export_data(str(data), None, out)
+    assert exported["env"] == "KeyToDoor-v0" and exported["discrete"] is True
+    assert np.load(out / "data.npz")["actions"].dtype == np.int64
+    torch.jit.script(_WalkToTarget()).save(str(out / "policy.pt"))
+    (out / "d3rlpy_log.json").write_text(json.dumps({"train_seconds": 1.5, "d3rlpy": "2.8.1"}))
+    metrics = score_run(
+        out, "cql", str(data), exported, seed=0, steps=7, wall_seconds=2.0, eval_episodes=40
+    )
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert metrics["algo"] == "cql" and metrics["train_steps"] == 7 and metrics["episodes"] == 40
+    assert metrics["primary_target"] is None and metrics["eval"][0]["target_return"] is None
+    assert metrics["success_rate"] > 0.9, metrics  # a random policy's: about 0.07
+    capsys.readouterr()
+    assert main(["dt", "compare", "--runs", str(out), "--out", str(tmp_path / "c")]) == 0
+    assert "| CQL | ktd | KeyToDoor-v0 | 7 |" in capsys.readouterr().out
+
+
+def test_dt_external_checks_before_training(tmp_path, capsys):
+    """No d3rlpy venv, or IQL asked for on discrete actions (d3rlpy has none): one line each,
+    and no training started."""
+    import sys
+
+    from unicomp.cli import main
+
+    data = tmp_path / "ktd"
+    collect = ["dt", "collect", "--env", "KeyToDoor-v0", "--policy", "random", "--episodes", "3"]
+    assert main(collect + ["--out", str(data), "--n-envs", "3"]) == 0
+    run = ["dt", "external", "--algo", "iql", "--data", str(data), "--out", str(tmp_path / "r")]
+    capsys.readouterr()
+    assert main(run + ["--d3rlpy-python", str(tmp_path / "none")]) == 2
+    assert f"no d3rlpy venv at {tmp_path / 'none'}" in capsys.readouterr().err
+    assert main(run + ["--d3rlpy-python", sys.executable]) == 2
+    assert "d3rlpy has no discrete IQL" in capsys.readouterr().err
+    assert not (tmp_path / "r" / "policy.pt").exists()
 
 
 @pytest.mark.slow
 def test_d3rlpy_iql_run_folder_compares_with_dt_runs(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".venv-d3rlpy" / "bin" / "python").exists():
-        pytest.skip("no .venv-d3rlpy (see scripts/d3rlpy_baseline.py)")
     from unicomp.cli import main
+    from unicomp.experiments.external import D3RLPY_PYTHON
 
+    if not D3RLPY_PYTHON.exists():
+        pytest.skip(f"no {D3RLPY_PYTHON} (see docs/rl-experiments.md, CQL and IQL)")
     data = tmp_path / "hopper"
     collect = ["dt", "collect", "--env", "Hopper-v5", "--policy", "random", "--episodes", "6"]
     assert main(collect + ["--out", str(data), "--max-episode-steps", "20", "--n-envs", "3"]) == 0
-    cmd = [sys.executable, str(root / "scripts" / "d3rlpy_baseline.py"), "--algo", "iql"]
-    cmd += ["--data", str(data), "--out", str(tmp_path / "iql"), "--steps", "5"]
-    cmd += ["--eval-episodes", "2", "--eval-max-steps", "10", "--eval-envs", "2"]
-    subprocess.run(cmd, check=True, capture_output=True)
+    run = ["dt", "external", "--algo", "iql", "--data", str(data), "--out", str(tmp_path / "iql")]
+    run += ["--steps", "5", "--eval-episodes", "2", "--eval-max-steps", "10", "--eval-envs", "2"]
+    assert main(run) == 0
     metrics = json.loads((tmp_path / "iql" / "metrics.json").read_text())
     assert metrics["algo"] == "iql" and metrics["train_steps"] == 5 and metrics["episodes"] == 2
     assert np.isfinite(metrics["normalized_score_mean"])

@@ -411,6 +411,29 @@ def cmd_dt_eval(args: argparse.Namespace) -> None:
     print(f"written: {args.out or Path(args.run) / 'eval.json'}")
 
 
+def cmd_dt_external(args: argparse.Namespace) -> None:
+    from unicomp.experiments.external import default_out, run_external
+
+    out = Path(args.out) if args.out else default_out(args.algo, args.data, args.seed)
+    metrics = run_external(
+        args.algo,
+        args.data,
+        out,
+        env=args.env,
+        steps=args.steps,
+        seed=args.seed,
+        eval_episodes=args.eval_episodes,
+        eval_seed=args.eval_seed,
+        eval_envs=args.eval_envs,
+        eval_max_steps=args.eval_max_steps,
+        python=args.d3rlpy_python,
+        device=args.device,
+    )
+    keys = ("algo", "env", "train_steps", "return_mean", "normalized_score_mean")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    print(f"run folder: {out}")
+
+
 def cmd_dt_compare(args: argparse.Namespace) -> None:
     from unicomp.runs import write_comparison
 
@@ -502,6 +525,31 @@ def _add_dt_commands(sub) -> None:
     p.add_argument("--threads", type=int, help="torch threads [torch's default]")
     p.add_argument("--out", help="where to write the result [RUN/eval.json]")
     p.set_defaults(func=cmd_dt_eval)
+
+    p = dt.add_parser(
+        "external",
+        help="CQL or IQL trained by d3rlpy (in its own venv) on a data set, acted with by our "
+        "evaluator; writes a run folder that dt compare reads",
+    )
+    p.add_argument("--algo", choices=("cql", "iql"), required=True, help="d3rlpy's algorithm")
+    p.add_argument("--data", required=True, help="Minari folder or id, or D4RL .hdf5")
+    p.add_argument("--env", help="gymnasium id to act in [the data set's]")
+    p.add_argument("--out", help="run folder (must not hold a metrics.json) [runs/ALGO-DATA-sS]")
+    p.add_argument("--steps", type=int, default=100_000, help="gradient steps [100000]")
+    p.add_argument("--seed", type=int, default=0, help="d3rlpy's seed [0]")
+    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes [10]")
+    p.add_argument(
+        "--eval-seed", type=int, default=10_000, help="episode i resets with seed + i [10000]"
+    )
+    p.add_argument("--eval-envs", type=int, default=16, help="environments stepped together [16]")
+    p.add_argument("--eval-max-steps", type=int, default=0, help="time limit [0: the env's own]")
+    p.add_argument(
+        "--d3rlpy-python",
+        help="python of the virtual environment with d3rlpy [.venv-d3rlpy/bin/python of the "
+        "checkout]",
+    )
+    p.add_argument("--device", default="cpu:0", help="d3rlpy's training device [cpu:0]")
+    p.set_defaults(func=cmd_dt_external)
 
     p = dt.add_parser(
         "compare",

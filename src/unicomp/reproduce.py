@@ -381,7 +381,7 @@ def _dt_vs_bc(ev: Evidence):
     reason = (
         f"DT above BC by more than the margin ({100 * m:.1f} points): "
         f"{_yes(beats)}. CQL/IQL run through d3rlpy in its own environment "
-        "(scripts/d3rlpy_baseline.py), not part of this command: at most partly"
+        "(unicomp dt external), not part of this command: at most partly"
     )
     return ours, "partly" if beats else "does not hold", reason
 

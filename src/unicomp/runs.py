@@ -226,7 +226,7 @@ def run_label(metrics: dict, algo: str | None = None) -> str:
     elif algo in ("bc", "pbc"):
         label = f"%BC {top:g}%" if algo == "pbc" else "BC"
         label += f" ({metrics.get('policy', 'dt-noreturn')})"
-    else:  # runs of other programs in our format (scripts/d3rlpy_baseline.py: cql, iql)
+    else:  # runs of other programs in our format (unicomp.experiments.external: cql, iql)
         label = algo.upper()
     if metrics.get("delayed_reward"):
         label += " delayed"

@@ -1,0 +1,232 @@
+"""Runs of other programs in our run-folder format: d3rlpy's CQL and IQL (``unicomp dt
+external``) trained on our trajectory data sets and scored by our evaluator, so that
+``unicomp dt compare`` puts them beside DT and BC runs.
+
+d3rlpy 2.8 pins gymnasium 1.0 (we run 1.4), so it trains in its own virtual environment
+(:data:`D3RLPY_INSTALL`). A run has three stages:
+
+1. export (here, :func:`export_data`): the data set (Minari folder or id, D4RL .hdf5, read by
+   unicomp) becomes flat arrays in OUT/data.npz: observations (the state of each step),
+   actions, rewards, terminals (the environment ended the episode), timeouts (the episode was
+   cut);
+2. train (the d3rlpy venv, ``scripts/d3rlpy_train.py``, :func:`train_d3rlpy`): d3rlpy's CQL
+   (continuous, or DiscreteCQL for discrete actions) or IQL with its default settings for
+   ``steps`` gradient steps; the greedy policy saved as TorchScript (OUT/policy.pt; d3rlpy
+   puts its observation/action scalers inside), d3rlpy's loss log in OUT/d3rlpy_log.json;
+3. evaluate (here, :func:`score_run`): the TorchScript policy acts through
+   unicomp.rl.evaluate.run_episodes, the same vectorised, seeded evaluator as ``unicomp dt
+   train``/``dt eval``, normalised against the same reference returns as a DT run on the data
+   set, and OUT/metrics.json gets a DT run's score keys (unicomp.experiments.dt.primary_scores:
+   return_mean, normalized_score_mean, ..., plus train_steps).
+
+Departures: d3rlpy's default hyperparameters, not the CQL paper's per-task ones (the DT paper
+copied its CQL numbers from the CQL paper); no held-out episodes (d3rlpy trains on all); the
+last weights are scored (no checkpoint selection).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unicomp.errors import UnicompError
+from unicomp.experiments.dt import primary_scores
+from unicomp.files import atomic_write_json
+from unicomp.rl.evaluate import run_episodes, score_reference
+from unicomp.rl.trajectories import TrajectoryDataset, read_dataset
+
+ALGOS = ("cql", "iql")
+REPO = Path(__file__).resolve().parents[3]
+TRAIN_SCRIPT = REPO / "scripts" / "d3rlpy_train.py"
+D3RLPY_PYTHON = REPO / ".venv-d3rlpy" / "bin" / "python"
+D3RLPY_INSTALL = "python3 -m venv .venv-d3rlpy && .venv-d3rlpy/bin/pip install torch==2.13.0 d3rlpy"
+
+
+def default_out(algo: str, data: str, seed: int) -> Path:
+    """runs/<algo>-<data folder>-s<seed>, as ``unicomp dt train`` names its runs."""
+    return Path("runs") / f"{algo}-{Path(data).name}-s{seed}"
+
+
+# --- stage 1: export ------------------------------------------------------------------------
+def flat_arrays(dataset: TrajectoryDataset) -> dict[str, np.ndarray]:
+    """The data set as D4RL-style flat arrays (what d3rlpy's MDPDataset reads); every
+    episode ends with a terminal or a timeout, or d3rlpy would join it to the next."""
+    eps = dataset.episodes
+    terminals = np.concatenate([e.terminations for e in eps]).astype(np.float32)
+    timeouts = np.concatenate([e.truncations for e in eps]).astype(np.float32)
+    ends = np.cumsum([len(e) for e in eps]) - 1
+    timeouts[ends] = np.maximum(timeouts[ends], 1.0 - terminals[ends])
+    actions = np.concatenate([e.actions for e in eps])
+    return {
+        "observations": np.concatenate([e.states for e in eps]).astype(np.float32),
+        "actions": actions if dataset.discrete else actions.astype(np.float32),
+        "rewards": np.concatenate([e.rewards for e in eps]).astype(np.float32),
+        "terminals": terminals,
+        "timeouts": timeouts,
+    }
+
+
+def export_data(data: str, env: str | None, out: Path) -> dict[str, Any]:
+    """Write ``data``'s episodes to ``out/data.npz`` (:func:`flat_arrays`); returns the
+    environment to act in (``env``, else the data set's), whether actions are discrete, the
+    data's summary and the reference returns of its normalised score (as a DT run's)."""
+    ds = read_dataset(data, env)
+    np.savez(out / "data.npz", **flat_arrays(ds))
+    env = env or ds.env_id
+    return {
+        "env": env,
+        "discrete": ds.discrete,
+        "n_actions": ds.action_dim if ds.discrete else None,
+        "data": ds.summary(),
+        "reference_scores": score_reference(env, ds.metadata),
+    }
+
+
+# --- stage 2: train (the d3rlpy venv) -------------------------------------------------------
+def train_d3rlpy(
+    algo: str, out: Path, *, steps: int, seed: int, discrete: bool, python: Path, device: str
+) -> float:
+    """Run ``scripts/d3rlpy_train.py`` under the d3rlpy venv's ``python`` on out/data.npz;
+    returns its wall-clock seconds."""
+    if not TRAIN_SCRIPT.is_file():
+        raise UnicompError(f"no {TRAIN_SCRIPT}: `unicomp dt external` needs a source checkout")
+    cmd = [str(python), str(TRAIN_SCRIPT), "--algo", algo, "--out", str(out)]
+    cmd += ["--steps", str(steps), "--seed", str(seed), "--device", device]
+    cmd += ["--discrete"] if discrete else []
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, check=False)
+    if done.returncode != 0:
+        raise UnicompError(
+            f"d3rlpy training failed (exit {done.returncode}; its output is above): {' '.join(cmd)}"
+        )
+    return time.perf_counter() - t0
+
+
+# --- stage 3: evaluate ----------------------------------------------------------------------
+class TorchScriptAgent:
+    """A TorchScript policy (observations -> actions) as an agent for run_episodes."""
+
+    def __init__(self, path: Path, discrete: bool):
+        import torch
+
+        self.policy = torch.jit.load(str(path), map_location="cpu")
+        self.discrete = discrete
+
+    def reset(self, n: int) -> None:
+        pass
+
+    def observe(self, rewards: np.ndarray) -> None:
+        pass
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            action = self.policy(torch.as_tensor(obs, dtype=torch.float32)).numpy()
+        return action.astype(np.int64) if self.discrete else action
+
+
+def score_run(
+    out: Path,
+    algo: str,
+    data: str,
+    exported: dict[str, Any],
+    *,
+    seed: int,
+    steps: int,
+    wall_seconds: float,
+    eval_episodes: int = 10,
+    eval_seed: int = 10_000,
+    eval_envs: int = 16,
+    eval_max_steps: int = 0,
+) -> dict[str, Any]:
+    """Act with out/policy.pt in the exported environment and write out/metrics.json: the
+    training record (out/d3rlpy_log.json), the evaluation under ``eval`` and its scores at
+    the top level, as a DT run's (``primary_target`` null: CQL/IQL read no return)."""
+    env = exported["env"]
+    reference = exported["reference_scores"]
+    refs = reference and (reference["ref_min_score"], reference["ref_max_score"])
+    trained = json.loads((out / "d3rlpy_log.json").read_text())
+    result = run_episodes(
+        env,
+        TorchScriptAgent(out / "policy.pt", exported["discrete"]),
+        eval_episodes,
+        seed=eval_seed,
+        n_envs=eval_envs,
+        max_episode_steps=eval_max_steps or None,
+    )
+    evaluation = {"target_return": None, "seed": eval_seed, **result.summary(env, refs)}
+    metrics = {
+        "task": "offline-rl",
+        "model": f"d3rlpy-{algo}",
+        "algo": algo,
+        "env": env,
+        "data_path": data,
+        "seed": seed,
+        "steps": steps,
+        "train_steps": steps,
+        "train_seconds": trained["train_seconds"],
+        "wall_seconds": round(wall_seconds, 2),
+        "data": exported["data"],
+        "reference_scores": reference,
+        "d3rlpy": trained["d3rlpy"],
+        "eval": [evaluation],
+        **primary_scores([evaluation]),
+    }
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def run_external(
+    algo: str,
+    data: str,
+    out: str | Path,
+    *,
+    env: str | None = None,
+    steps: int = 100_000,
+    seed: int = 0,
+    eval_episodes: int = 10,
+    eval_seed: int = 10_000,
+    eval_envs: int = 16,
+    eval_max_steps: int = 0,
+    python: str | Path | None = None,
+    device: str = "cpu:0",
+) -> dict[str, Any]:
+    """The three stages (module docstring) into the run folder ``out``; returns its
+    metrics.json."""
+    if algo not in ALGOS:
+        raise UnicompError(f"unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
+    out = Path(out)
+    if (out / "metrics.json").exists():
+        raise UnicompError(f"{out} already holds a run (metrics.json); choose another --out")
+    python = Path(python) if python else D3RLPY_PYTHON
+    if not python.exists():
+        raise UnicompError(f"no d3rlpy venv at {python}; create it with: {D3RLPY_INSTALL}")
+    out.mkdir(parents=True, exist_ok=True)
+    exported = export_data(data, env, out)
+    if not exported["env"]:
+        raise UnicompError(f"{data} names no environment (D4RL files never do); pass --env")
+    if algo == "iql" and exported["discrete"]:
+        raise UnicompError("d3rlpy has no discrete IQL; use --algo cql for discrete actions")
+    discrete = exported["discrete"]
+    wall = train_d3rlpy(
+        algo, out, steps=steps, seed=seed, discrete=discrete, python=python, device=device
+    )
+    return score_run(
+        out,
+        algo,
+        data,
+        exported,
+        seed=seed,
+        steps=steps,
+        wall_seconds=wall,
+        eval_episodes=eval_episodes,
+        eval_seed=eval_seed,
+        eval_envs=eval_envs,
+        eval_max_steps=eval_max_steps,
+    )
