@@ -85,9 +85,9 @@ def fpt_training_step(cfg, fixed, n_classes: int, compile_: bool = False):
     def step() -> None:
         with autocast(device, precision):
             logits = net(fixed.x, fixed.mask)
-        loss = task.loss(logits, fixed.y)
+        loss = task.loss(logits, fixed.y, fixed.target_mask)
         loss.backward()
-        task.correct(logits.detach(), fixed.y)
+        task.correct(logits.detach(), fixed.y, fixed.target_mask)
         float(loss.detach())
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -342,9 +342,9 @@ def unicomp_trainer(task, args):
             for chunk in iter_chunks(batch, cfg.batch_size):
                 chunk = chunk.to("cpu")
                 out = model(chunk.x, chunk.mask)  # fp32: no autocast
-                loss = task.loss(out, chunk.y)
+                loss = task.loss(out, chunk.y, chunk.target_mask)
                 loss.backward()
-                task.correct(out.detach(), chunk.y)
+                task.correct(out.detach(), chunk.y, chunk.target_mask)
                 state["loss"] += float(loss.detach())
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             opt.step()
@@ -464,7 +464,7 @@ def compute_floor(model, task, official_model, trainer, args) -> dict:
 
     def unicomp_step():
         batch = task.train_batch(0, 64, args.seed)
-        task.loss(probe(batch.x, batch.mask), batch.y).backward()
+        task.loss(probe(batch.x, batch.mask), batch.y, batch.target_mask).backward()
 
     K, obs_dim, act_dim = task.context, task.spec.d_in, task.act_dim
     off_probe = copy.deepcopy(official_model).train()

@@ -61,7 +61,7 @@ def _step_fn(model, task: Task, train_cfg: TrainConfig, device: torch.device):
         batch = batch.to(device)
         with autocast(device, train_cfg.precision):
             logits = model(batch.x, batch.mask)
-        loss = task.loss(logits, batch.y)
+        loss = task.loss(logits, batch.y, batch.target_mask)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, train_cfg.grad_clip)
         opt.step()

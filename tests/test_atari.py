@@ -375,7 +375,10 @@ def test_atari_dt_trains_and_acts_in_breakout(tmp_path, breakout_data, extra):
     assert ev["sampled_actions"]
     if extra == ["--context", "1"]:
         assert metrics["context"] == 1
-    assert main(["dt", "eval", "--run", str(run), "--eval-episodes", "1", "--eval-max-steps", "5"]) == 0
+    assert (
+        main(["dt", "eval", "--run", str(run), "--eval-episodes", "1", "--eval-max-steps", "5"])
+        == 0
+    )
     again = json.loads((run / "eval.json").read_text())
     assert again["eval"][0]["length_mean"] <= 5 and again["eval"][0]["sampled_actions"]
 

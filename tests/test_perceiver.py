@@ -354,18 +354,19 @@ def digits():
 
 def test_digits_inpaint_batches(digits):
     batch = digits.train_batch(0, 5, seed=0)
-    assert batch.x.shape == (5, 64, 2) and batch.y.shape == (5, 64, 2)
-    hidden = batch.y[..., 1].bool()
+    assert batch.x.shape == (5, 64, 2) and batch.y.shape == (5, 64)
+    hidden = batch.target_mask
     assert (hidden.sum(1) == 9).all()  # one 3x3 hole per image
     assert (batch.x[..., 1][hidden] == 0).all() and (batch.x[..., 0][hidden] == 0).all()
     assert torch.equal(digits.train_batch(0, 5, seed=0).y, batch.y)  # a pure function of step
     assert digits.spec.n_out_tokens == 64 and digits.spec.n_classes == 17
     # Perfect logits score 1; the metric counts hidden pixels only.
-    perfect = torch.nn.functional.one_hot(batch.y[..., 0], 17).float()
-    assert digits.correct(perfect, batch.y) == (45, 45, 5, 5)
+    perfect = torch.nn.functional.one_hot(batch.y, 17).float()
+    assert digits.correct(perfect, batch.y, hidden) == (45, 45, 5, 5)
     wrong_outside = perfect.clone()
     wrong_outside[~hidden] = perfect[~hidden].roll(1, dims=-1)
-    assert digits.correct(wrong_outside, batch.y)[:2] == (45, 45)
+    assert digits.correct(wrong_outside, batch.y, hidden)[:2] == (45, 45)
+    assert digits.correct(wrong_outside, batch.y).hits == 5 * 64 - 5 * 55  # every pixel scored
 
 
 def test_dense_examples_png(digits, tmp_path):

@@ -19,7 +19,7 @@ from unicomp.models.decision_transformer import (
     KVCache,
     build_decision_transformer,
 )
-from unicomp.rl.dt_task import IGNORE, DTTask
+from unicomp.rl.dt_task import DTTask
 from unicomp.rl.evaluate import evaluate_dt, normalized_score, reference_scores, run_episodes
 from unicomp.rl.trajectories import (
     Episode,
@@ -434,8 +434,9 @@ def test_dt_task_windows_padding_and_masks():
     rtg = b.x["returns_to_go"][1, 5 - n_real :, 0] * 10
     expected = [sum(range(t + 1, T + 1)) for t in range(n_real)]
     assert rtg.tolist() == pytest.approx(expected)
-    assert b.y.shape == (2, 5, 3) and b.y[..., -1].tolist() == b.mask.float().tolist()
-    np.testing.assert_allclose(b.y[1, -1, :2].numpy(), first.actions[n_real - 1], rtol=1e-6)
+    assert b.y.shape == (2, 5, 2) and torch.equal(b.target_mask, b.mask.bool())
+    assert (b.y[~b.target_mask] == 0).all()  # padded steps: zeros, not scored
+    np.testing.assert_allclose(b.y[1, -1].numpy(), first.actions[n_real - 1], rtol=1e-6)
 
 
 def test_dt_task_sampling_is_seeded_and_normalised():
@@ -456,10 +457,11 @@ def test_dt_task_sampling_is_seeded_and_normalised():
 def test_dt_task_loss_ignores_padding():
     task = _task()
     b = task.windows("train", torch.tensor([0, 1]))
-    target = b.y[..., :-1]
-    perfect = torch.where(b.mask.bool()[..., None], target, torch.full_like(target, 99.0))
-    assert task.loss(perfect, b.y) == 0  # padded outputs are never looked at
-    assert task.correct(perfect, b.y) == (0, 0, 0, 2)
+    perfect = torch.where(b.target_mask[..., None], b.y, torch.full_like(b.y, 99.0))
+    assert task.loss(perfect, b.y, b.target_mask) == 0  # padded outputs are never looked at
+    assert task.loss(perfect, b.y) > 0  # without the mask every step counts
+    assert task.correct(perfect, b.y, b.target_mask) == (0, 0, 0, 2)
+    assert task.correct(perfect, b.y, b.target_mask).examples == 2  # a named result
 
 
 def test_dt_task_discrete_targets():
@@ -468,11 +470,12 @@ def test_dt_task_discrete_targets():
     T = len(task.dataset.episodes[task.split_ids["train"][0]])
     b = task.windows("train", torch.tensor([T - 1]))  # the episode's last step: 3 padded
     assert b.x["actions"].shape == (1, 4, 3) and b.y.shape == (1, 4)
-    assert b.y[0, :3].tolist() == [IGNORE] * 3
+    assert b.target_mask[0].tolist() == [False] * 3 + [True] and b.y[0, :3].tolist() == [0] * 3
     assert b.x["actions"][0, :3].sum() == 0 and b.x["actions"][0, 3].sum() == 1  # one-hot
-    logits = torch.nn.functional.one_hot(b.y.clamp(min=0), 3).float() * 10
-    assert task.correct(logits, b.y) == (1, 1, 1, 1)
-    assert task.loss(logits, b.y) < 1e-3
+    logits = torch.nn.functional.one_hot(b.y, 3).float() * 10
+    logits[0, :3] = torch.tensor([0.0, 10.0, 0.0])  # wrong at the padded steps: not scored
+    assert task.correct(logits, b.y, b.target_mask) == (1, 1, 1, 1)
+    assert task.loss(logits, b.y, b.target_mask) < 1e-3
 
 
 def test_dt_task_needs_three_episodes():

@@ -34,7 +34,7 @@ from typing import Any
 from unicomp.config import FPTConfig, check_config, from_dict, load_yaml
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
-from unicomp.runs import mean_std
+from unicomp.runs import markdown_table, mean_std
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
 PROTOCOLS = ("paper", "sweep")
@@ -578,38 +578,34 @@ def markdown(suite: Suite, rows: list[dict], images: dict[str, list[str]]) -> st
         by_table.setdefault(r["table"], []).append(r)
     for title, trs in by_table.items():
         lines += [f"## {title}", ""]
-        head = "| row | backbone | freeze | trainable | seeds | test % | paper % | train % | gap | "
-        head += f"steps to {100 * (trs[0]['target_accuracy'] or 0):.0f}% val (each seed) | steps | "
-        head += "lr | train s/run (with features) |"
-        lines += [head, "|" + "---|" * 13]
+        head = ["row", "backbone", "freeze", "trainable", "seeds", "test %", "paper %"]
+        head += ["train %", "gap", f"steps to {100 * (trs[0]['target_accuracy'] or 0):.0f}% val"
+                 " (each seed)", "steps", "lr", "train s/run (with features)"]  # fmt: skip
+        cells = []
         for r in trs:
             fails = (
                 f" ({len(r['failed'])} seed(s) missing: {r['failed'][0]})" if r["failed"] else ""
             )
             seconds = [s for s in r["train_seconds"] if s is not None]
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        r["label"] + fails,
-                        f"`{r['backbone']}`"
-                        + (f" ({r['backbone_layers']} layers)" if r["backbone_layers"] else ""),
-                        str(r["freeze"]),
-                        f"{r['trainable_params']:,}" if r["trainable_params"] else "-",
-                        str(r["seeds_done"]),
-                        f"**{_pct(r['test_accuracy'])}**",
-                        "-" if r["paper"] is None else str(r["paper"]),
-                        _pct(r["train_accuracy_at_best"]),
-                        "-" if r["gap_mean"] is None else f"{100 * r['gap_mean']:+.1f}",
-                        ", ".join("-" if s is None else str(s) for s in r["steps_to_target"])
-                        or "-",
-                        ", ".join(str(s) for s in r["steps"]) or "-",
-                        ", ".join(_lr_text(x) for x in r["lr"]) or "-",
-                        f"{statistics.mean(seconds):.0f}" if seconds else "-",
-                    ]
-                )
-                + " |"
+            cells.append(
+                [
+                    r["label"] + fails,
+                    f"`{r['backbone']}`"
+                    + (f" ({r['backbone_layers']} layers)" if r["backbone_layers"] else ""),
+                    r["freeze"],
+                    f"{r['trainable_params']:,}" if r["trainable_params"] else "-",
+                    r["seeds_done"],
+                    f"**{_pct(r['test_accuracy'])}**",
+                    "-" if r["paper"] is None else r["paper"],
+                    _pct(r["train_accuracy_at_best"]),
+                    "-" if r["gap_mean"] is None else f"{100 * r['gap_mean']:+.1f}",
+                    ", ".join("-" if s is None else str(s) for s in r["steps_to_target"]) or "-",
+                    ", ".join(str(s) for s in r["steps"]) or "-",
+                    ", ".join(_lr_text(x) for x in r["lr"]) or "-",
+                    f"{statistics.mean(seconds):.0f}" if seconds else "-",
+                ]
             )
+        lines.append(markdown_table(head, cells))
         lines.append("")
         for image in images.get(title, []):
             lines += [f"![{title}]({image})", ""]

@@ -55,8 +55,8 @@ from unicomp.data import cache_dir
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write
 from unicomp.registry import FREEZE_POLICIES
-from unicomp.tasks.base import Batch, Task, TensorTask
-from unicomp.train import autocast, pick_device
+from unicomp.tasks.base import Batch, Scored, Task, TensorTask
+from unicomp.train import autocast, pick_device, process_rank
 
 MODES = ("auto", "off", "memory", "disk")
 FORMAT = "1"  # bump when the file layout or what the key covers changes
@@ -161,11 +161,15 @@ class CachedFeatureTask(Task):
     def split_sizes(self) -> dict[str, int]:
         return self.task.split_sizes()
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.task.loss(logits, y)
+    def loss(
+        self, logits: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.task.loss(logits, y, target_mask)
 
-    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int, int, int]:
-        return self.task.correct(logits, y)
+    def correct(
+        self, logits: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
+    ) -> Scored:
+        return self.task.correct(logits, y, target_mask)
 
 
 # --- extraction ---------------------------------------------------------------------------------
@@ -187,7 +191,7 @@ def _chunks(data: Any, size: int, trim: bool) -> Iterator[tuple[torch.Tensor, Ba
             real = chunk.mask.bool().any(0).nonzero()
             if len(real):
                 width = int(real.max()) + 1
-                chunk = Batch(chunk.x[:, :width], chunk.y, chunk.mask[:, :width])
+                chunk = Batch(chunk.x[:, :width], chunk.y, chunk.mask[:, :width], chunk.target_mask)
         yield idx, chunk
 
 
@@ -220,6 +224,7 @@ def extract_features(
             data = task.data[split]
             feats: torch.Tensor | None = None
             ys: torch.Tensor | None = None
+            scored: torch.Tensor | None = None  # the split's target_mask, where it has one
             for idx, chunk in _chunks(data, chunk_size, trim):
                 chunk = chunk.to(device)
                 seen.clear()
@@ -230,10 +235,15 @@ def extract_features(
                     feats = torch.empty((len(data), *f.shape[1:]), dtype=f.dtype)
                     ys = torch.empty((len(data), *y.shape[1:]), dtype=y.dtype)
                 feats[idx], ys[idx] = f, y
+                if chunk.target_mask is not None:
+                    tm = chunk.target_mask.cpu()
+                    if scored is None:
+                        scored = torch.empty((len(data), *tm.shape[1:]), dtype=tm.dtype)
+                    scored[idx] = tm
                 bar.update(len(idx))
             if feats is None or ys is None:
                 raise UnicompError(f"task {task.name!r}: the {split} split is empty")
-            out[split] = Batch(feats, ys)
+            out[split] = Batch(feats, ys, target_mask=scored)
     finally:
         hook.remove()
         model.train(was_training)
@@ -273,6 +283,8 @@ def _split_arrays(split: str, data: Any) -> list[tuple[str, Any]]:
         parts = [("x", data.x), ("y", data.y)]
         if data.mask is not None:
             parts.append(("mask", data.mask))
+        if data.target_mask is not None:
+            parts.append(("target_mask", data.target_mask))
     else:  # ragged token sequences (unicomp.tasks.sequences.TokenSequences)
         parts = [(a, getattr(data, a)) for a in ("flat", "offsets", "labels")]
     return [(f"{split}.{name}", value) for name, value in parts]
@@ -314,7 +326,9 @@ def cache_path(key: str) -> Path:
 
 
 def _flat(features: dict[str, Batch]) -> dict[str, torch.Tensor]:
-    return {f"{s}.{part}": getattr(features[s], part) for s in SPLITS for part in ("x", "y")}
+    parts = ("x", "y", "target_mask")  # the targets, and which of them are scored (if set)
+    flat = {f"{s}.{p}": getattr(features[s], p) for s in SPLITS for p in parts}
+    return {name: t for name, t in flat.items() if t is not None}
 
 
 def _contents_sha256(tensors: dict[str, torch.Tensor]) -> str:
@@ -372,7 +386,10 @@ def load_features(path: Path, key: str, sizes: dict[str, int]) -> dict[str, Batc
             raise UnusableCacheFile(f"its {s} split does not hold the task's {sizes[s]} examples")
     if metadata.get("sha256") != _contents_sha256(tensors):
         raise UnusableCacheFile("its contents do not match their recorded SHA-256")
-    return {s: Batch(tensors[f"{s}.x"], tensors[f"{s}.y"]) for s in SPLITS}
+    return {
+        s: Batch(tensors[f"{s}.x"], tensors[f"{s}.y"], target_mask=tensors.get(f"{s}.target_mask"))
+        for s in SPLITS
+    }
 
 
 def _warn(message: str) -> None:
@@ -463,7 +480,7 @@ def prepare_features(
     )
     if not use_disk:
         return done(features, f"computed, kept in memory (key {key})")
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 writes the cache
+    if process_rank() != 0:  # under torchrun rank 0 writes the cache
         return done(features, f"computed (rank 0 writes {path})")
     try:
         save_features(path, key, description, features)

@@ -24,6 +24,7 @@ from pathlib import Path
 from unicomp.config import PerceiverConfig
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
+from unicomp.runs import markdown_table
 
 COLUMNS = [
     "num_latents",
@@ -82,18 +83,21 @@ def _row(n: int, run: Path, metrics: dict) -> dict:
 
 def format_table(rows: list[dict], chosen: int | None = None) -> str:
     """A markdown table of the candidates; the chosen size is marked."""
-    lines = [
-        "| latents | val acc | val loss | test acc | MFLOPs/example | ms/step | params | |",
-        "|---:|---:|---:|---:|---:|---:|---:|:--|",
+    head = ["latents", "val acc", "val loss", "test acc", "MFLOPs/example", "ms/step", "params", ""]
+    cells = [
+        [
+            r["num_latents"],
+            f"{r['val_accuracy']:.4f}",
+            f"{r['val_loss']:.4f}",
+            f"{r['test_accuracy']:.4f}",
+            f"{r['flops_per_example'] / 1e6:.3f}",
+            f"{1000 * r['seconds_per_step']:.1f}",
+            r["trainable_params"],
+            "**chosen**" if r["num_latents"] == chosen else "",
+        ]
+        for r in rows
     ]
-    for r in rows:
-        mark = "**chosen**" if r["num_latents"] == chosen else ""
-        lines.append(
-            f"| {r['num_latents']} | {r['val_accuracy']:.4f} | {r['val_loss']:.4f} "
-            f"| {r['test_accuracy']:.4f} | {r['flops_per_example'] / 1e6:.3f} "
-            f"| {1000 * r['seconds_per_step']:.1f} | {r['trainable_params']} | {mark} |"
-        )
-    return "\n".join(lines) + "\n"
+    return markdown_table(head, cells, align=["---:"] * 7 + [":--"]) + "\n"
 
 
 def _csv(rows: list[dict]) -> str:

@@ -44,7 +44,7 @@ from unicomp.ablate import Cell, _plan, load_suite, run_suites
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
 from unicomp.plots import plot_returns, pyplot, save_figure
-from unicomp.runs import mean_std
+from unicomp.runs import markdown_table, mean_std
 
 PRESETS = ("tiny", "quick", "paper")
 VERDICTS = ("holds", "partly", "does not hold", "not measured at this budget")
@@ -997,9 +997,7 @@ def to_markdown(blocks: list[tuple]) -> str:
         elif kind == "p":
             lines += [block[1], ""]
         elif kind == "table":
-            cell = lambda x: str(x).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-            lines += ["| " + " | ".join(map(cell, block[1])) + " |", "|" + "---|" * len(block[1])]
-            lines += ["| " + " | ".join(map(cell, row)) + " |" for row in block[2]] + [""]
+            lines += [markdown_table(block[1], block[2]), ""]
         elif kind == "img":
             lines += [f"![{block[2]}]({block[1]})", ""]
         elif kind == "links":

@@ -15,7 +15,7 @@ import io
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +151,21 @@ def load_runs(folders: list[str]) -> list[dict]:
     return runs
 
 
+def markdown_table(
+    head: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None
+) -> str:
+    """A Markdown table: a header row, the alignment row (``align``: per column "---",
+    "---:" or ":--"; default "---") and one row per ``rows`` item; cells are ``str()``'d, with
+    "|" escaped and line breaks made spaces. Every table unicomp prints or writes uses it."""
+
+    def line(cells: Iterable[Any]) -> str:
+        text = (str(c).replace("|", "\\|").replace("\n", " ") for c in cells)
+        return "| " + " | ".join(text) + " |"
+
+    rule = "|" + "|".join(align or ["---"] * len(head)) + "|"
+    return "\n".join([line(head), rule, *(line(r) for r in rows)])
+
+
 def _cell(value, precise: bool = False) -> str:
     """Fractions (and ``precise`` numbers: losses) to 4 decimals, larger numbers whole."""
     if isinstance(value, float):
@@ -160,11 +175,8 @@ def _cell(value, precise: bool = False) -> str:
 
 def runs_table(runs: list[dict]) -> str:
     columns = COLUMNS + (DT_COLUMNS if any(r.get("task") == "dt" for r in runs) else ())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for r in runs:
-        cells = (_cell(_get(r, c), precise=c == "test_loss") for c in columns)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = ([_cell(_get(r, c), precise=c == "test_loss") for c in columns] for r in runs)
+    return markdown_table(columns, rows)
 
 
 def seeds_table(runs: list[dict]) -> str:
@@ -177,11 +189,10 @@ def seeds_table(runs: list[dict]) -> str:
         setting = tuple(sorted(r.get("settings", {}).items()))
         groups[(r.get("task"), _get(r, "backbone"), r.get("freeze"), setting)].append(r)
     accuracy_only = all(_score(r)[0] == SCORES[0][1] for r in runs)
-    lines = [
-        f"| task | backbone | freeze | seeds | {'test accuracy' if accuracy_only else 'score'} "
-        "mean ± std | steps to target (each seed) | settings that differ |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    head = ["task", "backbone", "freeze", "seeds"]
+    head += [f"{'test accuracy' if accuracy_only else 'score'} mean ± std"]
+    head += ["steps to target (each seed)", "settings that differ"]
+    rows = []
     for key, rs in groups.items():
         task, backbone, freeze, setting = key
         peers = [dict(k[3]) for k in groups if k[:3] == key[:3] and k != key]
@@ -197,10 +208,8 @@ def seeds_table(runs: list[dict]) -> str:
                 partial = f" ({len(values)} runs)" if len(values) < len(rs) else ""
                 score = f"{label} {score}{partial}"
         reached = ", ".join(_cell(r.get("steps_to_target")) for r in rs)
-        lines.append(
-            f"| {task} | {backbone} | {freeze} | {len(rs)} | {score} | {reached} | {shown} |"
-        )
-    return "\n".join(lines)
+        rows.append([task, backbone, freeze, len(rs), score, reached, shown])
+    return markdown_table(head, rows)
 
 
 def _read_json(path: Path) -> dict:
@@ -350,7 +359,7 @@ def table_markdown(table: list[dict[str, Any]]) -> str:
     success = any(r["success_rate_mean"] is not None for r in table)
     head = ["algo", "dataset", "env", "steps", "seeds", "return", "normalised score"]
     head += ["success rate"] if success else []
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for r in table:
         cells = [
             r["algo"],
@@ -368,8 +377,8 @@ def table_markdown(table: list[dict[str, Any]]) -> str:
         ]
         if success:
             cells.append(_pm(r["success_rate_mean"], r["success_rate_std"], 3))
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+        rows.append(cells)
+    lines = [markdown_table(head, rows), ""]
     lines.append(
         "± is the standard deviation across training seeds; * marks a single seed, where it "
         "is the spread over its evaluation episodes."

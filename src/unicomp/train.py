@@ -162,6 +162,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
 
 
+def process_rank() -> int:
+    """This process's rank under ``torchrun`` (``$RANK``), else 0: only rank 0 writes files."""
+    return int(os.environ.get("RANK", "0"))
+
+
 class Dist:
     """Process-group facts for runs under ``torchrun`` (DistributedDataParallel).
 
@@ -174,7 +179,7 @@ class Dist:
         import torch.distributed as td
 
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.rank = process_rank()
         self.enabled = self.world > 1
         self.owned = self.enabled and not td.is_initialized()
         if self.owned:
@@ -237,8 +242,8 @@ def evaluate(
         chunk = chunk.to(device)
         with autocast(device, cfg.precision):
             logits = model(chunk.x, chunk.mask)
-        loss_sum += float(task.loss(logits, chunk.y)) * len(chunk)
-        h, t, sh, sn = task.correct(logits, chunk.y)
+        loss_sum += float(task.loss(logits, chunk.y, chunk.target_mask)) * len(chunk)
+        h, t, sh, sn = task.correct(logits, chunk.y, chunk.target_mask)
         hits, total, seq_hits, n = hits + h, total + t, seq_hits + sh, n + sn
     if dist is not None:
         loss_sum, hits, total, seq_hits, n = dist.sum([loss_sum, hits, total, seq_hits, n])
@@ -456,11 +461,11 @@ def train(
             with sync:
                 with autocast(device, cfg.precision):
                     logits = net(chunk.x, chunk.mask)
-                loss = task.loss(logits, chunk.y)
+                loss = task.loss(logits, chunk.y, chunk.target_mask)
                 (loss / cfg.grad_accum).backward()
-            h, t, _, _ = task.correct(logits.detach(), chunk.y)
+            scored = task.correct(logits.detach(), chunk.y, chunk.target_mask)
             run_loss += float(loss.detach()) / cfg.grad_accum / dist.world
-            run_hits, run_total = run_hits + h, run_total + t
+            run_hits, run_total = run_hits + scored.hits, run_total + scored.elements
         finite = dist.sum([float(math.isfinite(run_loss))])[0] == dist.world
         if not finite:
             raise TrainingDivergedError(

@@ -58,7 +58,12 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
         probe = task.train_batch(0, micro, cfg.train.seed)
         precision = resolve_precision(device, cfg.train.precision)[0]
         attention = choose_attention(
-            model, probe.x, probe.mask, lambda out: task.loss(out, probe.y), device, precision
+            model,
+            probe.x,
+            probe.mask,
+            lambda out: task.loss(out, probe.y, probe.target_mask),
+            device,
+            precision,
         )
         cfg.attn_implementation = attention.split()[0]
     summary = {

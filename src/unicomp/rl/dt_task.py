@@ -17,8 +17,8 @@ environment. We hold out whole episodes for validation and test (``val_fraction`
 ``test_fraction``; the loop picks its checkpoint by validation loss), so the model sees a few
 percent less data. Set both to small values to approach the paper's setting.
 
-Targets ``y``: continuous actions as (B, K, act + 1), the last channel the mask (the loop
-passes only ``y`` to the loss); discrete actions as (B, K) ids with -100 at padding.
+Targets ``y``: the window's actions, (B, K, act) or (B, K) ids, zero at padded steps;
+``target_mask`` (B, K) marks the real steps, which alone the loss and accuracy read.
 
 Options for the baselines and the paper's other experiments (the data selections of
 unicomp.rl.trajectories):
@@ -45,9 +45,7 @@ from unicomp.rl.trajectories import (
     read_dataset,
     select_top_percent,
 )
-from unicomp.tasks.base import Batch, Task, TaskSpec, batch_generator
-
-IGNORE = -100  # cross-entropy's ignore_index for padded discrete targets
+from unicomp.tasks.base import Batch, Scored, Task, TaskSpec, batch_generator
 
 
 class _Flat:
@@ -199,12 +197,10 @@ class DTTask(Task):
             m = mask.reshape(*mask.shape, *([1] * (v.dim() - 2)))
             return torch.where(m, v, torch.zeros((), dtype=v.dtype))
 
-        actions = take(t["actions"])
+        actions = take(t["actions"])  # (B, K) ids or (B, K, act); 0 at padded steps
         if self.discrete:
-            y = torch.where(mask, actions, torch.full((), IGNORE))  # (B, K)
             action_in = F.one_hot(actions, self.act_dim).float() * mask[..., None]
         else:
-            y = torch.cat([actions, mask[..., None].float()], dim=-1)  # (B, K, act + 1)
             action_in = actions
         rtg = take(t["rtg"])[..., None]  # (B, K, 1)
         states = take(t["states"])  # (B, K, *obs)
@@ -216,7 +212,7 @@ class DTTask(Task):
             "actions": action_in,  # (B, K, act)
             "timesteps": take(t["timesteps"]),  # (B, K)
         }
-        return Batch(x=x, y=y, mask=mask.long())
+        return Batch(x=x, y=actions, mask=mask.long(), target_mask=mask)
 
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         g = batch_generator(seed, step)
@@ -237,25 +233,28 @@ class DTTask(Task):
         return self._splits[name]
 
     # --- metric --------------------------------------------------------------------------------
-    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean squared error over real steps and action dimensions (the official loss), or
-        cross-entropy over real steps (discrete)."""
+    def loss(
+        self, outputs: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Over the real steps (``target_mask`` (B, K); None: every step): mean squared error
+        over them and the action dimensions (the official loss), or cross-entropy (discrete).
+        Selected rather than multiplied: outputs at padded steps are never looked at."""
+        real = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
+        real = real if target_mask is None else target_mask.bool()
         if self.discrete:
-            return F.cross_entropy(
-                outputs.reshape(-1, self.act_dim).float(), y.reshape(-1), ignore_index=IGNORE
-            )
-        target, mask = y[..., :-1], y[..., -1].bool()
-        # Select rather than multiply: outputs at padded steps are never looked at.
-        return F.mse_loss(outputs[mask].float(), target[mask])
+            return F.cross_entropy(outputs[real].float(), y[real])
+        return F.mse_loss(outputs[real].float(), y[real])
 
-    def correct(self, outputs: torch.Tensor, y: torch.Tensor) -> tuple[int, int, int, int]:
+    def correct(
+        self, outputs: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
+    ) -> Scored:
         """Discrete: correct actions over real steps. Continuous: nothing to count (zeros)."""
         if not self.discrete:
-            return 0, 0, 0, y.shape[0]
-        real = y != IGNORE
+            return Scored(0, 0, 0, y.shape[0])
+        real = torch.ones_like(y, dtype=torch.bool) if target_mask is None else target_mask.bool()
         hit = (outputs.argmax(-1) == y) & real
         full = (hit | ~real).all(1)
-        return int(hit.sum()), int(real.sum()), int(full.sum()), y.shape[0]
+        return Scored(int(hit.sum()), int(real.sum()), int(full.sum()), y.shape[0])
 
     def normalization(self) -> dict:
         """What an agent needs to act as in training (see unicomp.rl.evaluate.DTAgent)."""

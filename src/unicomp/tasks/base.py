@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,23 +32,44 @@ class Batch:
     """x: (B, T, d_in) float vector tokens, (B, T) long token ids, or a dict of such tensors
     for models with several input streams (the Decision Transformer); the model is called as
     ``model(x, mask)``. y: (B,) class ids, (B, N) per-element class ids, or regression targets.
-    mask: (B, T) 1 for real tokens, 0 for padding; None = all real."""
+    mask: (B, T) 1 for real tokens, 0 for padding; None = all real.
+    target_mask: which elements of ``y`` are scored, bool, y's shape without a trailing
+    per-element dimension (a DT's real steps (B, K); an inpainting task's hidden pixels);
+    None = all. The task's ``loss`` and ``correct`` receive it."""
 
     x: Inputs
     y: torch.Tensor
     mask: torch.Tensor | None = None
+    target_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.y.shape[0]
 
     def to(self, device: torch.device | str) -> Batch:
-        mask = None if self.mask is None else self.mask.to(device)
-        return Batch(_map(self.x, lambda t: t.to(device)), self.y.to(device), mask)
+        return Batch(
+            _map(self.x, lambda t: t.to(device)),
+            self.y.to(device),
+            None if self.mask is None else self.mask.to(device),
+            None if self.target_mask is None else self.target_mask.to(device),
+        )
 
     def __getitem__(self, idx) -> Batch:
-        """Select examples (a slice or an index tensor) from x, y and mask alike."""
-        mask = None if self.mask is None else self.mask[idx]
-        return Batch(_map(self.x, lambda t: t[idx]), self.y[idx], mask)
+        """Select examples (a slice or an index tensor) from x, y and the masks alike."""
+        return Batch(
+            _map(self.x, lambda t: t[idx]),
+            self.y[idx],
+            None if self.mask is None else self.mask[idx],
+            None if self.target_mask is None else self.target_mask[idx],
+        )
+
+
+class Scored(NamedTuple):
+    """What ``Task.correct`` counts on a batch; the loop sums it over batches."""
+
+    hits: int  # scored elements predicted right
+    elements: int  # scored elements (0: the task counts none, e.g. continuous actions)
+    exact: int  # examples with every scored element right
+    examples: int
 
 
 @dataclass
@@ -90,14 +112,18 @@ class Task:
         return {s: len(self.split(s)) for s in ("val", "test")}
 
     # --- metric: cross-entropy and accuracy over every predicted element -----------------
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # ``target_mask``: the batch's (Batch.target_mask); tasks that set none receive None.
+    def loss(
+        self, logits: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         return F.cross_entropy(logits.reshape(-1, self.spec.n_classes).float(), y.reshape(-1))
 
-    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int, int, int]:
-        """(correct elements, elements, fully correct examples, examples)."""
+    def correct(
+        self, logits: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
+    ) -> Scored:
         pred = logits.reshape(y.shape[0], -1, self.spec.n_classes).argmax(-1)
         hit = pred == y.reshape(y.shape[0], -1)
-        return int(hit.sum()), hit.numel(), int(hit.all(1).sum()), y.shape[0]
+        return Scored(int(hit.sum()), hit.numel(), int(hit.all(1).sum()), y.shape[0])
 
 
 def iter_chunks(batch: Batch, size: int) -> Iterator[Batch]:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unicomp.tasks.base import Batch, TaskSpec, TensorTask, batch_generator
+from unicomp.tasks.base import Batch, Scored, TaskSpec, TensorTask, batch_generator
 
 _DATA_SEED = 20210730  # fixed splits and validation/test holes for every run
 
@@ -89,24 +89,29 @@ class DigitsInpaint(TensorTask):
         hidden = hidden.reshape(n, 64)  # (n, 64)
         intensity = level.float() / (self.levels - 1) * ~hidden  # (n, 64), 0 in the hole
         x = torch.stack([intensity, (~hidden).float()], dim=-1)  # (n, 64, 2)
-        y = torch.stack([level, hidden.long()], dim=-1)  # (n, 64, 2)
-        return Batch(x, y)
+        return Batch(x, level, target_mask=hidden)  # y: (n, 64) levels; scored: the hole
 
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         whole = super().train_batch(step, batch_size, seed)  # seeded epoch permutation
         return self._cut(whole.y, batch_generator(seed, step))
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over every pixel: logits (B, 64, levels), y (B, 64, 2)."""
-        return F.cross_entropy(logits.reshape(-1, self.levels).float(), y[..., 0].reshape(-1))
+    def loss(
+        self, logits: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cross-entropy over every pixel (the visible ones too): logits (B, 64, levels), y
+        (B, 64)."""
+        return F.cross_entropy(logits.reshape(-1, self.levels).float(), y.reshape(-1))
 
-    def correct(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int, int, int]:
-        """(hidden pixels right, hidden pixels, images with every hidden pixel right, images)."""
+    def correct(
+        self, logits: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
+    ) -> Scored:
+        """Hidden pixels right, hidden pixels, images with every hidden pixel right, images
+        (``target_mask``: the hidden pixels; None: every pixel)."""
         pred = logits.reshape(y.shape[0], -1, self.levels).argmax(-1)  # (B, 64)
-        hidden = y[..., 1].bool()  # (B, 64)
-        hit = (pred == y[..., 0]) & hidden
+        hidden = torch.ones_like(y, dtype=torch.bool) if target_mask is None else target_mask
+        hit = (pred == y) & hidden
         all_right = (hit | ~hidden).all(dim=1)
-        return int(hit.sum()), int(hidden.sum()), int(all_right.sum()), y.shape[0]
+        return Scored(int(hit.sum()), int(hidden.sum()), int(all_right.sum()), y.shape[0])
 
     def save_examples(self, model: nn.Module, path: Path) -> Path:
         return save_dense_examples(model, self, path)
@@ -128,7 +133,7 @@ def save_dense_examples(model: nn.Module, task: DigitsInpaint, path: Path, n: in
     n = len(batch)
     top = task.levels - 1
     pred = logits.float().reshape(n, 64, -1).argmax(-1).cpu() / top  # (n, 64)
-    target = batch.y[..., 0].float() / top  # (n, 64)
+    target = batch.y.float() / top  # (n, 64)
     inputs = batch.x[..., 0].clone()  # (n, 64)
     inputs[batch.x[..., 1] == 0] = float("nan")  # the hole, drawn in the "bad" colour
     cmap = plt.get_cmap("gray_r").with_extremes(bad="red")
