@@ -8,7 +8,6 @@ checkpoint.pt. The families: ``unicomp.experiments.fpt``, ``.perceiver``, ``.dt`
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from unicomp.files import atomic_write_json, claim_run_folder
 from unicomp.provenance import provenance
 from unicomp.registry import TASKS
 from unicomp.tasks.base import Task
-from unicomp.train import pick_device, train
+from unicomp.train import pick_device, process_rank, train
 
 
 def task_defaults(name: str) -> dict:
@@ -67,7 +66,7 @@ def build_task(name: str, args: dict) -> Task:
 
 
 def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes
+    return process_rank() == 0  # under torchrun only rank 0 writes
 
 
 def train_and_record(
