@@ -9,9 +9,16 @@ transformers):
   safetensors file (see docs/serving.md);
 * ``load_adapter(path, backbone=None)``: that file around a backbone (loaded by the name the
   file records, or one given, shared between adapters), with ``predict(inputs)``;
+* ``run_fpt(cfg)``, ``run_perceiver(cfg)``, ``run_dt(cfg)``: build and train a model of each
+  family into a run folder, as ``unicomp fpt|perceiver|dt train`` do; return its metrics;
+* ``FPTConfig``, ``PerceiverConfig``, ``DTConfig`` (each with a ``TrainConfig``): their
+  configs, the fields of the commands' flags and config.yaml files;
+* ``load_run(folder)``: any finished run folder back as its trained model;
 * ``TASKS``, ``BACKBONES``, ``FREEZE_POLICIES``: the registries (``unicomp list``);
 * ``register_task(name, cls_or_target, help="")``: add a task of your own (a Task subclass or
   "module:Class"); another package adds one with a ``unicomp.tasks`` entry point.
+
+See the README's "Python API" section for examples.
 """
 
 from __future__ import annotations
@@ -25,6 +32,14 @@ _API = {
     "load_backbone": "unicomp.backbones.hf",
     "export_adapter": "unicomp.adapters",
     "load_adapter": "unicomp.adapters",
+    "run_fpt": "unicomp.experiments.fpt",
+    "run_perceiver": "unicomp.experiments.perceiver",
+    "run_dt": "unicomp.experiments.dt",
+    "FPTConfig": "unicomp.config",
+    "PerceiverConfig": "unicomp.config",
+    "DTConfig": "unicomp.config",
+    "TrainConfig": "unicomp.config",
+    "load_run": "unicomp.experiments",
     "TASKS": "unicomp.registry",
     "BACKBONES": "unicomp.registry",
     "FREEZE_POLICIES": "unicomp.registry",
