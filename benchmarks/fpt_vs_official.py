@@ -60,7 +60,6 @@ def _fixed_batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def _gpt2_config():
     import transformers
 
-    import unicomp.catalog  # noqa: F401  (registers the backbones)
     from unicomp.registry import BACKBONES
 
     cfg = dict(BACKBONES.entry("gpt2").kwargs["config"])

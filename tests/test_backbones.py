@@ -7,7 +7,6 @@ import importlib.util
 import pytest
 import torch
 
-import unicomp.catalog  # noqa: F401
 from unicomp.backbones.hf import load_backbone
 from unicomp.errors import UnknownNameError, WeightsNotFoundError
 

@@ -131,6 +131,7 @@ def test_register_task_from_python(monkeypatch):
     from unicomp.errors import UnicompError
     from unicomp.tasks.bits import BitXOR
 
+    assert "bit-xor" in registry.TASKS  # the catalogue loaded, so the copy below holds it
     monkeypatch.setattr(registry.TASKS, "_entries", dict(registry.TASKS._entries))
     unicomp.register_task("my-xor", BitXOR, help="XOR, under my name")
     assert unicomp.TASKS.entry("my-xor").load() is BitXOR

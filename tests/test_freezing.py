@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import unicomp.catalog  # noqa: F401
 from unicomp.backbones.hf import load_backbone
 from unicomp.freezing import apply_freeze_policy, count_parameters, parameter_groups
 from unicomp.models.fpt import FPT

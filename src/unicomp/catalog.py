@@ -1,6 +1,7 @@
 """Every registered task, backbone and freeze policy: one ``register(...)`` line each.
 
-Imported by the CLI and by ``unicomp.api``; targets are imported lazily on first use.
+Imported by ``unicomp.registry`` on the first lookup of any registry (nothing needs to import
+it first); targets are imported lazily on first use.
 """
 
 from unicomp.registry import BACKBONE_SOURCES, BACKBONES, FREEZE_POLICIES, TASKS

@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import unicomp
-import unicomp.catalog  # noqa: F401  (registers everything; imports no torch)
 from unicomp.config import (
     FPTConfig,
     HelpFormatter,

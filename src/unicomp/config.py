@@ -390,7 +390,6 @@ def _train_default_text(cls: type, task_defaults: Any) -> Any:
 
     def table() -> dict[str, TrainConfig] | None:
         if "table" not in cache:
-            import unicomp.catalog  # noqa: F401  (registers the tasks)
             from unicomp.registry import TASKS
 
             try:

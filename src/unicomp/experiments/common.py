@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import unicomp.catalog  # noqa: F401  (registers everything)
 from unicomp.config import (
     check_config,
     from_dict,

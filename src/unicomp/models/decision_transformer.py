@@ -543,7 +543,6 @@ def _gpt2(c: DecisionTransformerConfig) -> nn.Module:
 def _load_backbone(c: DecisionTransformerConfig) -> nn.Module:
     """``c.backbone`` loaded (the DT's dropout inside it too), its position table cut to the
     3K token positions; ``c``'s width, layers and heads set to the backbone's."""
-    import unicomp.catalog  # noqa: F401  (registers the backbones and freeze policies)
     from unicomp.backbones.hf import HFBackbone, load_backbone
     from unicomp.errors import UnicompError
     from unicomp.registry import FREEZE_POLICIES
