@@ -208,13 +208,14 @@ def _proteins(spec: TaskSpec, max_len: int = 1024, unknown: str = "error", **_: 
 
 
 def _images(task: str) -> Any:
+    from unicomp.data.images import CIFAR_CLASSES
     from unicomp.tasks import images
 
     def build(spec: TaskSpec, tokens: int = 64, **_: Any) -> Codec:
         if task == "mnist":
             return ImageCodec(spec, (28, 28), lambda x: images.mnist_tokens(x, tokens))
         tokenise = images.cifar_tokens if task == "cifar10" else images.gray_tokens
-        return ImageCodec(spec, (32, 32, 3), tokenise, images.CIFAR_CLASSES)
+        return ImageCodec(spec, (32, 32, 3), tokenise, CIFAR_CLASSES)
 
     return build
 
