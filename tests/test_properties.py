@@ -24,20 +24,12 @@ from hypothesis.extra import numpy as hnp
 from unicomp.cli import build_parser
 from unicomp.config import DTConfig, FPTConfig, TrainConfig, from_dict, resolve
 from unicomp.data.images import read_idx
+from unicomp.data.proteins import N_FOLDS, read_fasta, read_fold_table, read_tape_json
 from unicomp.errors import DataError, UnicompError
 from unicomp.experiments.common import task_defaults
 from unicomp.experiments.dt import dt_task_defaults
 from unicomp.tasks.listops import OPERATORS, apply_operator, detokenize, read_tsv
-from unicomp.tasks.proteins import (
-    AMINO_ACIDS,
-    N_FOLDS,
-    decode,
-    encode,
-    read_fasta,
-    read_fold_table,
-    read_tape_json,
-    tape_records,
-)
+from unicomp.tasks.proteins import AMINO_ACIDS, decode, encode, tape_records
 
 h5py = pytest.importorskip("h5py")
 

@@ -18,16 +18,9 @@ import torch
 
 from tests.conftest import cli_train
 from unicomp.cli import main
+from unicomp.data.proteins import N_FOLDS
 from unicomp.errors import DataError
-from unicomp.tasks.proteins import (
-    AMINO_ACIDS,
-    N_FOLDS,
-    UNK,
-    VOCAB,
-    RemoteHomology,
-    decode,
-    encode,
-)
+from unicomp.tasks.proteins import AMINO_ACIDS, UNK, VOCAB, RemoteHomology, decode, encode
 
 _USER_DATA = os.environ.get("UNICOMP_DATA")  # for the slow test, read before the fixture
 
@@ -211,7 +204,7 @@ def test_lmdb_bad_count_and_truncated_file_are_data_errors(tmp_path):
     data.write_bytes(data.read_bytes()[:8192])
     code = (
         "import sys; from pathlib import Path; from unicomp.errors import DataError\n"
-        "from unicomp.tasks.proteins import read_tape_lmdb\n"
+        "from unicomp.data.proteins import read_tape_lmdb\n"
         "try: read_tape_lmdb(Path(sys.argv[1]))\n"
         "except DataError as err: print(err)\n"
     )
