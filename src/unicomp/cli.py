@@ -315,7 +315,14 @@ def cmd_dt_collect(args: argparse.Namespace) -> None:
     from unicomp.rl.collect import default_agents_dir
 
     agents = Path(args.agents) if args.agents else default_agents_dir()
-    if args.dqn_replay:
+    if args.from_training is True:
+        record = _train_sac_replay(args)
+    elif any(getattr(args, name) is not None for name in _TRAINING_SETTINGS):
+        raise UnicompError(
+            "--medium-return, --max-train-steps, --eval-every, --eval-episodes and "
+            "--learning-starts go with --suite medium-replay --from-training"
+        )
+    elif args.dqn_replay:
         record = _import_dqn_replay(args)
     elif args.transitions or args.buffers:
         raise UnicompError("--transitions and --buffers go with --dqn-replay")
@@ -324,7 +331,7 @@ def cmd_dt_collect(args: argparse.Namespace) -> None:
     else:
         record = _collect(args, agents)
     keys = ("env_id", "suite", "episodes", "steps", "return_mean", "return_std", "return_min")
-    keys += ("return_max", "normalized_score_mean", "seconds")
+    keys += ("return_max", "normalized_score_mean", "training_steps", "stop_reason", "seconds")
     print(json.dumps({k: record[k] for k in keys if k in record}, indent=2))
     print(f"data set: {args.out} (Minari, with collection.json)")
 
@@ -339,13 +346,71 @@ def _import_dqn_replay(args: argparse.Namespace) -> dict:
     return import_dqn_replay(args.dqn_replay, args.env, args.out, args.transitions, suffixes)
 
 
+# dt collect's settings of --from-training training (train_until_medium's arguments)
+_TRAINING_SETTINGS = (
+    "medium_return",
+    "max_train_steps",
+    "eval_every",
+    "eval_episodes",
+    "learning_starts",
+)
+
+
+def _train_sac_replay(args: argparse.Namespace) -> dict:
+    from unicomp.rl.sac_replay import train_until_medium
+
+    if args.suite != "medium-replay":
+        raise UnicompError(
+            "--from-training without a folder trains SAC for --suite medium-replay; "
+            "--suite medium or medium-expert take that run's folder: --from-training DIR"
+        )
+    if args.episodes is not None or args.noise:
+        raise UnicompError(
+            "--from-training keeps the whole replay buffer: no --episodes or --noise"
+        )
+    chosen = {name: getattr(args, name) for name in _TRAINING_SETTINGS}
+    return train_until_medium(
+        args.env,
+        args.out,
+        seed=args.seed,
+        n_envs=args.n_envs,
+        max_episode_steps=args.max_episode_steps,
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
+
+
+def _trained_components(args: argparse.Namespace) -> tuple:
+    """--suite medium / medium-expert --from-training DIR: the final SAC agent of a
+    medium-replay --from-training run, alone or with the expert (TQC)."""
+    from unicomp.rl.collect import Component
+    from unicomp.rl.sac_replay import AGENT_FILE
+
+    if args.suite not in ("medium", "medium-expert"):
+        raise UnicompError(
+            f"--from-training DIR goes with --suite medium or medium-expert, not {args.suite}"
+        )
+    agent = Path(args.from_training) / AGENT_FILE
+    if not agent.is_file():
+        raise UnicompError(
+            f"no {AGENT_FILE} in {args.from_training}: expected the folder of a "
+            "`dt collect --suite medium-replay --from-training` run"
+        )
+    medium = Component(str(agent))
+    return (medium,) if args.suite == "medium" else (medium, Component("tqc"))
+
+
 def _collect(args: argparse.Namespace, agents: Path | None) -> dict:
     from unicomp.rl.collect import Component, collect, suite_components
 
     if args.suite:
         if args.noise:
             raise UnicompError("--noise goes with --agent or --policy; a suite sets its own")
-        components = suite_components(args.env, args.suite)
+        if args.from_training:
+            components = _trained_components(args)
+        else:
+            components = suite_components(args.env, args.suite)
+    elif args.from_training:
+        raise UnicompError("--from-training goes with --suite")
     else:
         components = (Component(args.agent or args.policy, noise=args.noise),)
     return collect(
@@ -484,6 +549,39 @@ def _add_dt_commands(sub) -> None:
     )
     p.add_argument(
         "--buffers", help="--dqn-replay: checkpoint numbers, e.g. 0-49 or 40-49,3 [all found]"
+    )
+    p.add_argument(
+        "--from-training",
+        nargs="?",
+        const=True,
+        metavar="DIR",
+        help="with --suite medium-replay: train SAC until the medium level and keep its whole "
+        "replay buffer (D4RL's way); with --suite medium or medium-expert: DIR is such a run's "
+        "folder, whose final agent is rolled out (docs/rl-agents.md)",
+    )
+    p.add_argument(
+        "--medium-return",
+        type=float,
+        help="--from-training: the mean evaluation return that stops training [a third of the "
+        "expert's: Hopper-v5 981, HalfCheetah-v5 4030]",
+    )
+    p.add_argument(
+        "--max-train-steps",
+        type=int,
+        help="--from-training: stop there if the medium level is not reached [1000000]",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        help="--from-training: environment steps between evaluations [5000]",
+    )
+    p.add_argument(
+        "--eval-episodes", type=int, help="--from-training: episodes per evaluation [10]"
+    )
+    p.add_argument(
+        "--learning-starts",
+        type=int,
+        help="--from-training: uniform random steps before SAC learns [10000, rl-baselines3-zoo's]",
     )
     p.add_argument("--out", required=True, help="folder for the data set (must not hold one)")
     p.add_argument(
@@ -805,7 +903,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unicomp: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("unicomp: interrupted; resume with --resume --out <run folder>", file=sys.stderr)
+        hint = "; resume with --resume --out <run folder>" if hasattr(args, "resume") else ""
+        print(f"unicomp: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
 

@@ -451,17 +451,23 @@ def write_collection(
     name: str,
     what: str,
     t0: float,
+    files: dict[str, Callable[[Path], None]] | None = None,
 ) -> dict[str, Any]:
     """Write ``dataset`` as a Minari data set in ``out`` and ``out/collection.json``: the
-    environment, ``settings`` (what produced the episodes), the returns and, where the
-    environment has reference scores, the mean normalised score. Returns that record."""
+    environment, ``settings`` (what produced the episodes), the returns (with their
+    quantiles) and, where the environment has reference scores, the mean normalised score.
+    ``files``: further files of ``out`` by name, each written by its function given the
+    path (see write_data_set). Returns that record."""
     env_id = dataset.env_id
     summary = dataset.summary()
     ref = reference_scores(env_id)
+    quantiles = (0.1, 0.25, 0.5, 0.75, 0.9)
+    values = np.quantile(dataset.returns(), quantiles)
     record: dict[str, Any] = {
         "env_id": env_id,
         **settings,
         **summary,
+        "return_quantiles": {f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)},
         "seconds": round(time.perf_counter() - t0, 1),
         "versions": _versions(),
     }
@@ -478,7 +484,7 @@ def write_collection(
             ref_scores=ref,  # stored as ref_min_score/ref_max_score: minari.get_normalized_score
         )
 
-    write_data_set(dataset, out, write, record)
+    write_data_set(dataset, out, write, record, files)
     return record
 
 
@@ -494,18 +500,28 @@ def check_out(out: Path) -> None:
 
 
 def write_data_set(
-    dataset: TrajectoryDataset, out: Path, write: Callable[[Path], None], record: dict[str, Any]
+    dataset: TrajectoryDataset,
+    out: Path,
+    write: Callable[[Path], None],
+    record: dict[str, Any],
+    files: dict[str, Callable[[Path], None]] | None = None,
 ) -> None:
     """``write(folder)`` (the Minari data set) into a temporary folder in ``out``, in a child
-    process (h5py segfaults on a full disk: unicomp.files.write_in_child), then
-    collection.json (``record``); both renamed into place at the end. Any failure is one
-    UnicompError line and leaves ``out`` as it was (no data, no temporary)."""
+    process (h5py segfaults on a full disk: unicomp.files.write_in_child), then ``files``
+    (name: its writer, given the path) and collection.json (``record``); all renamed into
+    place at the end, collection.json last. Any failure is one UnicompError line and leaves
+    ``out`` as it was (no data, no temporary)."""
+    files = files or {}
     try:
         with temporary_folder(out, "data") as tmp:
             check_free_space(tmp, _bytes_at_least(dataset), f"the data set in {out}")
             write_in_child(lambda: write(tmp), f"the data set in {out}")
+            for name, write_file in files.items():
+                write_file(tmp / name)
             # a plain write: the temporary folder is what makes it atomic
             (tmp / "collection.json").write_text(json.dumps(record, indent=2) + "\n")
+            for name in files:
+                os.replace(tmp / name, out / name)
             os.replace(tmp / "data", out / "data")
             os.replace(tmp / "collection.json", out / "collection.json")
     except OSError as err:
