@@ -589,7 +589,12 @@ def _add_dt_commands(sub) -> None:
         help="rl-trained-agents folder (<algo>/<Env>-v3_1/) for suites and --policy ALGO "
         "[$UNICOMP_DATA/sb3-agents]",
     )
-    p.add_argument("--seed", type=int, default=0, help="episode i resets with seed + i [0]")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="episode i resets with seed + i; --from-training: SAC's and its environment's [0]",
+    )
     p.add_argument("--n-envs", type=int, default=16, help="environments stepped together [16]")
     p.add_argument("--max-episode-steps", type=int, help="time limit [the env's own]")
     p.set_defaults(func=cmd_dt_collect)

@@ -9,8 +9,9 @@ Suites in the manner of D4RL (Fu et al. 2020) for Hopper-v5 and HalfCheetah-v5:
     random         a uniform random policy
     medium         a policy at roughly 1/3 to 1/2 of the expert's return
     medium-replay  a mixture over noise levels and weaker policies (D4RL's medium-replay is the
-                   replay buffer of an agent trained up to medium; we have no such buffer, so
-                   we mix policies of rising quality instead: a departure)
+                   replay buffer of an agent trained up to medium; this mixes policies of
+                   rising quality instead: a departure; unicomp.rl.sac_replay keeps such a
+                   buffer, ``dt collect --suite medium-replay --from-training``)
     expert         the best agent (TQC)
     medium-expert  medium and expert episodes, half each (D4RL concatenates its two full
                    data sets)
