@@ -12,9 +12,10 @@ collected until then, cut into its episodes in order, as a data set
 (``sac-agent.zip``: the policy D4RL's medium rolls out, ``dt collect --suite medium
 --from-training DIR``).
 
-Departures from D4RL: SB3's SAC (D4RL used rlkit's), gymnasium's -v5 environments, the medium
-level is a third of our expert's return in -v5 (below), and training is not resumable: a run
-stopped before its end writes nothing and starts again from step 0.
+Departures from D4RL: SB3's SAC (not the implementation D4RL trained with), gymnasium's -v5
+environments, the medium level is a third of our expert's return in -v5 (below), and
+training is not resumable: a run stopped before its end writes nothing and starts again from
+step 0.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from unicomp.errors import UnicompError
+from unicomp.rl.collect import SB3Policy, check_out, env_name, write_collection
 from unicomp.rl.envs import check_env_id, make_env
 from unicomp.rl.evaluate import run_episodes
 from unicomp.rl.trajectories import Episode, TrajectoryDataset
@@ -47,7 +49,7 @@ EVAL_SEED_OFFSET = 10_000  # evaluation episode i resets with seed + EVAL_SEED_O
 
 def default_medium_return(env_id: str) -> float:
     """A third of the expert's return in ``env_id`` (EXPERT_RETURNS); UnicompError elsewhere."""
-    name = env_id.rsplit("-v", 1)[0]
+    name = env_name(env_id)
     if name not in EXPERT_RETURNS:
         raise UnicompError(
             f"no expert return known for {env_id} (known: "
@@ -88,8 +90,6 @@ def train_until_medium(
     stops training (default: a third of the expert's, :func:`default_medium_return`).
     Returns the record written to ``out/collection.json``."""
     import gymnasium as gym
-
-    from unicomp.rl.collect import check_out, write_collection
 
     out = Path(out)
     _check_settings(medium_return, max_train_steps, eval_every, eval_episodes, learning_starts)
@@ -146,8 +146,6 @@ def _train(env, env_id: str, medium_return: float, max_train_steps: int, eval_ev
     """SAC trained in ``env`` and evaluated every ``eval_every`` steps until the medium level
     or ``max_train_steps``: (the model, the evaluations, why it stopped)."""
     from stable_baselines3 import SAC
-
-    from unicomp.rl.collect import SB3Policy
 
     t0 = time.perf_counter()
     # buffer_size: every step of the run fits, so nothing is overwritten (the zoo's 1M for its
