@@ -266,7 +266,16 @@ def test_cli_bc_pbc_eval_and_compare(tmp_path, capsys):
     assert (
         main(
             ["dt", "eval", "--run", str(tmp_path / "dt"), "--eval-episodes", "3"]
-            + ["--eval-max-steps", "5", "--eval-seed", "7", "--eval-envs", "1", "--out", "again.json"]
+            + [
+                "--eval-max-steps",
+                "5",
+                "--eval-seed",
+                "7",
+                "--eval-envs",
+                "1",
+                "--out",
+                "again.json",
+            ]
         )
         == 0
     )
