@@ -172,6 +172,13 @@ def test_shipped_suites_load(name, tmp_path):
     assert len(suite.cells) == 14 * 3 and suite.seeds == [0, 1, 2]
 
 
+def test_the_shipped_model_size_suite_pairs_each_backbone_with_its_random_twin(tmp_path):
+    suite = load_suite("model-size", tmp_path)
+    backbones = {c.cfg.backbone for c in suite.cells}
+    assert backbones == {"minilm-l6", "smollm2-135m", "random:minilm-l6", "random:smollm2-135m"}
+    assert len(suite.cells) == 4 * 3 and {c.cfg.freeze for c in suite.cells} == {"paper"}
+
+
 def test_the_shipped_sweep_suite_has_one_cell_per_rate(tmp_path):
     suite = load_suite("bit-xor-sweep", tmp_path)
     assert suite.protocol == "sweep"
