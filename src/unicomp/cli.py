@@ -9,7 +9,6 @@ Errors a user can act on (unknown names, missing weights, bad files) print as on
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from unicomp.config import (
     comma_numbers,
 )
 from unicomp.errors import UnicompError
-from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS
+from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS, load_target
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -110,8 +109,7 @@ def _defaults(target: str):
     the resolved defaults), not when the parser is built."""
 
     def call(task: str) -> dict:
-        module, _, name = target.partition(":")
-        return getattr(importlib.import_module(module), name)(task)
+        return load_target(target)(task)
 
     return call
 

@@ -24,6 +24,12 @@ from typing import Any
 from unicomp.errors import UnicompError, UnknownNameError
 
 
+def load_target(target: str) -> Any:
+    """The object a "package.module:attribute" string names, its module imported now."""
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 @dataclass
 class Entry:
     name: str
@@ -32,10 +38,7 @@ class Entry:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def load(self) -> Any:
-        if not isinstance(self.target, str):
-            return self.target
-        module, _, attr = self.target.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return load_target(self.target) if isinstance(self.target, str) else self.target
 
     @property
     def where(self) -> str:

@@ -81,7 +81,9 @@ NOT_SETTINGS = frozenset(
 )
 
 
-def _config_class(saved: dict) -> type | None:
+def config_class(saved: dict) -> type | None:
+    """The config class of a run folder's config.yaml (DTConfig, FPTConfig, PerceiverConfig),
+    from the fields only that family has; None for anything else."""
     from unicomp.config import DTConfig, FPTConfig, PerceiverConfig
 
     if "data" in saved or "algo" in saved:
@@ -109,7 +111,7 @@ def run_settings(
 
     ignore = ignore or NOT_SETTINGS.__contains__
     saved = load_yaml(path)
-    cls = cls or _config_class(saved)
+    cls = cls or config_class(saved)
     config = to_dict(cls()) if cls else {"train": {}}
     config.update({k: v for k, v in saved.items() if k != "train"})
     config["train"].update(saved.get("train") or {})

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from unicomp.config import load_yaml
+from unicomp.config import DTConfig, FPTConfig, PerceiverConfig, load_yaml
 from unicomp.errors import UnicompError
+from unicomp.runs import config_class
 
 
 def run_kind(folder: str | Path) -> str:
@@ -19,13 +20,10 @@ def run_kind(folder: str | Path) -> str:
     path = Path(folder) / "config.yaml"
     if not path.is_file():
         raise UnicompError(f"{folder} is not a run folder (no config.yaml)")
-    data = load_yaml(path)
-    if "backbone" in data and "freeze" in data and "algo" not in data:
-        return "fpt"
-    if "num_latents" in data:
-        return "perceiver"
-    if "algo" in data and "data" in data:
-        return "dt"
+    kind = {DTConfig: "dt", FPTConfig: "fpt", PerceiverConfig: "perceiver"}
+    cls = config_class(load_yaml(path))
+    if cls in kind:
+        return kind[cls]
     raise UnicompError(f"{path} is not the config of an FPT, Perceiver or Decision Transformer run")
 
 
