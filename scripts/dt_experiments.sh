@@ -4,7 +4,8 @@
 # A finished run (its metrics.json) is skipped and a killed DT run resumes from its
 # checkpoint, so the script can be started again after an interruption.
 #   scripts/dt_experiments.sh [OUT [PART ...]]
-#     OUT: default runs; PART: hopper, ktd, cartpole, graph (default: all four, in that order)
+#     OUT: default runs; PART: hopper, hopper-me, dt-lm, ktd, cartpole, graph (default: all,
+#     in that order). DT_JOBS: runs at a time in the Hopper parts (default 2, one thread each)
 # Needs $UNICOMP_DATA/sb3-agents (the Hopper and CartPole data) and .venv-d3rlpy (CQL and
 # IQL: docs/rl-experiments.md).
 set -euo pipefail
@@ -29,7 +30,7 @@ external() {  # RUN ARGS...: unicomp dt external ARGS into RUN, unless it has fi
 }
 
 two_at_a_time() {  # train|quick|external RUN ARGS...: in the background, output added to RUN.log
-  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n || true; done
+  while [ "$(jobs -rp | wc -l)" -ge ${DT_JOBS:-2} ]; do wait -n || true; done
   mkdir -p "$(dirname $2)"
   "$@" >> $2.log 2>&1 &
 }
@@ -79,10 +80,50 @@ hopper() {
       --seed $s --steps 10000 --eval-episodes 50 --eval-envs 50
   done
   wait
-  for log in $H/*/*-s?.log; do
+  for d in medium-replay medium; do check_runs $H/$d; done
+  for d in medium-replay medium; do $U dt compare --runs $H/$d/*-s? --out $H/$d/compare; done
+}
+
+check_runs() {  # DIR: name every run in DIR that has a log but no metrics.json
+  for log in $1/*-s?.log; do
     [ -f ${log%.log}/metrics.json ] || echo "FAILED: ${log%.log} (see $log)"
   done
-  for d in medium-replay medium; do $U dt compare --runs $H/$d/*-s? --out $H/$d/compare; done
+}
+
+# --- Hopper-v5 medium-expert (half SAC + noise 0.1, half TQC): delayed rewards (paper sec.
+# 5.5: all of an episode's reward at its last step). DT with and without, BC, 3 seeds; BC
+# never reads rewards, so its delayed-reward run (seed 0) must equal its plain one
+hopper_me() {
+  local M=$OUT/hopper/medium-expert s
+  [ -d $M/data ] || $U dt collect --env Hopper-v5 --suite medium-expert --episodes 1000 \
+    --n-envs 50 --out $M --agents "${UNICOMP_DATA:?set UNICOMP_DATA}/sb3-agents"
+  for s in 0 1 2; do
+    two_at_a_time quick $M/dt-s$s --data $M --seed $s
+    two_at_a_time quick $M/dt-delayed-s$s --data $M --seed $s --delayed-reward
+    two_at_a_time quick $M/bc-s$s --data $M --seed $s --algo bc
+  done
+  two_at_a_time quick $M/bc-delayed-s0 --data $M --seed 0 --algo bc --delayed-reward
+  wait
+  check_runs $M
+  $U dt compare --runs $M/*-s? --out $M/compare
+}
+
+# --- A frozen pretrained language model as the DT's backbone (minilm-l6, FPT's freezing:
+# input, output, positions and norms train) against the paper's DT from scratch, same data
+# (Hopper medium-expert) and budget. A minilm-l6 step costs ~25x a scratch step on this CPU,
+# so the budget is 300 steps of batch 64 (the quick preset's 10%), validation every 50 steps
+dt_lm() {
+  local M=$OUT/hopper/medium-expert s
+  # acting through minilm-l6 is slow too: 10 episodes at the paper's target 3600, for both
+  local lc="--config configs/dt-gym-quick.yaml --data $M --steps 300 --warmup-steps 30
+    --eval-every 50 --eval-targets 3600 --eval-episodes 10 --eval-envs 10"
+  for s in 0 1 2; do
+    two_at_a_time train $M/lm-minilm-paper-300-s$s $lc --seed $s --backbone minilm-l6 --freeze paper
+    two_at_a_time train $M/dt-300-s$s $lc --seed $s
+  done
+  wait
+  check_runs $M
+  $U dt compare --runs $M/lm-*-s? $M/dt-300-s? --out $M/compare-lm
 }
 
 # --- Key-to-Door: DT vs BC vs %BC vs CQL on 4,000 random-policy episodes
@@ -141,11 +182,11 @@ graph() {
     tee $OUT/graph-shortest-path.txt
 }
 
-PARTS=${PARTS:-hopper ktd cartpole graph}
+PARTS=${PARTS:-hopper hopper-me dt-lm ktd cartpole graph}
 for part in $PARTS; do
   case $part in
-    hopper | ktd | cartpole | graph) ;;
-    *) echo "unknown part $part: choose from hopper, ktd, cartpole, graph" >&2 && exit 2 ;;
+    hopper | hopper-me | dt-lm | ktd | cartpole | graph) ;;
+    *) echo "unknown part $part: choose from hopper, hopper-me, dt-lm, ktd, cartpole, graph" >&2 && exit 2 ;;
   esac
 done
-for part in $PARTS; do $part; done
+for part in $PARTS; do ${part//-/_}; done
