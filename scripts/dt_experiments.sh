@@ -110,16 +110,16 @@ hopper_me() {
 
 # --- A frozen pretrained language model as the DT's backbone (minilm-l6, FPT's freezing:
 # input, output, positions and norms train) against the paper's DT from scratch, same data
-# (Hopper medium-expert) and budget. A minilm-l6 step costs ~25x a scratch step on this CPU,
-# so the budget is 300 steps of batch 64 (the quick preset's 10%), validation every 50 steps
+# (Hopper medium-expert) and budget. A minilm-l6 step costs ~25x a scratch step on this CPU
+# (3 s for batch 64 on one core), so the budget is 500 steps of batch 16 (3% of the quick
+# preset's samples), validation every 100 steps; 10 evaluation episodes at target 3600
 dt_lm() {
   local M=$OUT/hopper/medium-expert s
-  # acting through minilm-l6 is slow too: 10 episodes at the paper's target 3600, for both
-  local lc="--config configs/dt-gym-quick.yaml --data $M --steps 300 --warmup-steps 30
-    --eval-every 50 --eval-targets 3600 --eval-episodes 10 --eval-envs 10"
+  local lc="--config configs/dt-gym-quick.yaml --data $M --steps 500 --batch-size 16
+    --warmup-steps 50 --eval-every 100 --eval-targets 3600 --eval-episodes 10 --eval-envs 10"
   for s in 0 1 2; do
-    two_at_a_time train $M/lm-minilm-paper-300-s$s $lc --seed $s --backbone minilm-l6 --freeze paper
-    two_at_a_time train $M/dt-300-s$s $lc --seed $s
+    two_at_a_time train $M/lm-minilm-paper-500-s$s $lc --seed $s --backbone minilm-l6 --freeze paper
+    two_at_a_time train $M/dt-500-s$s $lc --seed $s
   done
   wait
   check_runs $M
