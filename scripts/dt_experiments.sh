@@ -5,7 +5,8 @@
 # checkpoint, so the script can be started again after an interruption.
 #   scripts/dt_experiments.sh [OUT [PART ...]]
 #     OUT: default runs; PART: hopper, hopper-me, dt-lm, ktd, cartpole, graph (default: all,
-#     in that order). DT_JOBS: runs at a time in the Hopper parts (default 2, one thread each)
+#     in that order). DT_JOBS: runs at a time in the Hopper parts (default 2, one thread each);
+#     DT_SEEDS: the training seeds of hopper-me and dt-lm (default "0 1 2")
 # Needs $UNICOMP_DATA/sb3-agents (the Hopper and CartPole data) and .venv-d3rlpy (CQL and
 # IQL: docs/rl-experiments.md).
 set -euo pipefail
@@ -97,12 +98,14 @@ hopper_me() {
   local M=$OUT/hopper/medium-expert s
   [ -d $M/data ] || $U dt collect --env Hopper-v5 --suite medium-expert --episodes 1000 \
     --n-envs 50 --out $M --agents "${UNICOMP_DATA:?set UNICOMP_DATA}/sb3-agents"
-  for s in 0 1 2; do
+  for s in ${DT_SEEDS:-0 1 2}; do
     two_at_a_time quick $M/dt-s$s --data $M --seed $s
     two_at_a_time quick $M/dt-delayed-s$s --data $M --seed $s --delayed-reward
     two_at_a_time quick $M/bc-s$s --data $M --seed $s --algo bc
   done
-  two_at_a_time quick $M/bc-delayed-s0 --data $M --seed 0 --algo bc --delayed-reward
+  if [[ " ${DT_SEEDS:-0} " == *" 0 "* ]]; then
+    two_at_a_time quick $M/bc-delayed-s0 --data $M --seed 0 --algo bc --delayed-reward
+  fi
   wait
   check_runs $M
   $U dt compare --runs $M/*-s? --out $M/compare
@@ -117,13 +120,13 @@ dt_lm() {
   local M=$OUT/hopper/medium-expert s
   local lc="--config configs/dt-gym-quick.yaml --data $M --steps 500 --batch-size 16
     --warmup-steps 50 --eval-every 100 --eval-targets 3600 --eval-episodes 10 --eval-envs 10"
-  for s in 0 1 2; do
+  for s in ${DT_SEEDS:-0 1 2}; do
     two_at_a_time train $M/lm-minilm-paper-500-s$s $lc --seed $s --backbone minilm-l6 --freeze paper
     two_at_a_time train $M/dt-500-s$s $lc --seed $s
   done
   wait
   check_runs $M
-  $U dt compare --runs $M/lm-*-s? $M/dt-300-s? --out $M/compare-lm
+  $U dt compare --runs $M/lm-*-s? $M/dt-500-s? --out $M/compare-lm
 }
 
 # --- Key-to-Door: DT vs BC vs %BC vs CQL on 4,000 random-policy episodes
