@@ -515,6 +515,23 @@ def test_d3rlpy_export_marks_every_episode_end(tmp_path):
     assert info["reference_scores"]["source"] == "built-in table (hopper)"
 
 
+def test_d3rlpy_export_delays_rewards_to_each_episode_end(tmp_path):
+    """`dt external --delayed-reward` (paper sec. 5.5, CQL 9.0 on hopper medium-expert):
+    d3rlpy sees zeros except each episode's whole return at its last step; returns unchanged."""
+    from unicomp.experiments.external import export_data
+    from unicomp.rl.trajectories import write_minari
+
+    write_minari(_dataset([3, 4, 2], returns=[3.0, 8.0, -2.0]), tmp_path / "set")
+    plain, delayed = tmp_path / "plain", tmp_path / "delayed"
+    plain.mkdir(), delayed.mkdir()
+    assert export_data(str(tmp_path / "set"), None, plain)["delayed_reward"] is False
+    info = export_data(str(tmp_path / "set"), None, delayed, delayed_reward=True)
+    assert info["delayed_reward"] is True
+    rewards = np.load(delayed / "data.npz")["rewards"]
+    np.testing.assert_allclose(rewards, [0, 0, 3, 0, 0, 0, 8, 0, -2], atol=1e-6)
+    np.testing.assert_allclose(np.load(plain / "data.npz")["rewards"].sum(), rewards.sum(), 1e-6)
+
+
 class _WalkToTarget(torch.nn.Module):
     """A TorchScript policy as d3rlpy saves one (observations in, action indices out): on
     Key-to-Door, a step towards the key or the door, whichever is in view."""
@@ -551,6 +568,7 @@ def test_external_policy_is_scored_like_a_dt_run_and_compared(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["algo"] == "cql" and metrics["train_steps"] == 7 and metrics["episodes"] == 40
     assert metrics["primary_target"] is None and metrics["eval"][0]["target_return"] is None
+    assert metrics["delayed_reward"] is False
     assert metrics["success_rate"] > 0.9, metrics  # a random policy's: about 0.07
     capsys.readouterr()
     assert main(["dt", "compare", "--runs", str(out), "--out", str(tmp_path / "c")]) == 0

@@ -490,6 +490,7 @@ def cmd_dt_external(args: argparse.Namespace) -> None:
         eval_max_steps=args.eval_max_steps,
         python=args.d3rlpy_python,
         device=args.device,
+        delayed_reward=args.delayed_reward,
     )
     keys = ("algo", "env", "train_steps", "return_mean", "normalized_score_mean")
     print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
@@ -649,6 +650,12 @@ def _add_dt_commands(sub) -> None:
         "checkout]",
     )
     p.add_argument("--device", default="cpu:0", help="d3rlpy's training device [cpu:0]")
+    p.add_argument(
+        "--delayed-reward",
+        action="store_true",
+        help="train on the data with each episode's rewards given at its last step (paper "
+        "sec. 5.5, as dt train --delayed-reward)",
+    )
     p.set_defaults(func=cmd_dt_external)
 
     p = dt.add_parser(

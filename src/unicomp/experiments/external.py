@@ -38,7 +38,7 @@ from unicomp.errors import UnicompError
 from unicomp.experiments.dt import primary_scores
 from unicomp.files import atomic_write_json
 from unicomp.rl.evaluate import run_episodes, score_reference
-from unicomp.rl.trajectories import TrajectoryDataset, read_dataset
+from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards, read_dataset
 
 ALGOS = ("cql", "iql")
 REPO = Path(__file__).resolve().parents[3]
@@ -71,11 +71,17 @@ def flat_arrays(dataset: TrajectoryDataset) -> dict[str, np.ndarray]:
     }
 
 
-def export_data(data: str, env: str | None, out: Path) -> dict[str, Any]:
-    """Write ``data``'s episodes to ``out/data.npz`` (:func:`flat_arrays`); returns the
-    environment to act in (``env``, else the data set's), whether actions are discrete, the
-    data's summary and the reference returns of its normalised score (as a DT run's)."""
+def export_data(
+    data: str, env: str | None, out: Path, *, delayed_reward: bool = False
+) -> dict[str, Any]:
+    """Write ``data``'s episodes to ``out/data.npz`` (:func:`flat_arrays`), with every
+    episode's reward given at its last step if ``delayed_reward`` (paper sec. 5.5, as
+    ``dt train --delayed-reward``); returns the environment to act in (``env``, else the data
+    set's), whether actions are discrete, the data's summary and the reference returns of its
+    normalised score (as a DT run's)."""
     ds = read_dataset(data, env)
+    if delayed_reward:
+        ds = delay_rewards(ds)
     np.savez(out / "data.npz", **flat_arrays(ds))
     env = env or ds.env_id
     return {
@@ -83,6 +89,7 @@ def export_data(data: str, env: str | None, out: Path) -> dict[str, Any]:
         "discrete": ds.discrete,
         "n_actions": ds.action_dim if ds.discrete else None,
         "data": ds.summary(),
+        "delayed_reward": delayed_reward,
         "reference_scores": score_reference(env, ds.metadata),
     }
 
@@ -173,6 +180,7 @@ def score_run(
         "train_seconds": trained["train_seconds"],
         "wall_seconds": round(wall_seconds, 2),
         "data": exported["data"],
+        "delayed_reward": exported["delayed_reward"],
         "reference_scores": reference,
         "d3rlpy": trained["d3rlpy"],
         "eval": [evaluation],
@@ -196,9 +204,11 @@ def run_external(
     eval_max_steps: int = 0,
     python: str | Path | None = None,
     device: str = "cpu:0",
+    delayed_reward: bool = False,
 ) -> dict[str, Any]:
     """The three stages (module docstring) into the run folder ``out``; returns its
-    metrics.json."""
+    metrics.json. ``delayed_reward``: d3rlpy trains on the data with each episode's rewards
+    summed at its last step; acting is unchanged (a Markov policy reads no reward)."""
     if algo not in ALGOS:
         raise UnicompError(f"unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
     out = Path(out)
@@ -208,7 +218,7 @@ def run_external(
     if not python.exists():
         raise UnicompError(f"no d3rlpy venv at {python}; create it with: {D3RLPY_INSTALL}")
     out.mkdir(parents=True, exist_ok=True)
-    exported = export_data(data, env, out)
+    exported = export_data(data, env, out, delayed_reward=delayed_reward)
     if not exported["env"]:
         raise UnicompError(f"{data} names no environment (D4RL files never do); pass --env")
     if algo == "iql" and exported["discrete"]:
