@@ -4,9 +4,9 @@
 # A finished run (its metrics.json) is skipped and a killed DT run resumes from its
 # checkpoint, so the script can be started again after an interruption.
 #   scripts/dt_experiments.sh [OUT [PART ...]]
-#     OUT: default runs; PART: hopper, hopper-me, dt-lm, ktd, cartpole, graph (default: all,
+#     OUT: default runs; PART: hopper, hopper-me, dt-lm, hopper-sac, ktd, cartpole, graph (default: all,
 #     in that order). DT_JOBS: runs at a time in the Hopper parts (default 2, one thread each);
-#     DT_SEEDS: the training seeds of hopper-me and dt-lm (default "0 1 2")
+#     DT_SEEDS: the training seeds of hopper-me, dt-lm and hopper-sac (default "0 1 2")
 # Needs $UNICOMP_DATA/sb3-agents (the Hopper and CartPole data) and .venv-d3rlpy (CQL and
 # IQL: docs/rl-experiments.md).
 set -euo pipefail
@@ -105,10 +105,32 @@ hopper_me() {
   done
   if [[ " ${DT_SEEDS:-0} " == *" 0 "* ]]; then
     two_at_a_time quick $M/bc-delayed-s0 --data $M --seed 0 --algo bc --delayed-reward
+    # the paper's CQL with delayed rewards (9.0), and without, at the Hopper table's budget
+    two_at_a_time external $M/cql-s0 --algo cql --data $M --seed 0 --steps 2000 \
+      --eval-episodes 50 --eval-envs 50
+    two_at_a_time external $M/cql-delayed-s0 --algo cql --data $M --seed 0 --steps 2000 \
+      --eval-episodes 50 --eval-envs 50 --delayed-reward
   fi
   wait
   check_runs $M
   $U dt compare --runs $M/*-s? --out $M/compare
+}
+
+# --- Hopper-v5 medium-replay made D4RL's way: the replay buffer of one SAC run trained until
+# its evaluation return reaches the medium level (a third of the expert's: 981), capped at
+# 400k environment steps (about 1.7 hours on one core); DT, BC, %BC (10%) with the quick preset
+hopper_sac() {
+  local R=$OUT/hopper/medium-replay-sac s
+  [ -d $R/data ] || $U dt collect --env Hopper-v5 --suite medium-replay --from-training \
+    --seed 0 --max-train-steps 400000 --out $R
+  for s in ${DT_SEEDS:-0 1 2}; do
+    two_at_a_time quick $R/dt-s$s --data $R --seed $s
+    two_at_a_time quick $R/bc-s$s --data $R --seed $s --algo bc
+    two_at_a_time quick $R/pbc10-s$s --data $R --seed $s --algo pbc --top-percent 10
+  done
+  wait
+  check_runs $R
+  $U dt compare --runs $R/*-s? --out $R/compare
 }
 
 # --- A frozen pretrained language model as the DT's backbone (minilm-l6, FPT's freezing:
@@ -124,6 +146,10 @@ dt_lm() {
     two_at_a_time train $M/lm-minilm-paper-500-s$s $lc --seed $s --backbone minilm-l6 --freeze paper
     two_at_a_time train $M/dt-500-s$s $lc --seed $s
   done
+  # Reid et al.'s setting: the language model's initialisation, every weight trained (seed 0)
+  if [[ " ${DT_SEEDS:-0} " == *" 0 "* ]]; then
+    two_at_a_time train $M/lm-minilm-full-500-s0 $lc --seed 0 --backbone minilm-l6 --freeze full
+  fi
   wait
   check_runs $M
   $U dt compare --runs $M/lm-*-s? $M/dt-500-s? --out $M/compare-lm
@@ -185,11 +211,11 @@ graph() {
     tee $OUT/graph-shortest-path.txt
 }
 
-PARTS=${PARTS:-hopper hopper-me dt-lm ktd cartpole graph}
+PARTS=${PARTS:-hopper hopper-me dt-lm hopper-sac ktd cartpole graph}
 for part in $PARTS; do
   case $part in
-    hopper | hopper-me | dt-lm | ktd | cartpole | graph) ;;
-    *) echo "unknown part $part: choose from hopper, hopper-me, dt-lm, ktd, cartpole, graph" >&2 && exit 2 ;;
+    hopper | hopper-me | dt-lm | hopper-sac | ktd | cartpole | graph) ;;
+    *) echo "unknown part $part: choose from hopper, hopper-me, dt-lm, hopper-sac, ktd, cartpole, graph" >&2 && exit 2 ;;
   esac
 done
 for part in $PARTS; do ${part//-/_}; done
