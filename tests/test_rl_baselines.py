@@ -502,15 +502,16 @@ def test_d3rlpy_export_marks_every_episode_end(tmp_path):
     from unicomp.experiments.external import export_data
     from unicomp.rl.trajectories import write_minari
 
-    ds = _dataset([3, 4, 2])
+    ds = _dataset([3, 4, 2, 2])
     ds.episodes[1].terminations[-1], ds.episodes[1].truncations[-1] = True, False
     ds.episodes[2].truncations[-1] = False  # an episode that ends with neither flag
+    ds.episodes[3].terminations[-1] = True  # terminated at the time limit: both flags
     write_minari(ds, tmp_path / "set")
     info = export_data(str(tmp_path / "set"), None, tmp_path)
     arrays = np.load(tmp_path / "data.npz")
-    assert arrays["observations"].shape == (9, 4) and arrays["actions"].dtype == np.float32
-    assert arrays["terminals"].tolist() == [0, 0, 0, 0, 0, 0, 1, 0, 0]
-    assert arrays["timeouts"].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 1]
+    assert arrays["observations"].shape == (11, 4) and arrays["actions"].dtype == np.float32
+    assert arrays["terminals"].tolist() == [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert arrays["timeouts"].tolist() == [0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0]
     assert info["env"] == "Hopper-v5" and info["discrete"] is False
     assert info["reference_scores"]["source"] == "built-in table (hopper)"
 

@@ -55,12 +55,15 @@ def default_out(algo: str, data: str, seed: int) -> Path:
 # --- stage 1: export ------------------------------------------------------------------------
 def flat_arrays(dataset: TrajectoryDataset) -> dict[str, np.ndarray]:
     """The data set as D4RL-style flat arrays (what d3rlpy's MDPDataset reads); every
-    episode ends with a terminal or a timeout, or d3rlpy would join it to the next."""
+    episode ends with a terminal or a timeout, or d3rlpy would join it to the next, and never
+    with both (d3rlpy refuses that): a step that terminated at the time limit counts as
+    terminal, the stronger fact for value learning."""
     eps = dataset.episodes
     terminals = np.concatenate([e.terminations for e in eps]).astype(np.float32)
     timeouts = np.concatenate([e.truncations for e in eps]).astype(np.float32)
     ends = np.cumsum([len(e) for e in eps]) - 1
     timeouts[ends] = np.maximum(timeouts[ends], 1.0 - terminals[ends])
+    timeouts *= 1.0 - terminals
     actions = np.concatenate([e.actions for e in eps])
     return {
         "observations": np.concatenate([e.states for e in eps]).astype(np.float32),
