@@ -147,6 +147,9 @@ dt_lm() {
     two_at_a_time train $M/dt-500-s$s $lc --seed $s
     # Reid et al.'s setting: the language model's initialisation, every weight trained
     two_at_a_time train $M/lm-minilm-full-500-s$s $lc --seed $s --backbone minilm-l6 --freeze full
+    # its control: the same architecture from a random init, every weight trained
+    two_at_a_time train $M/lm-random-full-500-s$s $lc --seed $s --backbone random:minilm-l6 \
+      --freeze full
   done
   wait
   check_runs $M
