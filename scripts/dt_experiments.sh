@@ -15,6 +15,7 @@ OUT=${1:-runs}
 PARTS=${*:2}
 export OMP_NUM_THREADS=1
 U=.venv/bin/unicomp
+SEEDS=${DT_SEEDS:-0 1 2}  # the training seeds of hopper-me, dt-lm and hopper-sac
 
 train() {  # RUN ARGS...: unicomp dt train ARGS into RUN, unless it has finished
   local run=$1 resume=
@@ -98,12 +99,12 @@ hopper_me() {
   local M=$OUT/hopper/medium-expert s
   [ -d $M/data ] || $U dt collect --env Hopper-v5 --suite medium-expert --episodes 1000 \
     --n-envs 50 --out $M --agents "${UNICOMP_DATA:?set UNICOMP_DATA}/sb3-agents"
-  for s in ${DT_SEEDS:-0 1 2}; do
+  for s in $SEEDS; do
     two_at_a_time quick $M/dt-s$s --data $M --seed $s
     two_at_a_time quick $M/dt-delayed-s$s --data $M --seed $s --delayed-reward
     two_at_a_time quick $M/bc-s$s --data $M --seed $s --algo bc
   done
-  if [[ " ${DT_SEEDS:-0} " == *" 0 "* ]]; then
+  if [[ " $SEEDS " == *" 0 "* ]]; then
     two_at_a_time quick $M/bc-delayed-s0 --data $M --seed 0 --algo bc --delayed-reward
     # the paper's CQL with delayed rewards (9.0), and without, at the Hopper table's budget
     two_at_a_time external $M/cql-s0 --algo cql --data $M --seed 0 --steps 2000 \
@@ -118,12 +119,13 @@ hopper_me() {
 
 # --- Hopper-v5 medium-replay made D4RL's way: the replay buffer of one SAC run trained until
 # its evaluation return reaches the medium level (a third of the expert's: 981), capped at
-# 400k environment steps (about 1.7 hours on one core); DT, BC, %BC (10%) with the quick preset
+# 400k environment steps (seed 0 reached it at 150k, in 45 minutes on one core); DT, BC and
+# %BC (10%) with the quick preset
 hopper_sac() {
   local R=$OUT/hopper/medium-replay-sac s
   [ -d $R/data ] || $U dt collect --env Hopper-v5 --suite medium-replay --from-training \
     --seed 0 --max-train-steps 400000 --out $R
-  for s in ${DT_SEEDS:-0 1 2}; do
+  for s in $SEEDS; do
     two_at_a_time quick $R/dt-s$s --data $R --seed $s
     two_at_a_time quick $R/bc-s$s --data $R --seed $s --algo bc
     two_at_a_time quick $R/pbc10-s$s --data $R --seed $s --algo pbc --top-percent 10
@@ -142,7 +144,7 @@ dt_lm() {
   local M=$OUT/hopper/medium-expert s
   local lc="--config configs/dt-gym-quick.yaml --data $M --steps 500 --batch-size 16
     --warmup-steps 50 --eval-every 100 --eval-targets 3600 --eval-episodes 10 --eval-envs 10"
-  for s in ${DT_SEEDS:-0 1 2}; do
+  for s in $SEEDS; do
     two_at_a_time train $M/lm-minilm-paper-500-s$s $lc --seed $s --backbone minilm-l6 --freeze paper
     two_at_a_time train $M/dt-500-s$s $lc --seed $s
     # Reid et al.'s setting: the language model's initialisation, every weight trained
