@@ -14,7 +14,7 @@ ROOT = Path(unicomp.__file__).parent
 # Lowest first. A module may import its own layer and the ones below it, never above.
 LAYERS = [
     ("base", ["", "errors", "registry", "catalog", "files", "config", "provenance", "tracking",
-              "data", "plots"]),
+              "data", "plots", "verdicts"]),
     ("tasks and backbones", ["tasks", "backbones", "freezing"]),
     ("models", ["models"]),
     ("the loop", ["train", "features"]),
@@ -22,7 +22,7 @@ LAYERS = [
     ("run folders as tables", ["runs"]),
     ("runs of each family", ["experiments"]),
     ("tools on runs", ["ablate", "attention", "adapters", "codecs", "serve", "demo",
-                       "reproduce", "latent_search", "rl.export"]),
+                       "reproduce", "claims", "documents", "latent_search", "rl.export"]),
     ("command line", ["cli", "__main__"]),
 ]  # fmt: skip
 

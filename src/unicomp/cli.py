@@ -677,13 +677,22 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from unicomp.reproduce import reproduce
 
     out = Path(args.out) if args.out else None
-    result = reproduce(args.preset, out, args.claims, args.jobs, dry_run=args.dry_run)
+    result = reproduce(
+        args.preset, out, args.claims, args.jobs, dry_run=args.dry_run,
+        report_only=args.report_only,
+    )  # fmt: skip
     if args.dry_run:
         print(result["dry_run"])
         return
     for row in result["claims"]:
-        print(f"{row['claim']:22} {row['verdict']:28} {row['ours']}")
-    print(f"report: {result['out']}/report.md and report.html")
+        print(f"{row['claim']:22} {row['verdict']:20} {row['ours']}")
+    shown = out or Path("runs") / f"reproduce-{args.preset}"
+    print(f"report: {shown}/report.md and report.html")
+    if args.report_only:
+        from unicomp.documents import update_documents
+
+        for doc in update_documents(Path.cwd()):
+            print(f"regenerated: {doc.relative_to(Path.cwd())}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -799,7 +808,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         required=True,
         choices=("tiny", "quick", "paper"),
-        help="tiny: seconds (tests); quick: about 30 min on 2 CPU cores; paper: a GPU",
+        help="tiny: seconds (tests; decides nothing); quick: 2 CPU cores (its time: "
+        "results/reproduce-quick/run.json); paper: a GPU",
     )
     p.add_argument(
         "--claims",
@@ -809,6 +819,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the runs and the report [runs/reproduce-<preset>]")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at a time")
     p.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: the report from the run records in --out, then every generated "
+        "table in README.md and docs/ (under the working folder) from its records",
+    )
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser(

@@ -30,9 +30,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
@@ -40,14 +38,16 @@ from typing import Any
 
 import yaml
 
-from unicomp.ablate import Cell, _plan, load_suite, run_suites
+from unicomp.ablate import Cell, _plan, load_suite, report_suite, run_suites
+from unicomp.claims import CLAIM_NAMES, CLAIMS, Evidence, judge, select_claims
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
 from unicomp.plots import plot_returns, pyplot, save_figure
 from unicomp.runs import markdown_table, mean_std
+from unicomp.verdicts import VERDICTS
 
 PRESETS = ("tiny", "quick", "paper")
-VERDICTS = ("holds", "partly", "does not hold", "not measured at this budget")
+__all__ = ["CLAIMS", "CLAIM_NAMES", "PRESETS", "VERDICTS", "preset", "reproduce"]
 GROUPS = ("fpt", "size", "dt", "perceiver")
 
 # --- presets ---------------------------------------------------------------------------------
@@ -90,6 +90,11 @@ def _size_tables(small: str, large: str) -> list[dict]:
     ]}]  # fmt: skip
 
 
+# The learning-rate grid of the presets' sweeps: every compared row gets the rate of the grid
+# with the best validation score (accuracy; a DT's loss), per seed, then is tested once.
+_LRS = [3e-4, 1e-3, 3e-3]
+
+
 def _dt_runs() -> dict[str, dict]:
     """The DT runs every preset trains on its Key-to-Door data (DTConfig fields)."""
     return {
@@ -110,6 +115,7 @@ def preset(name: str, out: Path) -> dict:
             "nothing at this size",
             "expected": "about 1.5 CPU-minutes (each FPT run is a process of its own)",
             "tiny_backbones": {small: 32, large: 64},
+            "decides": False,
             "fpt": {"task": "bit-xor", "seeds": [0], "chance": 0.5,
                     "train": {"steps": 6, "batch_size": 8, "lr": 3e-3, "eval_every": 3,
                               "eval_batch_size": 64, "target_accuracy": 0.99},
@@ -132,30 +138,31 @@ def preset(name: str, out: Path) -> dict:
         }  # fmt: skip
     if name == "quick":
         return {
-            "about": "2 CPU cores, about 30 minutes, offline: bit XOR (2 seeds, 300 steps "
-            "of batch 32; the paper trains to convergence) on minilm-l6 for the FPT claims; "
-            "model size as minilm-l6 against smollm2-135m (1 seed, 150 steps); "
-            "Key-to-Door from 3,000 random-policy episodes, a 2-layer width-32 DT (2 seeds, "
-            "1,500 steps, 300 evaluation episodes); Perceiver IO against Perceiver on "
-            "digits-inpaint (2 seeds, 400 steps)",
-            "expected": "about 25-30 minutes on 2 CPU cores (estimated from the "
-            "train_seconds of earlier runs: docs/reproduce.md)",
-            "fpt": {"task": "bit-xor", "seeds": [0, 1], "chance": 0.5,
+            "about": "2 CPU cores, offline: bit XOR on minilm-l6 for the FPT claims, 3 seeds, "
+            "every row at its learning rate chosen on validation (3e-4, 1e-3, 3e-3; at most "
+            "300 steps of batch 32, no early stopping); model size as minilm-l6 against "
+            "smollm2-135m (3 seeds, 150 steps, lr 3e-3); Key-to-Door from 3,000 random-policy "
+            "episodes, a 2-layer width-32 DT, DT K=1, BC and DT with delayed rewards, each "
+            "at its learning rate chosen on validation loss (3e-4, 1e-3, 3e-3; 3 seeds, "
+            "1,500 steps, 300 evaluation episodes per target); Perceiver IO against Perceiver "
+            "on digits-inpaint (3 seeds, 400 steps, learning rate chosen on validation)",
+            "fpt": {"task": "bit-xor", "seeds": [0, 1, 2], "chance": 0.5,
+                    "protocol": "sweep", "sweep": {"lrs": _LRS, "patience": 0},
                     "train": {"steps": 300, "batch_size": 32, "lr": 3e-3, "eval_every": 25,
                               "target_accuracy": 0.99},
                     "tables": _fpt_tables("minilm-l6", 3, "lstm:3x384", 3e-4)},
-            "size": {"task": "bit-xor", "seeds": [0],
+            "size": {"task": "bit-xor", "seeds": [0, 1, 2],
                      "train": {"steps": 150, "batch_size": 32, "lr": 3e-3, "eval_every": 25,
                                "target_accuracy": 0.99},
                      "tables": _size_tables("minilm-l6", "smollm2-135m")},
-            "dt": {"episodes": 3000, "seeds": [0, 1], "runs": _dt_runs(),
+            "dt": {"episodes": 3000, "seeds": [0, 1, 2], "runs": _dt_runs(), "lrs": _LRS,
                    "settings": {"context": 16, "max_ep_len": 16, "rtg_scale": 0.1,
                                 "hidden_size": 32, "n_layer": 2, "dropout": 0.0,
                                 "eval_targets": "1,0", "eval_episodes": 300, "eval_envs": 100,
                                 "train": {"steps": 1500, "batch_size": 64, "lr": 2e-3,
-                                          "warmup_steps": 100, "eval_every": 500}}},
-            "perceiver": {"task": "digits-inpaint", "seeds": [0, 1],
-                          "settings": {"train": {"steps": 400, "eval_every": 100}}},
+                                          "warmup_steps": 100, "eval_every": 250}}},
+            "perceiver": {"task": "digits-inpaint", "seeds": [0, 1, 2], "lrs": _LRS,
+                          "settings": {"train": {"steps": 400, "eval_every": 50}}},
         }  # fmt: skip
     if name == "paper":
         return {
@@ -187,321 +194,6 @@ def preset(name: str, out: Path) -> dict:
     raise UnicompError(f"--preset {name!r}: choose one of {', '.join(PRESETS)}")
 
 
-# --- claims ----------------------------------------------------------------------------------
-
-
-class Missing(Exception):
-    """A claim's evidence is not there (a run failed, or was not part of this invocation)."""
-
-
-@dataclass
-class Evidence:
-    """What the runs measured, by group; values are lists over seeds."""
-
-    fpt: dict[str, dict]  # ablate row summaries by label
-    size: dict[str, dict]
-    dt: dict[str, list[dict]]  # metrics.json of each seed, by run label
-    perceiver: dict[str, list[dict]]
-    chance: float
-    data_success: float | None  # the Key-to-Door data's own success rate
-
-    def row(self, group: str, label: str) -> dict:
-        r = getattr(self, group).get(label)
-        if not r or not r["test_accuracy"]:
-            why = "; ".join(r["failed"]) if r and r["failed"] else "not run"
-            raise Missing(f"{group} row {label!r}: {why}")
-        return r
-
-    def acc(self, group: str, label: str) -> list[float]:
-        return self.row(group, label)["test_accuracy"]
-
-    def runs(self, group: str, label: str) -> list[dict]:
-        found = getattr(self, group).get(label) or []
-        if not found:
-            raise Missing(f"{group} runs {label!r}: not run or failed")
-        return found
-
-
-def _pm(values: list[float], scale: float = 100, digits: int = 1) -> str:
-    mean, std = mean_std(values, single=0.0)
-    return f"{scale * mean:.{digits}f} ± {scale * std:.{digits}f} (n={len(values)})"
-
-
-def _margin(*groups: list[float]) -> float:
-    """A difference counts when it exceeds the larger of 1 point and any group's std."""
-    return max([0.01] + [mean_std(g, single=0.0)[1] for g in groups])
-
-
-def _mean(values: list[float]) -> float:
-    return statistics.mean(values)
-
-
-def _steps(row: dict) -> float:
-    """Median steps to the target accuracy over seeds (inf where a seed never got there)."""
-    steps = [float("inf") if s is None else s for s in row["steps_to_target"]]
-    return statistics.median(steps)
-
-
-def _seconds_per_step(row: dict) -> float:
-    return _mean([s / n for s, n in zip(row["train_seconds"], row["steps"], strict=True)])
-
-
-def _yes(flag: bool) -> str:
-    return "yes" if flag else "no"
-
-
-def _verdict(good: int, total: int) -> str:
-    return "holds" if good == total else "partly" if good else "does not hold"
-
-
-def _fpt_vs_full(ev: Evidence):
-    fpt, full, lstm = ev.acc("fpt", "FPT"), ev.acc("fpt", "full transformer"), ev.acc("fpt", "LSTM")
-    close = [_mean(fpt) >= _mean(other) - 0.05 for other in (full, lstm)]
-    ours = f"FPT {_pm(fpt)}; full transformer {_pm(full)}; LSTM {_pm(lstm)}"
-    rule = "FPT within 5 points of (or above) each of the full transformer and the LSTM"
-    return ours, _verdict(sum(close), 2), f"{rule}: {sum(close)} of 2"
-
-
-def _pretrained_vs_random(ev: Evidence):
-    fpt, rnd = ev.row("fpt", "FPT"), ev.row("fpt", "frozen random init")
-    m = _margin(fpt["test_accuracy"], rnd["test_accuracy"])
-    better = _mean(fpt["test_accuracy"]) > _mean(rnd["test_accuracy"]) + m
-    not_worse = _mean(fpt["test_accuracy"]) >= _mean(rnd["test_accuracy"]) - m
-    s_fpt, s_rnd = _steps(fpt), _steps(rnd)
-    faster = s_fpt < s_rnd
-    target = f"{100 * (fpt['target_accuracy'] or 0):.0f}%"
-    ours = (
-        f"test {_pm(fpt['test_accuracy'])} vs {_pm(rnd['test_accuracy'])}; median steps to "
-        f"{target} validation {s_fpt:g} vs {s_rnd:g}"
-    )
-    good = int(better or (not_worse and faster)) + int(faster)
-    reason = (
-        f"better: {_yes(better)} (margin {100 * m:.1f} points), faster to "
-        f"{target}: {_yes(faster)} (inf: never reached in the budget)"
-    )
-    return ours, _verdict(good, 2), reason
-
-
-def _norms_matter_most(ev: Evidence):
-    out, norm, inp, fpt = (ev.acc("fpt", k) for k in ("output only", "+ norms", "+ input", "FPT"))
-    frozen = ev.acc("fpt", "norms frozen")
-    gains = {"norms": _mean(norm) - _mean(out), "input": _mean(inp) - _mean(norm),
-             "positions": _mean(fpt) - _mean(inp)}  # fmt: skip
-    largest = max(gains, key=gains.get)
-    drop = _mean(fpt) - _mean(frozen)
-    m = _margin(fpt, frozen)
-    ours = (
-        "gain adding "
-        + ", ".join(f"{k} {100 * v:+.1f}" for k, v in gains.items())
-        + f" points; freezing the norms of the FPT {-100 * drop:+.1f} points"
-    )
-    good = int(largest == "norms") + int(drop > m)
-    reason = (
-        f"largest gain from {largest}; freezing norms costs more than the margin "
-        f"({100 * m:.1f} points): {_yes(drop > m)}"
-    )
-    return ours, _verdict(good, 2), reason
-
-
-def _ff_helps_attn_hurts(ev: Evidence):
-    fpt, ff, attn = (
-        ev.acc("fpt", "FPT"),
-        ev.acc("fpt", "+ feed-forward"),
-        ev.acc("fpt", "+ attention"),
-    )
-    m = _margin(fpt, ff, attn)
-    helps = _mean(ff) >= _mean(fpt) - m
-    hurts = _mean(attn) < _mean(fpt) - m
-    ours = f"FPT {_pm(fpt)}; + feed-forward {_pm(ff)}; + attention {_pm(attn)}"
-    reason = (
-        f"+ff not below FPT by more than the margin ({100 * m:.1f} points): "
-        f"{_yes(helps)}; +attention below it: {_yes(hurts)}"
-    )
-    return ours, _verdict(int(helps) + int(hurts), 2), reason
-
-
-def _output_only(ev: Evidence):
-    out, fpt = ev.row("fpt", "output only"), ev.row("fpt", "FPT")
-    m = _margin(out["test_accuracy"], fpt["test_accuracy"])
-    works = _mean(out["test_accuracy"]) > ev.chance + m
-    worse = _mean(out["test_accuracy"]) < _mean(fpt["test_accuracy"]) - m
-    speed = _seconds_per_step(fpt) / _seconds_per_step(out)
-    faster = speed >= 10
-    ours = (
-        f"output only {_pm(out['test_accuracy'])} vs FPT {_pm(fpt['test_accuracy'])}; "
-        f"{speed:.1f}x faster per step (chance {100 * ev.chance:.0f}%)"
-    )
-    reason = (
-        f"above chance: {_yes(works)}; below FPT: {_yes(worse)}; "
-        f"at least 10x faster per step: {_yes(faster)} (the paper's speed comes "
-        "from features cached once, which a task drawing fresh examples each step such as "
-        "bit XOR cannot use)"
-    )
-    return ours, _verdict(int(works) + int(worse) + int(faster), 3), reason
-
-
-def _larger_better(ev: Evidence):
-    small, large = ev.row("size", "smaller FPT"), ev.row("size", "larger FPT")
-    a, b = small["test_accuracy"], large["test_accuracy"]
-    m = _margin(a, b)
-    diff = _mean(b) - _mean(a)
-    name = {k: Path(r["backbone"]).name for k, r in (("s", small), ("l", large))}
-    ours = f"{name['l']} {_pm(b)} vs {name['s']} {_pm(a)}"
-    verdict = "holds" if diff > m else "partly" if diff >= -m else "does not hold"
-    reason = f"difference {100 * diff:+.1f} points, margin {100 * m:.1f} (partly: level)"
-    return ours, verdict, reason
-
-
-def _no_overfit(ev: Evidence):
-    fpt, full = ev.row("fpt", "FPT"), ev.row("fpt", "full transformer")
-    if fpt["gap_mean"] is None or full["gap_mean"] is None:
-        raise Missing("no train accuracy at the best step")
-    small = fpt["gap_mean"] < 0.05
-    contrast = full["gap_mean"] > fpt["gap_mean"] + 0.01
-    ours = (
-        f"train - test gap: FPT {100 * fpt['gap_mean']:+.1f} points, full transformer "
-        f"{100 * full['gap_mean']:+.1f}"
-    )
-    reason = (
-        f"FPT gap under 5 points: {_yes(small)}; the full transformer's gap "
-        f"larger: {_yes(contrast)}"
-    )
-    return ours, _verdict(int(small) + int(small and contrast), 2), reason
-
-
-def _success(runs: list[dict]) -> list[float]:
-    return [r["success_rate"] for r in runs]
-
-
-def _dt_vs_bc(ev: Evidence):
-    dt, bc = _success(ev.runs("dt", "DT")), _success(ev.runs("dt", "BC"))
-    m = _margin(dt, bc)
-    beats = _mean(dt) > _mean(bc) + m
-    ours = f"Key-to-Door success: DT {_pm(dt)}, BC {_pm(bc)}; CQL/IQL not run"
-    reason = (
-        f"DT above BC by more than the margin ({100 * m:.1f} points): "
-        f"{_yes(beats)}. CQL/IQL run through d3rlpy in its own environment "
-        "(unicomp dt external), not part of this command: at most partly"
-    )
-    return ours, "partly" if beats else "does not hold", reason
-
-
-def _k1_worse(ev: Evidence):
-    dt, k1 = _success(ev.runs("dt", "DT")), _success(ev.runs("dt", "DT K=1"))
-    m = _margin(dt, k1)
-    worse = _mean(k1) < _mean(dt) - m
-    much = worse and _mean(k1) <= 0.5 * _mean(dt)
-    ours = f"Key-to-Door success: K=1 {_pm(k1)} vs K={ev.dt['DT'][0]['context']} {_pm(dt)}"
-    reason = f"worse beyond the margin: {_yes(worse)}; at most half: {_yes(much)}"
-    return ours, "holds" if much else "partly" if worse else "does not hold", reason
-
-
-def _key_to_door(ev: Evidence):
-    dt = _success(ev.runs("dt", "DT"))
-    data = ev.data_success or 0.0
-    m = _margin(dt)
-    above = _mean(dt) > data + m
-    strong = _mean(dt) >= 0.5
-    ours = f"DT success {_pm(dt)}; the random policy's data {100 * data:.1f}%"
-    reason = (
-        f"DT above the data's success rate: {_yes(above)}; at least 50% "
-        f"(the paper: 71.8% from 1K episodes): {_yes(strong)}"
-    )
-    return ours, _verdict(int(above) + int(above and strong), 2), reason
-
-
-def _delayed(ev: Evidence):
-    dt, delayed = _success(ev.runs("dt", "DT")), _success(ev.runs("dt", "DT delayed reward"))
-    bc = _success(ev.runs("dt", "BC"))
-    m = _margin(dt, delayed, bc)
-    kept = _mean(delayed) >= _mean(dt) - m
-    over_bc = _mean(delayed) > _mean(bc) + m
-    ours = f"Key-to-Door success with delayed reward {_pm(delayed)}; DT {_pm(dt)}; BC {_pm(bc)}"
-    reason = (
-        f"delayed within the margin of DT: {_yes(kept)}; above BC: "
-        f"{_yes(over_bc)}. Key-to-Door's reward already comes at the door, so "
-        "this checks sparse reward and the delayed-reward path; the paper's Hopper test "
-        "needs trained agents' data (not offline here): at most partly"
-    )
-    return ours, "partly" if kept and over_bc else "does not hold", reason
-
-
-def _perceiver_io(ev: Evidence):
-    io = [r["test_accuracy"] for r in ev.runs("perceiver", "perceiver-io")]
-    plain = [r["test_accuracy"] for r in ev.runs("perceiver", "perceiver")]
-    m = _margin(io, plain)
-    diff = _mean(io) - _mean(plain)
-    ours = f"digits-inpaint hidden-pixel accuracy: Perceiver IO {_pm(io)}, Perceiver {_pm(plain)}"
-    verdict = "holds" if diff > m else "partly" if diff >= -m else "does not hold"
-    reason = (
-        f"difference {100 * diff:+.1f} points, margin {100 * m:.1f} (partly: level); a dense "
-        "task, not the paper's ImageNet"
-    )
-    return ours, verdict, reason
-
-
-@dataclass(frozen=True)
-class Claim:
-    name: str
-    text: str
-    paper: str  # the paper's figure, from ../shared/REFERENCE_RESULTS.md
-    group: str  # the experiments it needs (GROUPS)
-    judge: Callable[[Evidence], tuple[str, str, str]]  # -> ours, verdict, reason
-    figures: tuple[str, ...]  # figure keys (see _figures)
-
-
-CLAIMS = (
-    Claim("fpt-vs-full", "FPT is about as good as a transformer trained fully and an LSTM",
-          "bit XOR: FPT 100, full 100, LSTM 50.1", "fpt", _fpt_vs_full, ("fpt-0",)),
-    Claim("pretrained-vs-random", "language pretraining beats frozen random init, and "
-          "converges faster", "bit XOR: 100 vs 100; 5e2 vs 2e4 steps (40x)", "fpt",
-          _pretrained_vs_random, ("fpt-0",)),
-    Claim("norms-matter-most", "of the trainable parameters the norms matter most",
-          "bit XOR: output only 56, + norms 98, + input 98, + positions 100; CIFAR-10 norms "
-          "frozen 61.5 vs 68.2", "fpt", _norms_matter_most, ("fpt-1",)),
-    Claim("ff-helps-attn-hurts", "finetuning feed-forward helps, finetuning attention hurts",
-          "MNIST: + ff 98.3, + attention 89.0 (FPT 98.0)", "fpt", _ff_helps_attn_hurts,
-          ("fpt-1",)),
-    Claim("output-only", "training only the output layer works, worse than FPT, far faster",
-          "bit XOR 56 (FPT 100); 500-2000x faster per epoch with cached features", "fpt",
-          _output_only, ("fpt-1",)),
-    Claim("larger-fpt", "a larger FPT does better",
-          "CIFAR-10: GPT-2 small 68.2, medium 69.8, large 72.1", "size", _larger_better,
-          ("size-0",)),
-    Claim("no-overfit", "FPT does not overfit, unlike models trained from scratch",
-          "(train-test gap; no single figure in our references)", "fpt", _no_overfit,
-          ("fpt-0", "attention")),
-    Claim("dt-vs-bc-cql", "DT beats BC and competes with CQL/IQL",
-          "Key-to-Door 1K: DT 71.8, BC 1.4, CQL 13.1; D4RL: DT 74.7 avg", "dt", _dt_vs_bc,
-          ("dt-bars",)),
-    Claim("k1-worse", "with context K=1 the DT is much worse", "Breakout: K=1 73.9 vs 267.5",
-          "dt", _k1_worse, ("dt-bars",)),
-    Claim("key-to-door", "DT does long-term credit assignment (Key-to-Door) from random data",
-          "success 71.8 (1K episodes) / 94.6 (10K); random policy 3.1", "dt", _key_to_door,
-          ("dt-bars", "dt-targets")),
-    Claim("delayed-reward", "DT works with sparse and delayed rewards",
-          "Hopper medium-expert, delayed: DT 107.3, CQL 9.0, BC 59.9", "dt", _delayed,
-          ("dt-bars",)),
-    Claim("perceiver-io", "Perceiver IO is consistently better than the plain Perceiver",
-          "ImageNet: 72.7 vs 67.6 (learned positions), 79.0 vs 78.6 (Fourier)", "perceiver",
-          _perceiver_io, ("perceiver-bars", "perceiver-examples")),
-)  # fmt: skip
-CLAIM_NAMES = tuple(c.name for c in CLAIMS)
-
-
-def select_claims(text: str | None) -> list[Claim]:
-    if not text:
-        return list(CLAIMS)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in CLAIM_NAMES]
-    if unknown or not names:
-        raise UnicompError(
-            f"--claims {text!r}: unknown {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(CLAIM_NAMES)}"
-        )
-    return [c for c in CLAIMS if c.name in names]
-
-
 # --- running ---------------------------------------------------------------------------------
 
 
@@ -524,8 +216,10 @@ def _make_tiny_backbones(backbones: dict[str, int]) -> None:
 
 def _suite_file(out: Path, name: str, spec: dict) -> Path:
     data = {"name": name, "description": f"unicomp reproduce: the {name} claims",
-            "protocol": "paper",
+            "protocol": spec.get("protocol", "paper"),
             **{k: spec[k] for k in ("task", "seeds", "train", "tables")}}  # fmt: skip
+    if "sweep" in spec:
+        data["sweep"] = spec["sweep"]
     if "task_args" in spec:
         data["task_args"] = spec["task_args"]
     path = out / "_suites" / f"{name}.yaml"
@@ -543,26 +237,35 @@ def _job_cells(out: Path, spec: dict) -> list[Cell]:
         d = spec["dt"]
         for label, extra in d["runs"].items():
             for seed in d["seeds"]:
-                key = f"dt/{label.lower().replace(' ', '-').replace('=', '')}/s{seed}"
-                data = {**d["settings"], **extra, "data": str(out / "dt" / "key-to-door")}
-                data["train"] = {**d["settings"]["train"], "seed": seed, "progress": False}
-                cfg = check_config(from_dict(DTConfig, data, f"preset dt {label}"))
-                cfg.out = str(out / key)
-                cells.append(Cell(key, label, "dt", seed, cfg))
+                for lr in d.get("lrs") or [None]:
+                    key = f"dt/{label.lower().replace(' ', '-').replace('=', '')}/s{seed}"
+                    key += "" if lr is None else f"/lr{lr:g}"
+                    data = {**d["settings"], **extra, "data": str(out / "dt" / "key-to-door")}
+                    data["train"] = {**d["settings"]["train"], "seed": seed, "progress": False}
+                    if lr is not None:
+                        data["train"]["lr"] = lr
+                    cfg = check_config(from_dict(DTConfig, data, f"preset dt {label}"))
+                    cfg.out = str(out / key)
+                    cells.append(Cell(key, label, "dt", seed, cfg, lr=lr))
     if "perceiver" in spec:
         p = spec["perceiver"]
         from unicomp.experiments.perceiver import perceiver_task_defaults
 
         for model in ("perceiver-io", "perceiver"):
             for seed in p["seeds"]:
-                key = f"perceiver/{model}/s{seed}"
-                data = {**p["settings"], "task": p["task"], "model": model}
-                data["train"] = {**perceiver_task_defaults(p["task"]),
-                                 **p["settings"].get("train", {}), "seed": seed,
-                                 "progress": False}  # fmt: skip
-                cfg = check_config(from_dict(PerceiverConfig, data, f"preset perceiver {model}"))
-                cfg.out = str(out / key)
-                cells.append(Cell(key, model, "perceiver", seed, cfg))
+                for lr in p.get("lrs") or [None]:
+                    key = f"perceiver/{model}/s{seed}" + ("" if lr is None else f"/lr{lr:g}")
+                    data = {**p["settings"], "task": p["task"], "model": model}
+                    data["train"] = {**perceiver_task_defaults(p["task"]),
+                                     **p["settings"].get("train", {}), "seed": seed,
+                                     "progress": False}  # fmt: skip
+                    if lr is not None:
+                        data["train"]["lr"] = lr
+                    cfg = check_config(
+                        from_dict(PerceiverConfig, data, f"preset perceiver {model}")
+                    )
+                    cfg.out = str(out / key)
+                    cells.append(Cell(key, model, "perceiver", seed, cfg, lr=lr))
     return cells
 
 
@@ -658,13 +361,21 @@ def reproduce(
     claims: str | None = None,
     jobs: int = 2,
     dry_run: bool = False,
+    report_only: bool = False,
     say=print,
 ) -> dict:
-    """Run (or skip) every experiment the chosen claims need, then write the report."""
+    """Run (or skip) every experiment the chosen claims need, then write the report.
+
+    ``report_only``: train nothing; the report, its tables and verdicts come from the run
+    records already in ``out`` (config.yaml, metrics.json, curve.csv of each run, and
+    ``run.json``: when, where and how long the runs were made). A run without a record is
+    reported as missing."""
     if jobs < 1:
         raise UnicompError(f"--jobs must be >= 1, got {jobs}")
     chosen = select_claims(claims)
     out = (out or _default_out(name)).absolute()
+    if report_only and not out.is_dir():
+        raise UnicompError(f"--report-only: {out} holds no run records")
     spec = preset(name, out)
     groups = {c.group for c in chosen}
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -681,36 +392,92 @@ def reproduce(
         lines += [f"  {c.key}: {_describe(c.cfg)}" for c in cells]
         return {"dry_run": "\n".join(lines)}
     t0 = time.time()
-    if spec.get("tiny_backbones") and suites:
-        _make_tiny_backbones(spec["tiny_backbones"])
-    # the size suite first: its larger model's runs are the longest, the others fill the slots
-    order = sorted(suites, key=lambda g: g != "size")
-    done = (
-        run_suites([suites[g] for g in order], out / "fpt" / "logs", jobs, threads, say)
-        if suites
-        else []
-    )
-    results = dict(zip(order, done, strict=True))
-    collection = _collect_key_to_door(out, spec["dt"]["episodes"], say) if "dt" in groups else None
-    _run_jobs(cells, out / "logs", jobs, threads, say)
-    figures = _figures(out, suites, results, cells, collection, spec)
-    ev = _evidence(results, cells, collection, spec)
+    if report_only:
+        results = {g: report_suite(suite) for g, suite in suites.items()}
+        collection = _read_collection(out) if "dt" in groups else None
+        for cell in cells:
+            cell.status = "skipped" if _recorded(cell) else "not run"
+    else:
+        if spec.get("tiny_backbones") and suites:
+            _make_tiny_backbones(spec["tiny_backbones"])
+        # the size suite first: its larger model's runs are the longest, the others fill the
+        # slots
+        order = sorted(suites, key=lambda g: g != "size")
+        done = (
+            run_suites([suites[g] for g in order], out / "fpt" / "logs", jobs, threads, say)
+            if suites
+            else []
+        )
+        results = dict(zip(order, done, strict=True))
+        collection = (
+            _collect_key_to_door(out, spec["dt"]["episodes"], say) if "dt" in groups else None
+        )
+        _run_jobs(cells, out / "logs", jobs, threads, say)
+        _write_run_record(name, spec, out, time.time() - t0, suites, cells)
+    chosen_cells = pick_jobs(cells)
+    figures = _figures(out, suites, results, chosen_cells, collection, spec)
+    ev = _evidence(results, chosen_cells, collection, spec)
+    decides = spec.get("decides", True)
     rows = []
     for claim in chosen:
-        try:
-            ours, verdict, reason = claim.judge(ev)
-        except Missing as why:
-            ours, verdict, reason = "-", VERDICTS[3], f"not measured: {why}"
+        ours, verdict, reason = judge(claim, ev, decides)
         rows.append({"claim": claim.name, "text": claim.text, "paper": claim.paper,
                      "ours": ours, "verdict": verdict, "reason": reason,
                      "figures": [f for f in claim.figures if f in figures]})  # fmt: skip
-    info = _about(name, spec, out, time.time() - t0, suites, cells)
-    report = {"preset": name, "out": str(out), **info, "claims": rows, "figures": figures}
+    info = _read_run_record(out)
+    report = {"preset": name, "budget": spec["about"], **info, "claims": rows,
+              "figures": figures}  # fmt: skip
     atomic_write_json(out / "claims.json", report)
     blocks = _blocks(report, out)
     atomic_write_text(out / "report.md", to_markdown(blocks))
     atomic_write_text(out / "report.html", to_html(blocks, out))
     return report
+
+
+def _recorded(cell: Cell) -> bool:
+    """A DT or Perceiver run's record is there and was made with the settings the preset asks
+    (the data set's folder may differ: the records moved with the repository)."""
+    from unicomp.ablate import _config_changes
+
+    folder = Path(cell.cfg.out)
+    if not (folder / "metrics.json").is_file():
+        return False
+    refused = _config_changes(cell.cfg, folder)[1]
+    refused.pop("data", None)
+    if refused:
+        raise UnicompError(
+            f"{folder}: its config.yaml differs from what the preset asks "
+            f"({', '.join(refused)}); re-run it or restore the record"
+        )
+    return True
+
+
+def _read_collection(out: Path) -> dict | None:
+    record = out / "dt" / "key-to-door" / "collection.json"
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def pick_jobs(cells: list[Cell]) -> list[Cell]:
+    """Per row and seed, the learning rate of the grid with the best validation score (a DT's
+    lowest validation loss, a Perceiver's highest validation accuracy; ties: the lower rate):
+    the runs the claims read. Cells without a grid pass through."""
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.table, cell.row, cell.seed), []).append(cell)
+    chosen = []
+    for group in groups.values():
+        done = [(c, m) for c in group if (m := _metrics(c)) is not None]
+        if len(group) == 1 or not done:
+            chosen.append(group[0])
+            continue
+
+        def score(item):
+            cell, m = item
+            val = -m["val_loss"] if cell.table == "dt" else m["val_accuracy"]
+            return (val, -(cell.lr or 0))
+
+        chosen.append(max(done, key=score)[0])
+    return chosen
 
 
 def _metrics(cell: Cell) -> dict | None:
@@ -775,11 +542,15 @@ def _figures(out: Path, suites: dict, results: dict, cells: list[Cell], collecti
                     "runs": [_rel(r, out) for r in runs],
                     "command": cmd,
                 }
-    fpt_run = out / "fpt" / "fpt" / "fpt" / f"s{spec['fpt']['seeds'][0]}"
-    if "fpt" in suites and (fpt_run / "metrics.json").is_file():
+    # the first seed's FPT run (under a sweep: the learning rate chosen on validation)
+    fpt_rows = [r for r in results.get("fpt", {}).get("rows", []) if r["label"] == "FPT"]
+    runs = fpt_rows[0]["runs"] if fpt_rows else []
+    fpt_run = Path(runs[0]) if runs else out / "none"
+    png = out / "figures" / "attention.png"
+    has_weights = (fpt_run / "best.safetensors").is_file()
+    if (fpt_run / "metrics.json").is_file() and (png.is_file() or has_weights):
         from unicomp.attention import attention_command
 
-        png = out / "figures" / "attention.png"
         if not png.is_file():
             attention_command(fpt_run, example=0, split="test", out=png)
         figs["attention"] = {
@@ -816,7 +587,7 @@ def _dt_figures(out: Path, cells: list[Cell], collection) -> dict:
     figs = {}
     fig, ax = plt.subplots(figsize=(7, 4))
     labels = list(by_label)
-    means = [100 * _mean([m["success_rate"] for m in by_label[k]]) for k in labels]
+    means = [100 * statistics.fmean([m["success_rate"] for m in by_label[k]]) for k in labels]
     stds = [100 * mean_std([m["success_rate"] for m in by_label[k]], single=0.0)[1] for k in labels]
     ax.bar(range(len(labels)), means, yerr=stds, capsize=3, label="unicomp")
     paper = {"DT": 71.8, "BC": 1.4}
@@ -858,7 +629,7 @@ def _perceiver_figures(out: Path, cells: list[Cell]) -> dict:
         by.setdefault(c.row, []).append(_metrics(c)["test_accuracy"])
     fig, ax = plt.subplots(figsize=(5, 4))
     labels = list(by)
-    ax.bar(labels, [100 * _mean(by[k]) for k in labels],
+    ax.bar(labels, [100 * statistics.fmean(by[k]) for k in labels],
            yerr=[100 * mean_std(by[k], single=0.0)[1] for k in labels], capsize=3)  # fmt: skip
     ax.set_ylabel("hidden-pixel test accuracy (%)")
     ax.set_title("Perceiver IO vs Perceiver: digits-inpaint")
@@ -891,28 +662,43 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _about(name: str, spec: dict, out: Path, seconds: float, suites: dict, cells) -> dict:
-    import torch
-
-    from unicomp.provenance import provenance
-
+def _train_seconds(suites: dict, cells) -> tuple[int, float]:
     folders = [c.cfg.out for s in suites.values() for c in s.prepare + s.cells] + [
         c.cfg.out for c in cells
     ]
-    train_seconds = 0.0
+    runs, seconds = 0, 0.0
     for folder in folders:
         path = Path(folder) / "metrics.json"
         if path.is_file():
             m = json.loads(path.read_text())
-            train_seconds += (m.get("train_seconds") or 0) + (m.get("feature_seconds") or 0)
+            runs += 1
+            seconds += (m.get("train_seconds") or 0) + (m.get("feature_seconds") or 0)
+    return runs, seconds
+
+
+def _write_run_record(name: str, spec: dict, out: Path, seconds: float, suites, cells) -> None:
+    """``OUT/run.json``: when, where and how long the runs were made, the one record of the
+    preset's time (wall time summed over the calls that trained; a call that found every
+    run finished adds nothing)."""
+    import torch
+
+    from unicomp.provenance import provenance
+
+    path = out / "run.json"
+    before = json.loads(path.read_text()) if path.is_file() else {}
+    runs, train_seconds = _train_seconds(suites, cells)
+    trained = runs != before.get("runs") or train_seconds != before.get("train_seconds")
+    if before and not trained:
+        return
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {
-        "budget": spec["about"],
-        "expected": spec["expected"],
-        "runs": len(folders),
+    record = {
+        "preset": name,
+        "runs": runs,
         "train_seconds": round(train_seconds, 1),
-        "wall_seconds_this_call": round(seconds, 1),
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores, GPU {gpu}, {platform.platform()}",
+        "wall_seconds": round((before.get("wall_seconds") or 0) + seconds, 1),
+        "calls": (before.get("calls") or 0) + 1,
+        "machine": f"{_cpu_model()}, {os.cpu_count()} cores, GPU {gpu}",
+        "bf16_flags": _bf16_flags(),
         "versions": {
             **provenance(),
             "torch": torch.__version__,
@@ -921,6 +707,20 @@ def _about(name: str, spec: dict, out: Path, seconds: float, suites: dict, cells
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": f"unicomp reproduce --preset {name} --out {_shown(out)}",
     }
+    atomic_write_json(path, record)
+
+
+def _bf16_flags() -> str:
+    from unicomp.train import cpu_bf16_flags
+
+    return ", ".join(cpu_bf16_flags()) or "none (no amx_bf16, no avx512_bf16)"
+
+
+def _read_run_record(out: Path) -> dict:
+    path = out / "run.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    raise UnicompError(f"{path} is missing: the record of when and where the runs were made")
 
 
 def _blocks(report: dict, out: Path) -> list[tuple]:
@@ -929,14 +729,14 @@ def _blocks(report: dict, out: Path) -> list[tuple]:
     commit = f"{v['git_commit']}{' (with uncommitted changes)' if v['git_dirty'] else ''}"
     b: list[tuple] = [
         ("h", 1, f"unicomp reproduce: the papers' claims ({report['preset']} preset)"),
-        ("p", f"Budget: {report['budget']}. Expected time: {report['expected']}."),
+        ("p", f"Budget: {report['budget']}."),
         (
             "table",
             ["what", "value"],
             [
                 ["command", report["command"]],
                 ["date", report["date"]],
-                ["machine", report["machine"]],
+                ["machine", f"{report['machine']}; bf16 flags: {report['bf16_flags']}"],
                 [
                     "versions",
                     f"unicomp {v['unicomp_version']}, torch {v['torch']}, transformers "
@@ -944,22 +744,26 @@ def _blocks(report: dict, out: Path) -> list[tuple]:
                 ],
                 ["git commit", commit or "unknown (not a git checkout)"],
                 [
-                    "runs",
+                    "time",
+                    f"{report['wall_seconds'] / 60:.1f} minutes of wall time "
+                    f"({report['calls']} call{'s' if report['calls'] > 1 else ''}); "
                     f"{report['runs']} run folders, {report['train_seconds'] / 60:.1f} "
-                    f"minutes of training in all; this call "
-                    f"{report['wall_seconds_this_call'] / 60:.1f} minutes",
+                    "minutes of training in all",
                 ],
             ],
         ),  # fmt: skip
         ("h", 2, "Claims"),
-        (
-            "p",
-            "Ours: mean ± std over seeds (n = seeds). A difference counts when it exceeds "
-            "the larger of 1 point and the seeds' std (the margin). Each verdict names its rule.",
-        ),
+        ("p", RULES_TEXT),
         (
             "table",
-            ["claim", "paper's figure", "ours", "verdict", "reason", "figures"],
+            [
+                "claim",
+                "paper's figure",
+                "ours [budget: fraction of the paper's]",
+                "verdict",
+                "reason",
+                "figures",
+            ],
             [
                 [
                     f"{r['claim']}: {r['text']}",
@@ -979,6 +783,19 @@ def _blocks(report: dict, out: Path) -> list[tuple]:
               ("links", [("run folder " + r, r) for r in f["runs"]]),
               ("code", f["command"])]  # fmt: skip
     return b
+
+
+RULES_TEXT = (
+    "Ours: mean ± std over seeds (n = seeds), and each row's budget: its training examples "
+    "(steps x batch) as a fraction of what the paper needed (unknown where our references "
+    "do not say). A difference counts beyond the margin: the larger of 1 point and twice "
+    "the standard error of the difference, which adds each figure's evaluation noise (its "
+    "test elements or episodes) to the seeds' spread. A compared row that did not learn "
+    "(at or near chance or its test split's constant answer) makes the claim 'not "
+    "measured'; 'holds' and 'does not hold' need 3 seeds in every row ('indicative' with "
+    "fewer); a failure below half the paper's budget is 'not at this budget'; a figure not "
+    "in the records is 'missing'. The rules: docs/reproduce.md."
+)
 
 
 class Refs(list):
@@ -1011,7 +828,8 @@ _CSS = """body{font-family:sans-serif;max-width:1150px;margin:1em auto;padding:0
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:4px 6px;
 vertical-align:top;font-size:13px}th{background:#eee}img{max-width:100%;border:1px solid #ddd}
 pre{background:#f4f4f4;padding:6px;white-space:pre-wrap}.holds{background:#d8f5d8}
-.partly{background:#fff3c4}.does-not-hold{background:#f8d0d0}.not-measured{background:#e4e4e4}"""
+.partly{background:#fff3c4}.does-not-hold{background:#f8d0d0}.not-measured,.missing,
+.not-at-this-budget{background:#e4e4e4}.indicative{background:#eef3ff}"""
 
 
 def to_html(blocks: list[tuple], out: Path) -> str:
@@ -1036,9 +854,7 @@ def to_html(blocks: list[tuple], out: Path) -> str:
                         refs = ", ".join(f"<a href='#fig-{e(k)}'>{e(k)}</a>" for k in x)
                         tds.append(f"<td>{refs or '-'}</td>")
                         continue
-                    verdict = str(x).split(" ")[0] if str(x) in VERDICTS else ""
-                    css = {"holds": "holds", "partly": "partly", "does": "does-not-hold",
-                           "not": "not-measured"}.get(verdict, "")  # fmt: skip
+                    css = str(x).replace(" ", "-") if str(x) in VERDICTS else ""
                     tds.append(f"<td class='{css}'>" if css else "<td>")
                     tds[-1] += f"{e(str(x))}</td>"
                 body += "<tr>" + "".join(tds) + "</tr>"

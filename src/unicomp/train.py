@@ -53,53 +53,53 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-_RESOLVED: dict[str, tuple[str, str]] = {}  # device -> (precision, why), measured once
+_RESOLVED: dict[str, tuple[str, str]] = {}  # device -> (precision, why), decided once
 
 
-def _matmul_ms(device: torch.device, bf16: bool, n: int = 384, reps: int = 5) -> float:
-    """Best-of time of one (n x n) @ (n x n) linear layer on ``device``, in ms."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, n, generator=gen).to(device)
-    w = torch.randn(n, n, generator=gen).to(device)
-    best = math.inf
-    for _ in range(reps + 1):  # the first call warms up the kernels
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        with autocast(device, "bf16" if bf16 else "fp32"):
-            torch.nn.functional.linear(x, w)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t)
-    return 1000 * best
+def cpu_bf16_flags() -> list[str]:
+    """The flags of this CPU that multiply bf16 natively (AMX, AVX512-BF16), from
+    /proc/cpuinfo; empty where there are none or the file cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])  # fmt: skip
+    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
 def resolve_precision(device: torch.device, requested: str) -> tuple[str, str]:
     """``auto`` -> "bf16" or "fp32" for this device, and why (recorded in metrics.json).
 
-    On a GPU: bf16 where the device supports it. On a CPU it is measured, once per process:
-    bf16 autocast only pays where the CPU multiplies bf16 natively (AMX, AVX512-BF16); on
-    others (e.g. AVX2 only) bf16 matmuls were measured 6-10x slower than fp32 and a whole FPT
-    step 36x slower (docs/benchmarks.md), so a fixed bf16 default would be a trap.
+    Decided by what the hardware can do, never by a timing (machine load would change the
+    choice and with it the run's numbers): on a GPU, bf16 from compute capability 8.0 (Ampere;
+    older cards emulate it, slower than fp32); on a CPU, bf16 where it multiplies bf16
+    natively (the ``amx_bf16`` or ``avx512_bf16`` flag). On others (e.g. AVX2 only) bf16
+    matmuls were measured 6-10x slower than fp32 and a whole FPT step 36x slower
+    (docs/benchmarks.md), so a fixed bf16 default would be a trap.
     """
     if requested != "auto":
         return requested, "asked for"
     key = str(device)
     if key not in _RESOLVED:
         if device.type == "cuda":
-            ok = torch.cuda.is_bf16_supported()
-            why = f"{torch.cuda.get_device_name(device)} {'supports' if ok else 'lacks'} bf16"
+            major, minor = torch.cuda.get_device_capability(device)
+            ok = major >= 8
+            why = (
+                f"{torch.cuda.get_device_name(device)}: compute capability {major}.{minor} "
+                f"({'native bf16' if ok else 'no native bf16'})"
+            )
             _RESOLVED[key] = ("bf16" if ok else "fp32", why)
         elif device.type == "cpu":
-            fp32_ms, bf16_ms = _matmul_ms(device, False), _matmul_ms(device, True)
-            pick = "bf16" if bf16_ms < 0.8 * fp32_ms else "fp32"
+            flags = cpu_bf16_flags()
             why = (
-                f"measured on this CPU ({torch.backends.cpu.get_cpu_capability()}): a 384x384 "
-                f"linear takes {fp32_ms:.2f} ms in fp32, {bf16_ms:.2f} ms under bf16 autocast"
+                f"this CPU has {', '.join(flags)}"
+                if flags
+                else "this CPU has neither amx_bf16 nor avx512_bf16"
             )
-            _RESOLVED[key] = (pick, why)
+            _RESOLVED[key] = ("bf16" if flags else "fp32", why)
         else:
-            _RESOLVED[key] = ("fp32", f"no bf16 measurement for device type {device.type}")
+            _RESOLVED[key] = ("fp32", f"no bf16 rule for device type {device.type}")
     return _RESOLVED[key]
 
 
@@ -251,7 +251,38 @@ def evaluate(
         "loss": loss_sum / max(n, 1),
         "accuracy": _ratio(hits, total),
         "sequence_accuracy": _ratio(seq_hits, n) if total else None,
+        "elements": int(total),
     }
+
+
+def constant_answer_accuracy(split: Batch) -> float | None:
+    """The accuracy of always answering the split's most frequent target among the scored
+    elements (``target_mask`` where the split has one; negative ids are padding): its
+    majority class, or constant answer. None where targets are not class ids. What a row
+    that did not learn scores: the floor the verdict rules compare with."""
+    y = split.y
+    if y.is_floating_point() or y.is_complex():
+        return None
+    if split.target_mask is not None and split.target_mask.shape == y.shape:
+        y = y[split.target_mask.bool()]
+    y = y.reshape(-1)
+    y = y[y >= 0]
+    if not y.numel():
+        return None
+    return float(torch.bincount(y.long()).max()) / int(y.numel())
+
+
+_TRAIN_SPLIT_CAP = 4096  # examples of the training split scored with the selected weights
+
+
+def train_split(task: Task) -> Batch | None:
+    """The first examples of the task's fixed training split, or None where it draws fresh
+    examples each step (no split to overfit)."""
+    try:
+        split = task.split("train")
+    except (KeyError, NotImplementedError, ValueError):
+        return None
+    return split[:_TRAIN_SPLIT_CAP]
 
 
 def _ratio(part: float, whole: float) -> float | None:
@@ -529,7 +560,14 @@ def train(
     train_seconds = time.perf_counter() - started
     dist.barrier()  # best.safetensors is complete before any rank reads it
     load_trainable_state(model, _load_best(best_path, device))
-    test = evaluate(model, task, task.split("test"), cfg, device, dist)
+    test_split = task.split("test")
+    test = evaluate(model, task, test_split, cfg, device, dist)
+    fixed_train = train_split(task)
+    train_acc = (
+        evaluate(model, task, fixed_train, cfg, device, dist)["accuracy"]
+        if fixed_train is not None
+        else None
+    )
     tracker.log({"step": step, **{f"test_{k}": v for k, v in test.items()}})
     tracker.close()
     # DDP's reducer holds the process group: freed after close(), the group's destructor
@@ -541,6 +579,12 @@ def train(
         "test_accuracy": test["accuracy"],
         "test_sequence_accuracy": test["sequence_accuracy"],
         "test_loss": test["loss"],
+        # what the verdict rules need: the figure's evaluation noise (scored elements), the
+        # floor a row that did not learn sits at, and the selected weights on the train split
+        "test_elements": test["elements"],
+        "test_constant_accuracy": constant_answer_accuracy(test_split),
+        "train_split_accuracy": train_acc,
+        "train_split_examples": None if fixed_train is None else len(fixed_train),
         "val_accuracy": best_row["val_accuracy"],
         "val_loss": best_row["val_loss"],
         "best_step": state.best_step,

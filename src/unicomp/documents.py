@@ -1,0 +1,118 @@
+"""Tables and verdicts in README.md and docs/ generated from committed run records.
+
+A document holds generated blocks between two markers, each naming the records it shows::
+
+    <!-- unicomp:claims results/reproduce-quick fpt-vs-full,pretrained-vs-random -->
+    ...                                         (written by unicomp, never by hand)
+    <!-- /unicomp:claims -->
+
+    <!-- unicomp:run results/reproduce-quick -->
+    ...
+    <!-- /unicomp:run -->
+
+``claims``: the named claims' rows (all of them without a list) from ``<records>/claims.json``,
+which ``unicomp reproduce`` writes from the run folders beside it; ``run``: when, where and how
+long those runs were made (``<records>/run.json``). ``unicomp reproduce --report-only``
+rewrites every block; tests/test_documents.py fails when a document differs from what its
+records produce.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from unicomp.errors import UnicompError
+from unicomp.files import atomic_write_text
+from unicomp.runs import markdown_table
+
+BLOCK = re.compile(
+    r"(?P<open><!-- unicomp:(?P<kind>[a-z]+) (?P<src>[^\s>]+)(?: (?P<arg>[^\s>]+))? -->\n)"
+    r"(?P<body>.*?)"
+    r"(?P<close><!-- /unicomp:(?P=kind) -->)",
+    re.S,
+)
+
+
+def _load(root: Path, src: str, name: str, where: str) -> dict:
+    path = root / src / name
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnicompError(
+            f"{where}: {src}/{name} does not exist (its records are missing)"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise UnicompError(f"{where}: {src}/{name} is not readable JSON ({err})") from None
+
+
+def render(kind: str, src: str, arg: str | None, root: Path, where: str) -> str:
+    """The Markdown of one block (ending in a newline)."""
+    if kind == "claims":
+        report = _load(root, src, "claims.json", where)
+        rows = report["claims"]
+        if arg:
+            names = arg.split(",")
+            known = {r["claim"] for r in rows}
+            unknown = [n for n in names if n not in known]
+            if unknown:
+                raise UnicompError(f"{where}: {src} has no claim {', '.join(unknown)}")
+            rows = [r for n in names for r in rows if r["claim"] == n]
+        table = markdown_table(
+            ["claim", "paper's figure", "ours [budget: fraction of the paper's]", "verdict",
+             "reason"],
+            [[f"{r['claim']}: {r['text']}", r["paper"], r["ours"], f"**{r['verdict']}**",
+              r["reason"]] for r in rows],
+        )  # fmt: skip
+        return table + "\n"
+    if kind == "run":
+        run = _load(root, src, "run.json", where)
+        v = run["versions"]
+        commit = (v.get("git_commit") or "unknown")[:12]
+        calls = run.get("calls", 1)
+        return (
+            f"Measured with `{run['command']}` ({run['preset']} preset) on {run['date']}: "
+            f"{run['machine']} (bf16 flags: {run['bf16_flags']}); unicomp {v['unicomp_version']}"
+            f" at commit {commit}, torch {v['torch']}. {run['runs']} run folders, "
+            f"{run['wall_seconds'] / 60:.1f} minutes of wall time "
+            f"({calls} call{'s' if calls > 1 else ''}), "
+            f"{run['train_seconds'] / 60:.1f} minutes of training in all. Report: "
+            f"[{src}/report.md]({{rel}}{src}/report.md).\n"
+        )
+    raise UnicompError(f"{where}: unknown generated block kind {kind!r} (claims, run)")
+
+
+def regenerate(text: str, doc: Path, root: Path) -> str:
+    """``text`` with every generated block rewritten from its records."""
+    rel = "../" * (len(doc.resolve().relative_to(root.resolve()).parts) - 1)
+
+    def block(m: re.Match) -> str:
+        line = text.count("\n", 0, m.start()) + 1
+        where = f"{doc.name}:{line}"
+        body = render(m["kind"], m["src"], m["arg"], root, where).replace("{rel}", rel)
+        return m["open"] + body + m["close"]
+
+    return BLOCK.sub(block, text)
+
+
+def documents(root: Path) -> list[Path]:
+    """README.md and every Markdown file under docs/."""
+    found = [root / "README.md"] if (root / "README.md").is_file() else []
+    return found + sorted((root / "docs").rglob("*.md")) if (root / "docs").is_dir() else found
+
+
+def update_documents(root: Path, check: bool = False) -> list[Path]:
+    """Rewrite the generated blocks of ``root``'s documents; the ones that changed (with
+    ``check``: that would change, nothing written)."""
+    changed = []
+    for doc in documents(root):
+        text = doc.read_text()
+        if "<!-- unicomp:" not in text:
+            continue
+        new = regenerate(text, doc, root)
+        if new != text:
+            changed.append(doc)
+            if not check:
+                atomic_write_text(doc, new)
+    return changed
