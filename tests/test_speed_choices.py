@@ -53,14 +53,32 @@ def test_cuda_precision_follows_compute_capability(fresh_precision, monkeypatch)
         assert train_mod.resolve_precision(torch.device("cuda", 0), "auto")[0] == expected
 
 
-def test_run_records_precision_and_measured_attention(tmp_path, tiny_gpt2, fresh_precision):
+def test_run_records_precision_and_attention_by_rule(tmp_path, tiny_gpt2, fresh_precision):
     cfg = FPTConfig(
         task="bit-xor", backbone=tiny_gpt2, out=str(tmp_path / "r"), train=small_train()
     )
     cfg.train.precision = "auto"
-    metrics = run_fpt(cfg)
+    import unicomp.experiments.fpt as experiments
+
+    def must_not_time(*args, **kwargs):
+        raise AssertionError("auto timed the attention: machine load would change the pick")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(experiments, "choose_attention", must_not_time)
+        metrics = run_fpt(cfg)
     assert metrics["precision"] in ("bf16", "fp32")
     assert metrics["precision_reason"].startswith("this CPU has")
+    assert metrics["attention"].startswith("sdpa (auto: the fused kernel")
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["attn_implementation"] == "sdpa"
+
+
+def test_measured_attention_is_an_explicit_choice(tmp_path, tiny_gpt2):
+    cfg = FPTConfig(
+        task="bit-xor", backbone=tiny_gpt2, out=str(tmp_path / "r"), train=small_train(),
+        attn_implementation="measure",
+    )  # fmt: skip
+    metrics = run_fpt(cfg)
     assert "measured per training step" in metrics["attention"]
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     # The concrete choice is saved, so a resumed or repeated run uses the same kernels.

@@ -267,3 +267,11 @@ def test_every_row_shows_its_budget_fraction():
     # FPT: 300 x 32 against the paper's 500 x 16; from scratch: against 20,000 x 16
     assert "FPT 99.0 ± 0.5 (n=3) [budget 120.0%]" in ours
     assert "full transformer 99.0 ± 0.5 (n=3) [budget 3.0%]" in ours
+
+
+def test_a_failed_seed_is_named_and_leaves_the_row_indicative():
+    ev = fpt_evidence(fpt=row((0.99, 0.995)), full=row(GOOD), lstm=row(GOOD))
+    ev.fpt["FPT"]["failed"] = ["s2: loss became nan at step 40"]
+    ours, verdict, reason = judge(CLAIM["fpt-vs-full"], ev)
+    assert "FPT (1 seed(s) failed: s2: loss became nan at step 40)" in ours
+    assert verdict == INDICATIVE and "n=2" in reason

@@ -255,7 +255,7 @@ def _config_changes(cfg: FPTConfig, folder: Path) -> tuple[dict, dict]:
     from unicomp.experiments.common import config_changes
 
     diffs, refused = config_changes(cfg, folder)
-    if getattr(cfg, "attn_implementation", None) == "auto":  # (FPT runs)
+    if getattr(cfg, "attn_implementation", None) in ("auto", "measure"):  # (FPT runs)
         diffs.pop("attn_implementation", None)
         refused.pop("attn_implementation", None)
     return diffs, refused

@@ -64,6 +64,8 @@ class Evidence:
             if steps and len(steps) == len(batch)
             else None
         )
+        if row.get("failed"):  # a failed seed is named, never dropped silently
+            label = f"{label} ({len(row['failed'])} seed(s) failed: {row['failed'][0]})"
         return Figure(label, tuple(values), min(elements) if elements else None, floor, budget)
 
     def run_figure(self, group: str, label: str, key: str, floor: float | None = None) -> Figure:

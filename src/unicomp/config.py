@@ -44,8 +44,9 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
     precision: str = _f(
         "auto",
-        "auto: bf16 autocast where this device multiplies bf16 faster than fp32 (measured "
-        "once; recorded as precision in metrics.json), else fp32 | bf16 | fp32",
+        "auto: bf16 autocast where the hardware multiplies bf16 natively (GPU compute "
+        "capability >= 8.0; CPU flag amx_bf16 or avx512_bf16; recorded in metrics.json), "
+        "else fp32 | bf16 | fp32",
         choices=("auto", "bf16", "fp32"),
     )
     compile: bool = _f(False, "torch.compile the training forward (start-up cost; see docs)")
@@ -98,10 +99,11 @@ class FPTConfig:
     backbone_dropout: float | None = _f(0.0, "dropout inside the backbone (None: its own)")
     attn_implementation: str | None = _f(
         "auto",
-        "auto: time a training step with eager and with sdpa attention and keep the faster "
-        "(the choice is saved in config.yaml) | eager | sdpa (null in a config file: "
-        "transformers' default)",
-        choices=("auto", "eager", "sdpa"),
+        "auto: sdpa (the fused kernel) where the backbone has it, else eager, by rule | "
+        "measure: time a training step with eager and with sdpa and keep the faster (machine "
+        "load can change the pick) | eager | sdpa (the choice is saved in config.yaml; null in "
+        "a config file: transformers' default)",
+        choices=("auto", "measure", "eager", "sdpa"),
     )
     task_args: dict = _f({}, "task constructor arguments, KEY=VALUE (repeatable)")
     out: str | None = _f(None, "run folder (default runs/<task>-<backbone>-<freeze>-s<seed>)")

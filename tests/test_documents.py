@@ -1,0 +1,127 @@
+"""One source of truth: the tables and verdicts in README.md and docs/ come from the run
+records committed under results/, and the committed report regenerates from those records
+byte for byte (unicomp reproduce --report-only)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from unicomp.documents import documents, update_documents
+from unicomp.errors import UnicompError
+from unicomp.reproduce import reproduce
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = Path("results") / "reproduce-quick"
+
+
+def test_every_generated_table_in_the_docs_matches_its_records():
+    stale = update_documents(ROOT, check=True)
+    assert not stale, (
+        f"{[str(p.relative_to(ROOT)) for p in stale]} differ from their records; run "
+        "unicomp reproduce --preset quick --out results/reproduce-quick --report-only"
+    )
+    # the claims' pages carry generated blocks (a page without them would pass vacuously)
+    text = (ROOT / "docs" / "results.md").read_text()
+    assert text.count("<!-- unicomp:claims results/reproduce-quick") >= 8
+    assert "<!-- unicomp:run results/reproduce-quick -->" in (ROOT / "docs/reproduce.md").read_text()
+
+
+def test_the_committed_report_regenerates_from_its_records_alone(tmp_path, monkeypatch):
+    """A copy of the records (no weights, no data set: what git holds) gives the committed
+    report.md and claims.json back, byte for byte."""
+    copy = tmp_path / QUICK
+    shutil.copytree(ROOT / QUICK, copy)
+    for weights in [*copy.rglob("*.safetensors"), *copy.rglob("*.pt")]:
+        weights.unlink()  # a working copy may hold them; the records must not need them
+    monkeypatch.chdir(tmp_path)
+    reproduce("quick", QUICK, report_only=True, say=lambda _: None)
+    for name in ("report.md", "claims.json"):
+        assert (copy / name).read_text() == (ROOT / QUICK / name).read_text(), name
+
+
+def test_the_committed_records_are_records_not_weights():
+    tracked = [p for p in (ROOT / QUICK).rglob("*") if p.is_file()]
+    names = {p.name for p in tracked}
+    assert {"config.yaml", "metrics.json", "curve.csv", "run.json", "claims.json"} <= names
+    ignored = (ROOT / ".gitignore").read_text()
+    for pattern in ("results/**/*.safetensors", "results/**/*.pt", "results/**/logs/"):
+        assert pattern in ignored
+    run = json.loads((ROOT / QUICK / "run.json").read_text())
+    assert run["preset"] == "quick" and run["machine"] and run["date"]
+
+
+# --- the mechanism, on generated records -----------------------------------------------------
+
+
+def _records(root: Path, verdict: str = "holds", ours: str = "FPT 99.0 ± 0.5 (n=3)") -> None:
+    src = root / "results" / "r"
+    src.mkdir(parents=True, exist_ok=True)
+    claims = {"claims": [{"claim": "a", "text": "A", "paper": "1", "ours": ours,
+                          "verdict": verdict, "reason": "why"},
+                         {"claim": "b", "text": "B", "paper": "2", "ours": "x",
+                          "verdict": "missing", "reason": "missing: gone"}]}  # fmt: skip
+    (src / "claims.json").write_text(json.dumps(claims))
+    run = {"command": "unicomp reproduce --preset quick --out results/r", "preset": "quick",
+           "date": "2026-12-07 14:00 UTC", "machine": "a CPU, 2 cores, GPU none",
+           "bf16_flags": "none", "runs": 3, "wall_seconds": 120.0, "calls": 1,
+           "train_seconds": 90.0, "versions": {"git_commit": "abc", "unicomp_version": "0.1.0",
+                                               "torch": "2.13.0"}}  # fmt: skip
+    (src / "run.json").write_text(json.dumps(run))
+
+
+def _doc(root: Path, body: str = "") -> Path:
+    (root / "docs").mkdir(exist_ok=True)
+    doc = root / "docs" / "page.md"
+    doc.write_text(
+        "# Page\n\n<!-- unicomp:claims results/r a -->\n" + body + "<!-- /unicomp:claims -->\n"
+        "\ntext\n\n<!-- unicomp:run results/r -->\n<!-- /unicomp:run -->\n"
+    )
+    return doc
+
+
+def test_blocks_are_written_from_records_and_a_hand_edit_is_caught(tmp_path):
+    _records(tmp_path)
+    doc = _doc(tmp_path)
+    assert update_documents(tmp_path) == [doc]
+    text = doc.read_text()
+    assert "| a: A | 1 | FPT 99.0 ± 0.5 (n=3) | **holds** | why |" in text
+    assert "| b: B" not in text  # only the claims the marker names
+    assert "2.0 minutes of wall time (1 call)" in text
+    assert "[results/r/report.md](../results/r/report.md)" in text
+    assert update_documents(tmp_path, check=True) == []  # idempotent
+    doc.write_text(text.replace("99.0 ± 0.5", "99.9 ± 0.1"))  # a number typed by hand
+    assert update_documents(tmp_path, check=True) == [doc]
+    _records(tmp_path, verdict="not measured")  # the records change: the page must follow
+    update_documents(tmp_path)
+    assert "**not measured**" in doc.read_text() and "**holds**" not in doc.read_text()
+    assert documents(tmp_path) == [doc]
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("<!-- unicomp:claims results/nowhere -->", "results/nowhere/claims.json does not exist"),
+        ("<!-- unicomp:claims results/r zzz -->", "results/r has no claim zzz"),
+        ("<!-- unicomp:table results/r -->", "unknown generated block kind 'table'"),
+    ],
+)
+def test_a_block_naming_missing_records_is_a_one_line_error(tmp_path, marker, message):
+    _records(tmp_path)
+    (tmp_path / "docs").mkdir()
+    kind = marker.split(":")[1].split()[0]
+    (tmp_path / "docs" / "p.md").write_text(f"x\n{marker}\n<!-- /unicomp:{kind} -->\n")
+    with pytest.raises(UnicompError, match=message) as err:
+        update_documents(tmp_path)
+    assert "\n" not in str(err.value) and "p.md:2" in str(err.value)
+
+
+def test_unreadable_records_are_named(tmp_path):
+    _records(tmp_path)
+    (tmp_path / "results" / "r" / "claims.json").write_text("{")
+    _doc(tmp_path)
+    with pytest.raises(UnicompError, match="claims.json is not readable JSON"):
+        update_documents(tmp_path)
