@@ -27,7 +27,8 @@ def test_every_generated_table_in_the_docs_matches_its_records():
     # the claims' pages carry generated blocks (a page without them would pass vacuously)
     text = (ROOT / "docs" / "results.md").read_text()
     assert text.count("<!-- unicomp:claims results/reproduce-quick") >= 8
-    assert "<!-- unicomp:run results/reproduce-quick -->" in (ROOT / "docs/reproduce.md").read_text()
+    page = (ROOT / "docs" / "reproduce.md").read_text()
+    assert "<!-- unicomp:run results/reproduce-quick -->" in page
 
 
 def test_the_committed_report_regenerates_from_its_records_alone(tmp_path, monkeypatch):

@@ -158,6 +158,9 @@ class CachedFeatureTask(Task):
     def split(self, name: str) -> Batch:
         return self.features[name]
 
+    def fixed_train_split(self) -> Batch | None:
+        return self.features.get("train")
+
     def split_sizes(self) -> dict[str, int]:
         return self.task.split_sizes()
 

@@ -275,19 +275,16 @@ def constant_answer_accuracy(split: Batch) -> float | None:
 _TRAIN_SPLIT_CAP = 4096  # examples of the training split scored with the selected weights
 
 
-def train_split(task: Task) -> Batch | None:
-    """The first examples of the task's fixed training split, or None where it draws fresh
-    examples each step (no split to overfit)."""
-    try:
-        split = task.split("train")
-    except (KeyError, NotImplementedError, ValueError):
-        return None
-    return split[:_TRAIN_SPLIT_CAP]
-
-
 def _ratio(part: float, whole: float) -> float | None:
     """An accuracy, or None where nothing was counted (never a made-up 0.0)."""
     return part / whole if whole else None
+
+
+def train_split(task: Task) -> Batch | None:
+    """The first examples of the task's fixed training split (``Task.fixed_train_split``), or
+    None where it has none."""
+    split = task.fixed_train_split()
+    return None if split is None else split[:_TRAIN_SPLIT_CAP]
 
 
 @dataclass

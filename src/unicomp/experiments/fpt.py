@@ -100,7 +100,8 @@ def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
 
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
-    if resume and cfg.attn_implementation in ("auto", "measure") and (out / "config.yaml").is_file():
+    chosen_at_start = cfg.attn_implementation in ("auto", "measure")
+    if resume and chosen_at_start and (out / "config.yaml").is_file():
         # The attention chosen when the run started, so a resumed run computes alike.
         cfg.attn_implementation = load_yaml(out / "config.yaml").get("attn_implementation")
     task = build_task(cfg.task, cfg.task_args)

@@ -111,6 +111,12 @@ class Task:
     def split_sizes(self) -> dict[str, int]:
         return {s: len(self.split(s)) for s in ("val", "test")}
 
+    def fixed_train_split(self) -> Batch | None:
+        """The training examples as one Batch in the form ``split`` gives (what the selected
+        weights are scored on for the train-test gap), or None where training draws fresh
+        examples or cuts them anew each step (nothing fixed to overfit)."""
+        return None
+
     # --- metric: cross-entropy and accuracy over every predicted element -----------------
     # ``target_mask``: the batch's (Batch.target_mask); tasks that set none receive None.
     def loss(
@@ -162,6 +168,11 @@ class TensorTask(Task):
 
     def split(self, name: str) -> Batch:
         return self.data[name]
+
+    def fixed_train_split(self) -> Batch | None:
+        # data["train"] is in evaluation form only where training indexes it as it is
+        plain = type(self).train_batch is TensorTask.train_batch
+        return self.data["train"] if plain and "train" in self.data else None
 
     def train_indices(self, step: int, batch_size: int, seed: int) -> torch.Tensor:
         """Which training examples ``train_batch`` returns for (step, batch_size, seed); what

@@ -242,6 +242,9 @@ class CIFAR10(_ImageTask):
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
         return cifar_tokens(images)
 
+    def fixed_train_split(self) -> Batch | None:
+        return None if self.augment else self.data["train"]
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         if not self.augment:
             return super().train_batch(step, batch_size, seed)
