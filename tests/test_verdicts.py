@@ -43,6 +43,7 @@ def row(values, *, steps=300, batch=32, constant=0.5008, train=None, to_target=N
         "batch_size": [batch] * n,
         "steps_to_target": list(to_target) if to_target is not None else [None] * n,
         "target_accuracy": 0.99,
+        "total_params": 22_713_216,
     }
 
 
@@ -265,8 +266,8 @@ def test_every_row_shows_its_budget_fraction():
     ev = fpt_evidence(fpt=row(GOOD), full=row(GOOD), lstm=row(GOOD))
     ours = judge(CLAIM["fpt-vs-full"], ev)[0]
     # FPT: 300 x 32 against the paper's 500 x 16; from scratch: against 20,000 x 16
-    assert "FPT 99.0 ± 0.5 (n=3) [budget 120.0%]" in ours
-    assert "full transformer 99.0 ± 0.5 (n=3) [budget 3.0%]" in ours
+    assert "FPT 99.0 ± 0.5 (n=3) [budget 120.0%, 22.7M params]" in ours
+    assert "full transformer 99.0 ± 0.5 (n=3) [budget 3.0%, 22.7M params]" in ours
 
 
 def test_a_failed_seed_is_named_and_leaves_the_row_indicative():

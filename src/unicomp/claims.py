@@ -8,6 +8,7 @@ Each judge returns (ours, verdict, reason): the measured figures in one line, on
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,7 +67,10 @@ class Evidence:
         )
         if row.get("failed"):  # a failed seed is named, never dropped silently
             label = f"{label} ({len(row['failed'])} seed(s) failed: {row['failed'][0]})"
-        return Figure(label, tuple(values), min(elements) if elements else None, floor, budget)
+        evaluations = min(elements) if elements else None
+        return Figure(
+            label, tuple(values), evaluations, floor, budget, params=row.get("total_params")
+        )
 
     def run_figure(self, group: str, label: str, key: str, floor: float | None = None) -> Figure:
         runs = getattr(self, group).get(label) or []
@@ -82,7 +86,7 @@ class Evidence:
 
 
 def _ours(*figs: Figure) -> str:
-    return "; ".join(f"{f.label} {f.text()} [budget {budget_text(f)}]" for f in figs)
+    return "; ".join(f"{f.label} {f.text()} [{budget_text(f)}]" for f in figs)
 
 
 def _fpt_vs_full(ev: Evidence):
@@ -175,8 +179,8 @@ def _output_only(ev: Evidence):
 def _larger_better(ev: Evidence):
     small, large = ev.fpt_figure("size", "smaller FPT"), ev.fpt_figure("size", "larger FPT")
     names = {k: ev.size[k]["backbone"] for k in ("smaller FPT", "larger FPT")}
-    small = Figure(names["smaller FPT"], small.values, small.evaluations, small.floor, small.budget)
-    large = Figure(names["larger FPT"], large.values, large.evaluations, large.floor, large.budget)
+    small = dataclasses.replace(small, label=names["smaller FPT"])
+    large = dataclasses.replace(large, label=names["larger FPT"])
     tests = [(f"larger above smaller beyond the margin ({100 * margin(large, small):.1f} "
               "points)", above(large, small))]  # fmt: skip
     v = decide(tests, (small, large), baselines=(small,))
@@ -269,8 +273,8 @@ def _delayed(ev: Evidence):
 def _perceiver_io(ev: Evidence):
     io, plain = (ev.run_figure("perceiver", k, "test_accuracy")
                  for k in ("perceiver-io", "perceiver"))  # fmt: skip
-    io = Figure("Perceiver IO", io.values, io.evaluations, io.floor, None)
-    plain = Figure("Perceiver", plain.values, plain.evaluations, plain.floor, None)
+    io = dataclasses.replace(io, label="Perceiver IO")
+    plain = dataclasses.replace(plain, label="Perceiver")
     tests = [(f"Perceiver IO above Perceiver beyond the margin ({100 * margin(io, plain):.1f} "
               "points); a dense task (digits-inpaint), not the paper's ImageNet",
               above(io, plain))]  # fmt: skip

@@ -788,8 +788,9 @@ def _blocks(report: dict, out: Path) -> list[tuple]:
 RULES_TEXT = (
     "Ours: mean ± std over seeds (n = seeds), and each row's budget: its training examples "
     "(steps x batch) as a fraction of what the paper needed (unknown where our references "
-    "do not say). A difference counts beyond the margin: the larger of 1 point and twice "
-    "the standard error of the difference, which adds each figure's evaluation noise (its "
+    "do not say), and its model size (the paper's FPT: GPT-2 base, 124M parameters). A "
+    "difference counts beyond the margin: the larger of 1 point and twice the standard error"
+    " of the difference, which adds each figure's evaluation noise (its "
     "test elements or episodes) to the seeds' spread. A compared row that did not learn "
     "(at or near chance or its test split's constant answer) makes the claim 'not "
     "measured'; 'holds' and 'does not hold' need 3 seeds in every row ('indicative' with "

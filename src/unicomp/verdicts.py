@@ -63,6 +63,7 @@ class Figure:
     floor: float | None = None  # chance or the constant answer: where a row that did not learn sits
     budget: float | None = None  # steps x batch as a fraction of the paper's (None: unknown)
     chosen_on_test: str | None = None  # a setting picked after seeing test results (say which)
+    params: int | None = None  # the model's size (all parameters, frozen ones included)
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
@@ -192,4 +193,7 @@ def _yes(ok: bool | None) -> str:
 
 
 def budget_text(fig: Figure) -> str:
-    return "unknown" if fig.budget is None else f"{100 * fig.budget:.1f}%"
+    """``budget 120.0%, 22.7M params``: training examples as a fraction of the paper's, and the
+    model's size."""
+    text = "budget unknown" if fig.budget is None else f"budget {100 * fig.budget:.1f}%"
+    return text + ("" if fig.params is None else f", {fig.params / 1e6:.1f}M params")
