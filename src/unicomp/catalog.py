@@ -129,8 +129,9 @@ FREEZE_POLICIES.register(
 )
 FREEZE_POLICIES.register(
     "full",
-    frozenset({"input", "output", "pos", "norm", "ff", "attn", "embed", "other"}),
-    "everything trains",
+    frozenset({"input", "output", "pos", "norm", "ff", "attn", "other"}),
+    "everything the model uses trains (not the token embeddings or the pooler, which the "
+    "inputs and the readout bypass)",
 )
 
 # --- backbones that a run of this package builds (load_backbone's prefixes) -----------------------

@@ -4,7 +4,10 @@ Every parameter of an FPT-style model falls into one group:
 ``input`` (our new input layer), ``output`` (our head), ``pos`` (positional embeddings, the
 backbone's or ours), ``norm`` (LayerNorm and RMSNorm, found by module type), ``attn``
 (self-attention projections), ``ff`` (feed-forward), ``embed`` (the backbone's token and
-token-type embeddings, unused because inputs bypass them) and ``other``.
+token-type embeddings, unused because inputs bypass them), ``unused`` (the pooler: the FPT
+reads the last hidden states; no policy trains it) and ``other``. Neither ``embed`` nor
+``unused`` trains under any policy: a trainable parameter without a gradient would fail
+DistributedDataParallel at its second step.
 A policy is the set of groups that train; see ``unicomp list``.
 """
 
@@ -18,6 +21,7 @@ from unicomp.registry import FREEZE_POLICIES
 
 _POS = re.compile(r"(^|\.)(wpe|position_embeddings|embed_positions|pos)(\.|$)")
 _EMBED = re.compile(r"(^|\.)(wte|word_embeddings|token_type_embeddings|embed_tokens|shared)(\.|$)")
+_UNUSED = re.compile(r"(^|\.)pooler(\.|$)")
 _ATTN = re.compile(r"(^|\.)(attn|attention|self_attn|SelfAttention|EncDecAttention)(\.|$)")
 _FF = re.compile(r"(^|\.)(mlp|intermediate|output|DenseReluDense|feed_forward)(\.|$)")
 
@@ -49,6 +53,8 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
             group = "pos"
         elif _EMBED.search(name):
             group = "embed"
+        elif _UNUSED.search(name):
+            group = "unused"
         elif _ATTN.search(name):  # before ff: BERT's attention.output.dense is attention
             group = "attn"
         elif _FF.search(name):

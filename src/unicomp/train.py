@@ -182,8 +182,16 @@ class Dist:
         self.rank = process_rank()
         self.enabled = self.world > 1
         self.owned = self.enabled and not td.is_initialized()
+        # NCCL reduces tensors on the rank's own GPU; gloo on the CPU
+        self.device = device if device.type == "cuda" else torch.device("cpu")
+        if self.enabled and device.type == "cuda":
+            # before the group: barriers and collectives of this rank use its GPU, not GPU 0
+            torch.cuda.set_device(device)
         if self.owned:
-            td.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cuda":
+                td.init_process_group("nccl", device_id=device)
+            else:
+                td.init_process_group("gloo")
         self.is_main = self.rank == 0
 
     def close(self) -> None:
@@ -210,7 +218,7 @@ class Dist:
             return values
         import torch.distributed as td
 
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         td.all_reduce(t)
         return t.tolist()
 
@@ -438,7 +446,9 @@ def train(
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         state = _State(**ckpt["state"])
-        _set_rng_state(ckpt["rng"])
+        _set_rng_state(ckpt["rng"])  # rank 0's streams: rank 0 wrote the checkpoint
+        if dist.rank:  # every other rank its own dropout stream, as at the start
+            torch.manual_seed(cfg.seed + dist.rank + 7919 * state.step)
     else:
         torch.manual_seed(cfg.seed + dist.rank)  # dropout stream, one per rank
     if cfg.batch_size % (cfg.grad_accum * dist.world):

@@ -59,7 +59,8 @@ class FPT(nn.Module):
         self.head = nn.Linear(hidden, spec.d_out)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask = self._mask(x, mask)
+        # No mask where there is no padding: the backbone then skips building one, and
+        # transformers skips its host-syncing check of the mask (padding_mask.all()).
         return self.head_outputs(self.backbone(self.backbone_inputs(x), mask), mask)
 
     def forward_with_attentions(
@@ -74,7 +75,6 @@ class FPT(nn.Module):
                 f"backbone {backbone_label(self.backbone)!r} ({type(self.backbone).__name__}) "
                 "has no attention"
             )
-        mask = self._mask(x, mask)
         out = self.backbone.run(self.backbone_inputs(x), mask, output_attentions=True)
         maps = out.attentions
         if not maps or any(m is None for m in maps):
@@ -84,12 +84,6 @@ class FPT(nn.Module):
             )
         return self.head_outputs(out.last_hidden_state, mask), torch.stack(maps, 1)
 
-    @staticmethod
-    def _mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        if mask is None:
-            return torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
-        return mask
-
     def backbone_inputs(self, x: torch.Tensor) -> torch.Tensor:
         """What the backbone receives: the input layer's tokens (+ our positions, if any)."""
         h = self.embed_in(x)  # (B, T, H)
@@ -97,11 +91,14 @@ class FPT(nn.Module):
             h = h + self.pos(torch.arange(x.shape[1], device=x.device))  # (T, H) broadcast
         return h
 
-    def head_outputs(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The logits from the backbone's hidden states ``h`` (B, T, H): readout, then head."""
+    def head_outputs(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The logits from the backbone's hidden states ``h`` (B, T, H): readout, then head
+        (``mask`` None: every position is real)."""
         if self.spec.n_out_tokens:
             # Sequence outputs: one read position per output token, the last n of the input.
             return self.head(h[:, -self.spec.n_out_tokens :])  # (B, n_out, d_out)
+        if mask is None:
+            return self.head(h.mean(1) if self.readout == "mean" else h[:, -1])  # (B, d_out)
         if self.readout == "mean":
             m = mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
             pooled = (h * m).sum(1) / m.sum(1).clamp_min(1)
