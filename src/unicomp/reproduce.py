@@ -436,14 +436,13 @@ def reproduce(
 
 def _recorded(cell: Cell) -> bool:
     """A DT or Perceiver run's record is there and was made with the settings the preset asks
-    (the data set's folder may differ: the records moved with the repository)."""
+    (paths inside the records' folder, such as the data set's, may have moved with it)."""
     from unicomp.ablate import _config_changes
 
     folder = Path(cell.cfg.out)
     if not (folder / "metrics.json").is_file():
         return False
     refused = _config_changes(cell.cfg, folder)[1]
-    refused.pop("data", None)
     if refused:
         raise UnicompError(
             f"{folder}: its config.yaml differs from what the preset asks "
@@ -687,6 +686,7 @@ def _write_run_record(name: str, spec: dict, out: Path, seconds: float, suites, 
     path = out / "run.json"
     before = json.loads(path.read_text()) if path.is_file() else {}
     runs, train_seconds = _train_seconds(suites, cells)
+    train_seconds = round(train_seconds, 1)
     trained = runs != before.get("runs") or train_seconds != before.get("train_seconds")
     if before and not trained:
         return
@@ -694,7 +694,7 @@ def _write_run_record(name: str, spec: dict, out: Path, seconds: float, suites, 
     record = {
         "preset": name,
         "runs": runs,
-        "train_seconds": round(train_seconds, 1),
+        "train_seconds": train_seconds,
         "wall_seconds": round((before.get("wall_seconds") or 0) + seconds, 1),
         "calls": (before.get("calls") or 0) + 1,
         "machine": f"{_cpu_model()}, {os.cpu_count()} cores, GPU {gpu}",

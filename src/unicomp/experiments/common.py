@@ -144,8 +144,30 @@ def config_changes(cfg: Any, out: Path) -> tuple[dict, dict]:
     path = out / "config.yaml"
     saved = _flat(to_dict(from_dict(type(cfg), load_yaml(path), f"config file {path}")))
     asked = _flat(to_dict(cfg))
+    saved = _moved_with_the_folder(saved, asked.get("out"))
     diffs = {k: [saved.get(k), v] for k, v in asked.items() if k != "out" and saved.get(k) != v}
     return diffs, {k: v for k, v in diffs.items() if k not in RESUMABLE_CHANGES}
+
+
+def _moved_with_the_folder(saved: dict, out: str | None) -> dict:
+    """A run folder copied or moved elsewhere (records committed in one checkout, read in
+    another) names paths under its old location: those paths, read as under the new one."""
+    old = saved.get("out")
+    if not (isinstance(old, str) and out) or old == out:
+        return saved
+    a, b = Path(old).parts, Path(out).parts
+    common = 0  # the shared tail: the folder's place inside the moved tree
+    while common < min(len(a), len(b)) and a[-1 - common] == b[-1 - common]:
+        common += 1
+    if not common:
+        return saved
+    old_root, new_root = str(Path(*a[: len(a) - common])), str(Path(*b[: len(b) - common]))
+    return {
+        k: new_root + v[len(old_root) :]
+        if isinstance(v, str) and v.startswith(old_root + "/")
+        else v
+        for k, v in saved.items()
+    }
 
 
 def check_resume(cfg: Any, out: Path) -> dict:
