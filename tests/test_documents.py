@@ -132,8 +132,10 @@ def test_paths_inside_a_moved_run_folder_are_read_under_its_new_place():
     from unicomp.experiments.common import _moved_with_the_folder
 
     saved = {"out": "/a/x/results/q/dt/bc/s0", "data": "/a/x/results/q/dt/key-to-door",
-             "backbone": "minilm-l6", "other": "/elsewhere/file"}  # fmt: skip
+             "backbone": "minilm-l6", "other": "/elsewhere/file",
+             "twin": "random:/a/x/results/q/_backbones/w32"}  # fmt: skip
     moved = _moved_with_the_folder(saved, "/b/results/q/dt/bc/s0")
     assert moved["data"] == "/b/results/q/dt/key-to-door"
+    assert moved["twin"] == "random:/b/results/q/_backbones/w32"
     assert moved["backbone"] == "minilm-l6" and moved["other"] == "/elsewhere/file"
     assert _moved_with_the_folder(saved, saved["out"]) == saved

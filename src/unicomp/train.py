@@ -68,6 +68,11 @@ def cpu_bf16_flags() -> list[str]:
     return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
+def tf32_capable(device: torch.device) -> bool:
+    """A GPU with TF32 tensor cores (compute capability 8.0 or more)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_precision(device: torch.device, requested: str) -> tuple[str, str]:
     """``auto`` -> "bf16" or "fp32" for this device, and why (recorded in metrics.json).
 
@@ -421,6 +426,11 @@ def train(
     if dist.sum([float(precision == "bf16")])[0] not in (0, dist.world):  # ranks must agree
         precision, precision_why = "fp32", "ranks measured differently; fp32 everywhere"
     cfg = dataclasses.replace(cfg, precision=precision)
+    if precision == "fp32" and device.type == "cuda" and tf32_capable(device):
+        # fp32 asked on Ampere or newer: matmuls in TF32 (10-bit mantissa inputs, fp32
+        # accumulation), as PyTorch's own fp32 default once was; recorded
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        precision_why += "; matmuls in TF32"
     warnings = schedule_warnings(cfg)
     for warning in warnings if dist.is_main else ():
         print(f"unicomp: warning: {warning}", file=sys.stderr, flush=True)

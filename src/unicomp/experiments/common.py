@@ -162,10 +162,9 @@ def _moved_with_the_folder(saved: dict, out: str | None) -> dict:
     if not common:
         return saved
     old_root, new_root = str(Path(*a[: len(a) - common])), str(Path(*b[: len(b) - common]))
+    # also after a prefix such as random:, stats: or run:
     return {
-        k: new_root + v[len(old_root) :]
-        if isinstance(v, str) and v.startswith(old_root + "/")
-        else v
+        k: v.replace(old_root + "/", new_root + "/") if isinstance(v, str) else v
         for k, v in saved.items()
     }
 

@@ -101,14 +101,17 @@ class Attention(nn.Module):
         q = self.query(q_in).view(B, Nq, H, -1).transpose(1, 2)  # (B, H, Nq, qk/H)
         k = self.key(kv_in).view(B, Nk, H, -1).transpose(1, 2)  # (B, H, Nk, qk/H)
         v = self.value(kv_in).view(B, Nk, H, -1).transpose(1, 2)  # (B, H, Nk, v/H)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Nq, Nk)
+        bias = None
         if key_mask is not None:
             # Padding keys get the smallest finite score, not -inf: a row of padding only
             # (an empty input) then averages instead of producing NaN.
             keep = key_mask.bool()[:, None, None, :]  # (B, 1, 1, Nk)
-            att = att.masked_fill(~keep, torch.finfo(att.dtype).min)
-        att = self.dropout(att.softmax(dim=-1))
-        y = att @ v  # (B, H, Nq, v/H)
+            bias = torch.zeros(keep.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~keep, torch.finfo(q.dtype).min)
+        # PyTorch's fused kernel (flash / memory-efficient on GPUs): softmax(q k^T /
+        # sqrt(qk/H) + bias) v, with the attention dropout in training
+        p = self.dropout.p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, Nq, -1)  # (B, Nq, v)
         return self.proj(y)  # (B, Nq, q_dim)
 
