@@ -125,3 +125,12 @@ def test_each_rank_sets_its_gpu_before_the_group_and_reduces_on_it(monkeypatch):
     cpu.sum([1.0])
     assert made[-1] == torch.device("cpu")
     cpu.close()
+
+
+def test_tf32_only_on_gpus_with_tf32_cores(monkeypatch):
+    from unicomp.train import tf32_capable
+
+    assert not tf32_capable(torch.device("cpu"))
+    for cap, expected in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, c=cap: c)
+        assert tf32_capable(torch.device("cuda", 0)) is expected

@@ -276,3 +276,19 @@ def test_a_failed_seed_is_named_and_leaves_the_row_indicative():
     ours, verdict, reason = judge(CLAIM["fpt-vs-full"], ev)
     assert "FPT (1 seed(s) failed: s2: loss became nan at step 40)" in ours
     assert verdict == INDICATIVE and "n=2" in reason
+
+
+def test_each_seeds_chosen_learning_rate_is_shown():
+    ev = fpt_evidence(fpt=row(GOOD), full=row(GOOD), lstm=row(GOOD))
+    ev.fpt["LSTM"]["lr"] = [3e-4, 3e-4, 1e-3]
+    assert (
+        "LSTM 99.0 ± 0.5 (n=3) [budget 3.0%, 22.7M params, lr 0.0003/0.0003/0.001]"
+        in judge(CLAIM["fpt-vs-full"], ev)[0]
+    )
+    dt = dt_evidence(dt=(0.7, 0.75, 0.72), bc=(0.05, 0.06, 0.04))
+    for r, lr in zip(dt.dt["BC"], (1e-3, 3e-3, 1e-3), strict=True):
+        r["lr"] = lr
+    assert (
+        "BC 5.0 ± 1.0 (n=3) [budget unknown, lr 0.001/0.003/0.001]"
+        in judge(CLAIM["dt-vs-bc-cql"], dt)[0]
+    )

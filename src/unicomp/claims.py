@@ -68,9 +68,8 @@ class Evidence:
         if row.get("failed"):  # a failed seed is named, never dropped silently
             label = f"{label} ({len(row['failed'])} seed(s) failed: {row['failed'][0]})"
         evaluations = min(elements) if elements else None
-        return Figure(
-            label, tuple(values), evaluations, floor, budget, params=row.get("total_params")
-        )
+        params, rates = row.get("total_params"), tuple(row.get("lr") or ())
+        return Figure(label, tuple(values), evaluations, floor, budget, params=params, rates=rates)
 
     def run_figure(self, group: str, label: str, key: str, floor: float | None = None) -> Figure:
         runs = getattr(self, group).get(label) or []
@@ -82,7 +81,9 @@ class Evidence:
         if floor is None:
             floors = [r.get("test_constant_accuracy") for r in runs]
             floor = max(floors) if floors and all(f is not None for f in floors) else None
-        return Figure(label, tuple(values), min(counts) if counts else None, floor, None)
+        rates = tuple(r["lr"] for r in runs if r.get("lr") is not None)
+        return Figure(label, tuple(values), min(counts) if counts else None, floor, None,
+                      rates=rates)  # fmt: skip
 
 
 def _ours(*figs: Figure) -> str:

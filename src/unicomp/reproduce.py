@@ -493,7 +493,8 @@ def _evidence(results: dict, cells: list[Cell], collection: dict | None, spec: d
     for cell in cells:
         m = _metrics(cell)
         if m is not None:
-            by_group[cell.table].setdefault(cell.row, []).append({**m, "run": cell.cfg.out})
+            run = {**m, "run": cell.cfg.out, "lr": cell.cfg.train.lr}
+            by_group[cell.table].setdefault(cell.row, []).append(run)
     rows = {g: {r["label"]: r for r in results[g]["rows"]} if g in results else {}
             for g in ("fpt", "size")}  # fmt: skip
     data_success = None

@@ -64,6 +64,7 @@ class Figure:
     budget: float | None = None  # steps x batch as a fraction of the paper's (None: unknown)
     chosen_on_test: str | None = None  # a setting picked after seeing test results (say which)
     params: int | None = None  # the model's size (all parameters, frozen ones included)
+    rates: tuple[float, ...] = ()  # each seed's learning rate (chosen on validation)
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
@@ -193,7 +194,8 @@ def _yes(ok: bool | None) -> str:
 
 
 def budget_text(fig: Figure) -> str:
-    """``budget 120.0%, 22.7M params``: training examples as a fraction of the paper's, and the
-    model's size."""
+    """``budget 120.0%, 22.7M params, lr 0.003/0.001/0.003``: training examples as a fraction of
+    the paper's, the model's size, and each seed's learning rate."""
     text = "budget unknown" if fig.budget is None else f"budget {100 * fig.budget:.1f}%"
-    return text + ("" if fig.params is None else f", {fig.params / 1e6:.1f}M params")
+    text += "" if fig.params is None else f", {fig.params / 1e6:.1f}M params"
+    return text + ("" if not fig.rates else ", lr " + "/".join(f"{r:g}" for r in fig.rates))
