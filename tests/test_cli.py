@@ -266,3 +266,19 @@ def test_comma_separated_numbers_share_one_parser_and_one_message(tmp_path, caps
         flag = args[-2]
         err = capsys.readouterr().err.strip()
         assert err == f"unicomp: error: {flag} '{args[-1]}': expected integers separated by commas"
+
+
+def test_search_latents_help_shows_the_resolved_defaults(capsys):
+    """Its defaults function was named without its module, and the ImportError that caused
+    was taken for a task that cannot load: --help showed no default at all."""
+    with pytest.raises(SystemExit):
+        main(["perceiver", "search-latents", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "50 for bit-xor" in shown or "for bit-xor" in shown
+
+
+def test_a_defaults_target_without_its_module_is_refused_at_once():
+    from unicomp.cli import _defaults
+
+    with pytest.raises(ValueError, match="expected 'module:function'"):
+        _defaults("perceiver_task_defaults")

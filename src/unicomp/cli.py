@@ -107,6 +107,9 @@ def _defaults(target: str):
     """The training-defaults function ``target`` ("module:function", e.g.
     "unicomp.experiments.common:task_defaults"), imported when first called (--help printing
     the resolved defaults), not when the parser is built."""
+    module, _, name = target.partition(":")
+    if not (module and name):  # a wrong name would only show as defaults missing from --help
+        raise ValueError(f"training defaults {target!r}: expected 'module:function'")
 
     def call(task: str) -> dict:
         return load_target(target)(task)
@@ -912,7 +915,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latents", default="8,16,32,64", help="candidate sizes, comma-separated")
     p.add_argument("--tolerance", type=float, default=0.01, help="allowed drop in validation score")
     p.add_argument("--config", help="YAML config for every candidate run")
-    add_dataclass_args(p, PerceiverConfig, _defaults("perceiver_task_defaults"))
+    add_dataclass_args(
+        p, PerceiverConfig, _defaults("unicomp.experiments.perceiver:perceiver_task_defaults")
+    )
     p.set_defaults(func=cmd_perceiver_search, resume=False)
     _add_dt_commands(sub)
     _add_serve_command(sub)
