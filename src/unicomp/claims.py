@@ -141,8 +141,8 @@ def _norms_matter_most(ev: Evidence):
         for k in others
     )
     tests = [
-        ("gain from norms " + ", ".join(f"{k} {100 * v:+.1f}" for k, v in diff.items())
-         + " points: norms largest beyond the noise", largest),
+        ("gains of adding " + ", ".join(f"{k} {100 * v:+.1f}" for k, v in diff.items())
+         + " points: the norms' the largest beyond the noise", largest),
         (f"freezing the norms costs beyond the margin ({100 * margin(fpt, frozen):.1f} points)",
          above(fpt, frozen)),
     ]  # fmt: skip
