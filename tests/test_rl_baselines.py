@@ -253,11 +253,12 @@ def test_cli_bc_pbc_eval_and_compare(tmp_path, capsys):
     assert (
         main(
             ["dt", "eval", "--run", str(tmp_path / "dt"), "--eval-episodes", "3"]
-            + ["--eval-max-steps", "5", "--eval-seed", "7", "--eval-envs", "3"]
+            + ["--eval-max-steps", "5", "--eval-seed", "7", "--eval-envs", "3", "--device", "cpu"]
         )
         == 0
     )
     ev = json.loads((tmp_path / "dt" / "eval.json").read_text())
+    assert ev["device"] == "cpu"  # where the model acted (--device; auto: a GPU if any)
     for key in ("normalized_score_mean", "normalized_score_std", "return_mean", "episodes"):
         assert key in ev, key
     assert ev["episodes"] == 3 and ev["train_steps"] == 2 and ev["eval_seed"] == 7

@@ -468,6 +468,7 @@ def cmd_dt_eval(args: argparse.Namespace) -> None:
         max_steps=args.eval_max_steps,
         window=args.eval_window,
         out=args.out,
+        device=args.device,
     )
     keys = ("env", "algo", "train_steps", "episodes", "return_mean", "normalized_score_mean")
     summary = {k: result[k] for k in (*keys, "success_rate") if k in result}
@@ -627,6 +628,9 @@ def _add_dt_commands(sub) -> None:
     p.add_argument("--eval-max-steps", type=int, help="time limit [the env's own]")
     p.add_argument("--eval-window", choices=("exact", "rolling"), help="context past K [the run's]")
     p.add_argument("--threads", type=int, help="torch threads [torch's default]")
+    p.add_argument(
+        "--device", default="auto", help="where the model acts: auto | cpu | cuda | cuda:N [auto]"
+    )
     p.add_argument("--out", help="where to write the result [RUN/eval.json]")
     p.set_defaults(func=cmd_dt_eval)
 

@@ -36,7 +36,7 @@ from unicomp.rl.dt_task import DTTask
 from unicomp.rl.envs import register_env_spec
 from unicomp.rl.evaluate import default_targets, evaluate_dt, score_reference
 from unicomp.runs import _read_json, run_label
-from unicomp.train import load_trainable_state
+from unicomp.train import load_trainable_state, pick_device
 
 
 def dt_task_defaults(name: str) -> dict:
@@ -306,14 +306,17 @@ def evaluate_run(
     max_steps: int | None = None,
     window: str | None = None,
     out: str | Path | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Act with a run's best weights in its environment: ``episodes`` episodes per target
     return (episode i resets with ``seed + i``; default the run's ``eval_seed``), many at
     once in vector environments. Targets default to the ones the run was evaluated with
     (else the paper's for the environment); BC runs ignore them. Writes ``out``
-    (default ``run/eval.json``) and returns its content."""
+    (default ``run/eval.json``) and returns its content. ``device``: where the model acts
+    (auto: a GPU where there is one); the environments step on the CPU."""
 
     model, cfg, metrics = load_dt_run(run)
+    model.to(pick_device(device))
     env_id = metrics.get("env") or cfg.env
     if not env_id:
         raise UnicompError(f"{run}: the run names no environment to act in")
@@ -355,6 +358,7 @@ def evaluate_run(
         "best_step": metrics.get("best_step"),
         **primary_scores(evals),
         "eval": evals,
+        "device": str(next(model.parameters()).device),
         **provenance(),
     }
     atomic_write_json(Path(out) if out else Path(run) / "eval.json", result)
