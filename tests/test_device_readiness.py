@@ -134,3 +134,24 @@ def test_tf32_only_on_gpus_with_tf32_cores(monkeypatch):
     for cap, expected in (((7, 5), False), ((8, 0), True), ((9, 0), True)):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d, c=cap: c)
         assert tf32_capable(torch.device("cuda", 0)) is expected
+
+
+def test_the_prepared_device_check_runs_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.py, the script a session lent a GPU runs as is, on the CPU."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "check.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--device", "cpu", "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    found = json.loads(out.read_text())
+    assert found["failed"] == [] and found["machine"]["device"] == "cpu"
+    assert found["fpt_train"]["device"] == "cpu" and found["fpt_train"]["steps"] == 20
+    assert found["fpt_train"]["attention"].startswith("sdpa")
+    assert found["dt_eval"]["device"] == "cpu" and "return_mean" in found["dt_eval"]

@@ -69,12 +69,12 @@ def render(kind: str, src: str, arg: str | None, root: Path, where: str) -> str:
     if kind == "run":
         run = _load(root, src, "run.json", where)
         v = run["versions"]
-        commit = (v.get("git_commit") or "unknown")[:12]
+        commit = run.get("code") or f"commit {(v.get('git_commit') or 'unknown')[:12]}"
         calls = run.get("calls", 1)
         return (
             f"Measured with `{run['command']}` ({run['preset']} preset) on {run['date']}: "
             f"{run['machine']} (bf16 flags: {run['bf16_flags']}); unicomp {v['unicomp_version']}"
-            f" at commit {commit}, torch {v['torch']}. {run['runs']} run folders, "
+            f" ({commit}), torch {v['torch']}. {run['runs']} run folders, "
             f"{run['wall_seconds'] / 60:.1f} minutes of wall time "
             f"({calls} call{'s' if calls > 1 else ''}), "
             f"{run['train_seconds'] / 60:.1f} minutes of training in all. Report: "

@@ -743,7 +743,7 @@ def _blocks(report: dict, out: Path) -> list[tuple]:
                     f"unicomp {v['unicomp_version']}, torch {v['torch']}, transformers "
                     f"{v['transformers_version']}, Python {v['python']}",
                 ],
-                ["git commit", commit or "unknown (not a git checkout)"],
+                ["git commit", report.get("code") or commit or "unknown (not a git checkout)"],
                 [
                     "time",
                     f"{report['wall_seconds'] / 60:.1f} minutes of wall time "
