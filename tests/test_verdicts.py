@@ -271,7 +271,8 @@ def test_every_row_shows_its_budget_fraction():
 
 
 def test_a_failed_seed_is_named_and_leaves_the_row_indicative():
-    ev = fpt_evidence(fpt=row((0.99, 0.995)), full=row(GOOD), lstm=row(GOOD))
+    full = row(GOOD, steps=20_000, batch=16)
+    ev = fpt_evidence(fpt=row((0.99, 0.995)), full=full, lstm=full)
     ev.fpt["FPT"]["failed"] = ["s2: loss became nan at step 40"]
     ours, verdict, reason = judge(CLAIM["fpt-vs-full"], ev)
     assert "FPT (1 seed(s) failed: s2: loss became nan at step 40)" in ours
@@ -292,3 +293,13 @@ def test_each_seeds_chosen_learning_rate_is_shown():
         "BC 5.0 ± 1.0 (n=3) [budget unknown, lr 0.001/0.003/0.001]"
         in judge(CLAIM["dt-vs-bc-cql"], dt)[0]
     )
+
+
+def test_a_baseline_short_of_the_papers_budget_decides_nothing_either_way():
+    """FPT far above a from-scratch transformer that had 3% of the steps the paper gave it
+    is not the paper's claim: the baseline has not had its chance."""
+    ev = fpt_evidence(fpt=row(GOOD), full=row((0.66, 0.68, 0.65)), lstm=row(GOOD))
+    ours, verdict, reason = judge(CLAIM["fpt-vs-full"], ev)
+    assert verdict == NOT_AT_BUDGET and "full transformer 3.0%" in reason
+    ev = fpt_evidence(fpt=row(GOOD, train=GOOD), full=row((0.66, 0.68, 0.65), train=(0.9,) * 3))
+    assert judge(CLAIM["no-overfit"], ev)[1] == NOT_AT_BUDGET

@@ -795,7 +795,8 @@ RULES_TEXT = (
     "test elements or episodes) to the seeds' spread. A compared row that did not learn "
     "(at or near chance or its test split's constant answer) makes the claim 'not "
     "measured'; 'holds' and 'does not hold' need 3 seeds in every row ('indicative' with "
-    "fewer); a failure below half the paper's budget is 'not at this budget'; a figure not "
+    "fewer); a baseline below half the paper's budget, or a failure with any row below it, "
+    "is 'not at this budget'; a figure not "
     "in the records is 'missing'. The rules: docs/reproduce.md."
 )
 

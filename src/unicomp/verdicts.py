@@ -22,8 +22,10 @@ chosen after looking at test results. The rules, each tested in tests/test_verdi
 - **Helps / better.** A gain beyond the margin; "not worse" is not "helps".
 - **Seeds.** "holds" and "does not hold" need at least 3 seeds in every compared row; with
   fewer the verdict is "indicative" and the reason says what it would read.
-- **Budget.** A claim that does not hold while a compared row trained on less than
-  :data:`BUDGET_FLOOR` of the paper's budget (steps x batch) reads "not at this budget".
+- **Budget.** A baseline trained on less than :data:`BUDGET_FLOOR` of the paper's budget
+  (steps x batch) has not had its chance: a claim compared against it reads "not at this
+  budget", whichever way it came out; and a claim that does not hold while any compared row
+  trained below that fraction reads "not at this budget" too.
 - **Selection.** A row whose setting was chosen after seeing test results is flagged; the
   verdict is at most "indicative".
 - **Missing.** A figure that is not there is "missing", never a default value.
@@ -156,6 +158,11 @@ def decide(
     dead = [f for f in baselines if trained(f) is False]
     if dead:
         return Verdict(NOT_MEASURED, "; ".join(untrained_note(f) for f in dead) + f". ({parts})")
+    short = [f for f in baselines if f.budget is not None and f.budget < BUDGET_FLOOR]
+    if short:  # a baseline that has not had the paper's chance decides nothing either way
+        listed = ", ".join(f"{f.label} {100 * f.budget:.1f}%" for f in short)
+        return Verdict(NOT_AT_BUDGET, f"baseline trained on less than {100 * BUDGET_FLOOR:.0f}% "
+                       f"of the paper's budget: {listed}. ({parts})")  # fmt: skip
     measured = [ok for _, ok in tests if ok is not None]
     if not measured:
         return Verdict(NOT_MEASURED, parts)
