@@ -12,6 +12,7 @@ import dataclasses
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from unicomp.errors import UnicompError
 from unicomp.verdicts import (
@@ -179,7 +180,8 @@ def _output_only(ev: Evidence):
 
 def _larger_better(ev: Evidence):
     small, large = ev.fpt_figure("size", "smaller FPT"), ev.fpt_figure("size", "larger FPT")
-    names = {k: ev.size[k]["backbone"] for k in ("smaller FPT", "larger FPT")}
+    # a backbone's name; a local folder by its last part (the same wherever the records are)
+    names = {k: Path(str(ev.size[k]["backbone"])).name for k in ("smaller FPT", "larger FPT")}
     small = dataclasses.replace(small, label=names["smaller FPT"])
     large = dataclasses.replace(large, label=names["larger FPT"])
     tests = [(f"larger above smaller beyond the margin ({100 * margin(large, small):.1f} "

@@ -2,8 +2,10 @@
 
 A backbone is an ``nn.Module`` that maps embedded tokens to hidden states of the same width::
 
-    forward(inputs_embeds (B, T, H), attention_mask (B, T) of 1 for real tokens, or None
-            where every token is real) -> (B, T, H)
+    forward(inputs_embeds (B, T, H), attention_mask (B, T) of 1 for real tokens) -> (B, T, H)
+
+(a backbone with ``mask_optional = True`` also takes ``attention_mask=None`` where every token
+is real: the FPT then passes no mask)
 
 with its width H in ``hidden_size``. Any module with these two is a backbone for
 :class:`unicomp.models.fpt.FPT`; :class:`~unicomp.backbones.hf.HFBackbone` (any transformers
@@ -32,7 +34,7 @@ class Backbone(Protocol):
     hidden_size: int
 
     def forward(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor: ...
 
 

@@ -92,6 +92,8 @@ class HFBackbone(nn.Module):
     positions (Llama/SmolLM2) itself.
     """
 
+    mask_optional = True  # forward takes attention_mask=None: every token is real
+
     def __init__(self, model: nn.Module, name: str, source: str):
         super().__init__()
         self.model = model

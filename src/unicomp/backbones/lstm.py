@@ -71,6 +71,8 @@ class LSTMBackbone(nn.Module):
     random state, so a run rebuilds the same LSTM from its saved config.
     """
 
+    mask_optional = True  # forward takes attention_mask=None: every token is real
+
     model_type = "lstm"
     is_decoder = True  # reads left to right: the last real token has seen the whole input
 

@@ -59,9 +59,14 @@ class FPT(nn.Module):
         self.head = nn.Linear(hidden, spec.d_out)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        # No mask where there is no padding: the backbone then skips building one, and
-        # transformers skips its host-syncing check of the mask (padding_mask.all()).
-        return self.head_outputs(self.backbone(self.backbone_inputs(x), mask), mask)
+        # No mask where there is no padding, to backbones that take None (``mask_optional``):
+        # transformers then skips its host-syncing check of the mask (padding_mask.all())
+        return self.head_outputs(self.backbone(self.backbone_inputs(x), self._mask(x, mask)), mask)
+
+    def _mask(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+        if mask is not None or getattr(self.backbone, "mask_optional", False):
+            return mask
+        return torch.ones(x.shape[:2], dtype=torch.long, device=x.device)
 
     def forward_with_attentions(
         self, x: torch.Tensor, mask: torch.Tensor | None = None
@@ -75,7 +80,7 @@ class FPT(nn.Module):
                 f"backbone {backbone_label(self.backbone)!r} ({type(self.backbone).__name__}) "
                 "has no attention"
             )
-        out = self.backbone.run(self.backbone_inputs(x), mask, output_attentions=True)
+        out = self.backbone.run(self.backbone_inputs(x), mask, output_attentions=True)  # (HF)
         maps = out.attentions
         if not maps or any(m is None for m in maps):
             raise UnicompError(
