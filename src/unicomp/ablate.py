@@ -255,7 +255,9 @@ def _config_changes(cfg: FPTConfig, folder: Path) -> tuple[dict, dict]:
     from unicomp.experiments.common import config_changes
 
     diffs, refused = config_changes(cfg, folder)
-    if getattr(cfg, "attn_implementation", None) in ("auto", "measure"):  # (FPT runs)
+    from unicomp.experiments.fpt import ATTENTION_CHOSEN_AT_START
+
+    if getattr(cfg, "attn_implementation", None) in ATTENTION_CHOSEN_AT_START:  # (FPT runs)
         diffs.pop("attn_implementation", None)
         refused.pop("attn_implementation", None)
     return diffs, refused

@@ -89,7 +89,7 @@ def resolve_precision(device: torch.device, requested: str) -> tuple[str, str]:
     if key not in _RESOLVED:
         if device.type == "cuda":
             major, minor = torch.cuda.get_device_capability(device)
-            ok = major >= 8
+            ok = tf32_capable(device)  # bf16 and TF32 tensor cores came together (Ampere)
             why = (
                 f"{torch.cuda.get_device_name(device)}: compute capability {major}.{minor} "
                 f"({'native bf16' if ok else 'no native bf16'})"

@@ -34,7 +34,7 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
 
     FREEZE_POLICIES.entry(cfg.freeze)  # fail on a bad name before loading any weights
     torch.manual_seed(cfg.train.seed)  # new layers (and random:<name> backbones) are seeded
-    chosen_here = cfg.attn_implementation in ("auto", "measure")
+    chosen_here = cfg.attn_implementation in ATTENTION_CHOSEN_AT_START
     backbone = load_backbone(
         cfg.backbone,
         dropout=cfg.backbone_dropout,
@@ -100,7 +100,7 @@ def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
 
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
-    chosen_at_start = cfg.attn_implementation in ("auto", "measure")
+    chosen_at_start = cfg.attn_implementation in ATTENTION_CHOSEN_AT_START
     if resume and chosen_at_start and (out / "config.yaml").is_file():
         # The attention chosen when the run started, so a resumed run computes alike.
         cfg.attn_implementation = load_yaml(out / "config.yaml").get("attn_implementation")
@@ -202,7 +202,7 @@ def rebuild_fpt_run(
     best_step = _best_step(folder, where, finished)
     build = dataclasses.replace(cfg)  # build_fpt reads it; the run's own stays as saved
     if backbone_overrides is None:
-        if build.attn_implementation in ("auto", "measure"):  # not chosen again: no training
+        if build.attn_implementation in ATTENTION_CHOSEN_AT_START:  # not again: no training
             build.attn_implementation = None
     else:
         dropout = backbone_overrides.get("dropout")
@@ -301,6 +301,8 @@ def backbone_from_run(name: str, overrides: dict[str, Any]) -> LoadedBackbone:
 
 
 ATTENTION_CHOICES = ("eager", "sdpa")
+# settings resolved to one of ATTENTION_CHOICES when a run starts (saved in its config.yaml)
+ATTENTION_CHOSEN_AT_START = ("auto", "measure")
 
 
 def default_attention(model: FPT) -> str:
