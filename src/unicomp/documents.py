@@ -12,7 +12,9 @@ A document holds generated blocks between two markers, each naming the records i
 
 ``claims``: the named claims' rows (all of them without a list) from ``<records>/claims.json``,
 which ``unicomp reproduce`` writes from the run folders beside it; ``run``: when, where and how
-long those runs were made (``<records>/run.json``). ``unicomp reproduce --report-only``
+long those runs were made (``<records>/run.json``); ``collection``: a data set made by a
+learning agent (``dt collect --from-training``): what it holds and the agent's evaluation
+curve, from ``<records>/collection.json``. ``unicomp reproduce --report-only``
 rewrites every block; tests/test_documents.py fails when a document differs from what its
 records produce.
 """
@@ -80,7 +82,39 @@ def render(kind: str, src: str, arg: str | None, root: Path, where: str) -> str:
             f"{run['train_seconds'] / 60:.1f} minutes of training in all. Report: "
             f"[{src}/report.md]({{rel}}{src}/report.md).\n"
         )
-    raise UnicompError(f"{where}: unknown generated block kind {kind!r} (claims, run)")
+    if kind == "collection":
+        return _collection(_load(root, src, "collection.json", where))
+    raise UnicompError(f"{where}: unknown generated block kind {kind!r} (claims, run, collection)")
+
+
+def _collection(c: dict) -> str:
+    """A learning agent's data set: one line of what it holds, then its evaluation curve."""
+    ref = c.get("reference_scores")
+    if "reference_scores" not in c:  # scored against our table for the environment, if any
+        scale = ""
+    elif ref:
+        scale = (f"; reference scores {ref['ref_min_score']:.2f} (random) and "
+                 f"{ref['ref_max_score']:.2f} (the final agent)")  # fmt: skip
+    else:
+        scale = "; no reference scores (the final agent did not beat the random policy)"
+    seconds = c.get("train_seconds", c["seconds"])
+    text = (
+        f"`{c['env_id']}`, {c['suite']}: {c['steps']:,} transitions in {c['episodes']:,} "
+        f"episodes, data return {c['return_mean']:.2f} ± {c['return_std']:.2f} "
+        f"(max {c['return_max']:g}){scale}; {seconds / 60:.1f} minutes to train "
+        f"(seed {c['seed']}).\n\n"
+    )
+    points = ([c["random_policy"]] if "random_policy" in c else []) + c.get("evaluations", [])
+    rows = [
+        [
+            "random policy" if i == 0 and "random_policy" in c else f"{p['step']:,}",
+            f"{p['return_mean']:.2f} ± {p['return_std']:.2f}",
+            str(p["episodes"]),
+            "" if p.get("exploration_rate") is None else f"{p['exploration_rate']:g}",
+        ]
+        for i, p in enumerate(points)
+    ]
+    return text + markdown_table(["step", "evaluation return", "episodes", "epsilon"], rows) + "\n"
 
 
 def regenerate(text: str, doc: Path, root: Path) -> str:

@@ -11,7 +11,11 @@ the experiments it needs and a verdict rule. A preset (:func:`preset`) sizes the
   (:func:`unicomp.rl.collect.collect`), then DT, DT K=1, BC and DT with delayed rewards
   trained and evaluated by :func:`unicomp.experiments.dt.run_dt` (``unicomp dt train``);
 - Perceiver (``perceiver``): Perceiver IO and the plain Perceiver on the dense
-  ``digits-inpaint`` task (:func:`unicomp.experiments.perceiver.run_perceiver`).
+  ``digits-inpaint`` task (:func:`unicomp.experiments.perceiver.run_perceiver`);
+- the DT's Atari half at CPU scale (``atari``, the ``minatar`` preset): per MinAtar game, a
+  data set made like DQN Replay (a learning DQN's whole experience,
+  :func:`unicomp.rl.dqn_training.train_dqn_stream`), then DT (K=30), DT K=1 and BC, each row's
+  learning rate chosen on validation loss with the first seed, the other seeds at that rate.
 
 Every run is an ordinary run folder under ``OUT``; a finished one is skipped on a re-run (its
 config.yaml checked against what the preset asks), a killed one resumes. Then
@@ -46,9 +50,9 @@ from unicomp.plots import plot_returns, pyplot, save_figure
 from unicomp.runs import markdown_table, mean_std
 from unicomp.verdicts import VERDICTS
 
-PRESETS = ("tiny", "quick", "paper")
+PRESETS = ("tiny", "quick", "paper", "minatar")
 __all__ = ["CLAIMS", "CLAIM_NAMES", "PRESETS", "VERDICTS", "preset", "reproduce"]
-GROUPS = ("fpt", "size", "dt", "perceiver")
+GROUPS = ("fpt", "size", "dt", "perceiver", "atari")
 
 # --- presets ---------------------------------------------------------------------------------
 
@@ -105,6 +109,17 @@ def _dt_runs() -> dict[str, dict]:
     }
 
 
+def _atari_runs() -> dict[str, dict]:
+    """The rows every MinAtar game trains (DTConfig fields)."""
+    return {"DT": {}, "DT K=1": {"context": 1}, "BC": {"algo": "bc"}}
+
+
+# The paper's Atari DT (configs/dt-minatar.yaml): K=30, 6 layers, 8 heads, width 128.
+_MINATAR_DT = {"context": 30, "rtg_scale": 1.0, "max_ep_len": 10_000, "hidden_size": 128,
+               "n_layer": 6, "n_head": 8, "dropout": 0.1, "eval_sample": True,
+               "eval_episodes": 20, "eval_envs": 20, "eval_max_steps": 10_000}  # fmt: skip
+
+
 def preset(name: str, out: Path) -> dict:
     """The experiments of one preset; ``out`` is where tiny writes its random backbones."""
     if name == "tiny":
@@ -135,6 +150,16 @@ def preset(name: str, out: Path) -> dict:
                                        "self_attends_per_block": 1,
                                        "train": {"steps": 10, "eval_every": 5,
                                                  "batch_size": 16}}},
+            "atari": {"games": ["MinAtar/Breakout-v1"], "seeds": [0, 1], "lrs": [1e-3, 3e-3],
+                      "runs": _atari_runs(),
+                      "dqn": {"steps": 400, "eval_every": 200, "eval_episodes": 2,
+                              "learning_starts": 100},
+                      "settings": {"context": 4, "rtg_scale": 1.0, "max_ep_len": 1000,
+                                   "hidden_size": 16, "n_layer": 1, "n_head": 1,
+                                   "dropout": 0.0, "eval_episodes": 4, "eval_envs": 4,
+                                   "eval_max_steps": 50, "eval_sample": True,
+                                   "train": {"steps": 4, "batch_size": 8, "lr": 1e-3,
+                                             "warmup_steps": 0, "eval_every": 2}}},
         }  # fmt: skip
     if name == "quick":
         return {
@@ -190,6 +215,27 @@ def preset(name: str, out: Path) -> dict:
                                           "warmup_steps": 1000, "eval_every": 1000}}},
             "perceiver": {"task": "digits-inpaint", "seeds": [0, 1, 2],
                           "settings": {"train": {"steps": 5000, "eval_every": 250}}},
+        }  # fmt: skip
+    if name == "minatar":
+        return {
+            "about": "2 CPU cores, offline: the DT paper's Atari comparisons on MinAtar "
+            "Breakout and Seaquest; per game a data set of 500,000 transitions (the paper's 1% "
+            "of DQN Replay) made by a DQN learning from scratch (MinAtar's network and "
+            "settings), then the paper's Atari DT (K=30, 6 layers, 8 heads, width 128), DT "
+            "K=1 and BC, 3 seeds, 1,000 steps of batch 64 (2.5% of the paper's 20,000 x 128), "
+            "each row's learning rate chosen on validation loss with seed 0 (3e-4, 1e-3), 20 "
+            "evaluation episodes per target; scores normalised between the random policy (0) "
+            "and the DQN that made the data (100)",
+            "expected": "hours on 2 CPU cores; resumable (a killed call goes on from its "
+            "checkpoints and finished runs)",
+            "atari": {"games": ["MinAtar/Breakout-v1", "MinAtar/Seaquest-v1"],
+                      "seeds": [0, 1, 2], "lrs": [3e-4, 1e-3], "runs": _atari_runs(),
+                      "dqn": {"steps": 500_000, "eval_every": 50_000, "eval_episodes": 10},
+                      "settings": {**_MINATAR_DT,
+                                   "train": {"steps": 1000, "batch_size": 64, "lr": 6e-4,
+                                             "weight_decay": 0.1, "warmup_steps": 100,
+                                             "grad_clip": 1.0, "precision": "fp32",
+                                             "eval_every": 100}}},
         }  # fmt: skip
     raise UnicompError(f"--preset {name!r}: choose one of {', '.join(PRESETS)}")
 
@@ -266,7 +312,85 @@ def _job_cells(out: Path, spec: dict) -> list[Cell]:
                     )
                     cfg.out = str(out / key)
                     cells.append(Cell(key, model, "perceiver", seed, cfg, lr=lr))
+    if "atari" in spec:
+        cells += _atari_cells(out, spec["atari"])
     return cells
+
+
+def game_slug(env_id: str) -> str:
+    """ "breakout" for "MinAtar/Breakout-v1"."""
+    return env_id.split("/")[-1].split("-v")[0].lower()
+
+
+def _atari_cells(out: Path, a: dict) -> list[Cell]:
+    """Per game and row: the first seed at every rate of the grid; the other seeds at the rate
+    the first seed's validation loss chose, once those runs are finished (until then they
+    are not cells yet: the second round of :func:`reproduce`)."""
+    cells = []
+    first, others = a["seeds"][0], a["seeds"][1:]
+    for game in a["games"]:
+        g = game_slug(game)
+        for label in a["runs"]:
+            row = f"atari/{g}/" + label.lower().replace(" ", "-").replace("=", "")
+            grid = [_atari_cell(out, a, game, label, first, lr, f"{row}/s{first}/lr{lr:g}")
+                    for lr in a["lrs"]]  # fmt: skip
+            cells += grid
+            done = [c for c in grid if (Path(c.cfg.out) / "metrics.json").is_file()]
+            if len(done) == len(grid):
+                for c in done:
+                    c.status = "skipped"
+                chosen = pick_jobs(grid)[0].lr
+                cells += [_atari_cell(out, a, game, label, seed, chosen, f"{row}/s{seed}")
+                          for seed in others]  # fmt: skip
+    return cells
+
+
+def _atari_cell(out: Path, a: dict, game: str, label: str, seed: int, lr: float, key: str) -> Cell:
+    from unicomp.config import DTConfig, check_config, from_dict
+
+    data = {**a["settings"], **a["runs"][label], "data": str(out / "atari" / game_slug(game))}
+    data["train"] = {**a["settings"]["train"], "seed": seed, "progress": False, "lr": lr}
+    cfg = check_config(from_dict(DTConfig, data, f"preset atari {game} {label}"))
+    cfg.out = str(out / key)
+    return Cell(key, label, f"atari:{game}", seed, cfg, lr=lr)
+
+
+def _collect_minatar(out: Path, a: dict, jobs: int, say) -> dict[str, dict]:
+    """Each game's data set (a learning DQN's whole experience), made once: a folder with
+    its collection.json is kept when it was made with the preset's settings."""
+    from unicomp.rl.dqn_training import train_dqn_stream
+
+    records, todo = {}, []
+    for game in a["games"]:
+        folder = out / "atari" / game_slug(game)
+        record = folder / "collection.json"
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            if saved.get("training_steps") != a["dqn"]["steps"] or saved.get("env_id") != game:
+                raise UnicompError(
+                    f"{folder} holds {saved.get('env_id')} data from "
+                    f"{saved.get('training_steps')} DQN steps, the preset asks "
+                    f"{a['dqn']['steps']} in {game}; choose another --out"
+                )
+            records[game] = saved
+        else:
+            shutil.rmtree(folder / "data", ignore_errors=True)  # a collection killed before
+            todo.append((game, folder))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {}
+        for game, folder in todo:
+            say(f"training a DQN on {game} for {a['dqn']['steps']:,} steps into {folder}")
+            folder.mkdir(parents=True, exist_ok=True)
+            futures[game] = pool.submit(train_dqn_stream, game, folder, **a["dqn"],
+                                        log=_silent)  # fmt: skip
+        for game, future in futures.items():
+            records[game] = future.result()
+            say(f"{game}: DQN data set written")
+    return records
+
+
+def _silent(*_args) -> None:
+    pass
 
 
 def _run_job(cfg: Any, plan: str, threads: int, log: str) -> None:
@@ -377,6 +501,14 @@ def reproduce(
     if report_only and not out.is_dir():
         raise UnicompError(f"--report-only: {out} holds no run records")
     spec = preset(name, out)
+    # a preset measures the claims of its groups; naming others is an error
+    outside = [c.name for c in chosen if c.group not in spec]
+    if claims and outside:
+        raise UnicompError(
+            f"--claims: the {name} preset does not measure {', '.join(outside)} "
+            f"(it runs {', '.join(g for g in GROUPS if g in spec)})"
+        )
+    chosen = [c for c in chosen if c.group in spec]
     groups = {c.group for c in chosen}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     suites = {
@@ -384,7 +516,8 @@ def reproduce(
         for g in ("fpt", "size")
         if g in groups
     }
-    cells = _job_cells(out, {g: spec[g] for g in ("dt", "perceiver") if g in groups})
+    jobbed = ("dt", "perceiver", "atari")
+    cells = _job_cells(out, {g: spec[g] for g in jobbed if g in groups})
     if dry_run:
         from unicomp.ablate import describe
 
@@ -412,7 +545,14 @@ def reproduce(
         collection = (
             _collect_key_to_door(out, spec["dt"]["episodes"], say) if "dt" in groups else None
         )
+        if "atari" in groups:
+            _collect_minatar(out, spec["atari"], jobs, say)
         _run_jobs(cells, out / "logs", jobs, threads, say)
+        if "atari" in groups:  # the other seeds, at the rates the first seed's runs chose
+            known = {c.key for c in cells}
+            more = [c for c in _atari_cells(out, spec["atari"]) if c.key not in known]
+            _run_jobs(more, out / "logs", jobs, threads, say)
+            cells += more
         _write_run_record(name, spec, out, time.time() - t0, suites, cells)
     chosen_cells = pick_jobs(cells)
     figures = _figures(out, suites, results, chosen_cells, collection, spec)
@@ -472,7 +612,7 @@ def pick_jobs(cells: list[Cell]) -> list[Cell]:
 
         def score(item):
             cell, m = item
-            val = -m["val_loss"] if cell.table == "dt" else m["val_accuracy"]
+            val = m["val_accuracy"] if cell.table == "perceiver" else -m["val_loss"]
             return (val, -(cell.lr or 0))
 
         chosen.append(max(done, key=score)[0])
@@ -490,11 +630,15 @@ def _metrics(cell: Cell) -> dict | None:
 
 def _evidence(results: dict, cells: list[Cell], collection: dict | None, spec: dict) -> Evidence:
     by_group: dict[str, dict[str, list[dict]]] = {"dt": {}, "perceiver": {}}
+    atari: dict[str, dict[str, list[dict]]] = {}
     for cell in cells:
         m = _metrics(cell)
         if m is not None:
-            run = {**m, "run": cell.cfg.out, "lr": cell.cfg.train.lr}
-            by_group[cell.table].setdefault(cell.row, []).append(run)
+            t = cell.cfg.train
+            run = {**m, "run": cell.cfg.out, "lr": t.lr, "batch_size": t.batch_size}
+            game = cell.table.partition("atari:")[2]
+            table = atari.setdefault(game, {}) if game else by_group[cell.table]
+            table.setdefault(cell.row, []).append(run)
     rows = {g: {r["label"]: r for r in results[g]["rows"]} if g in results else {}
             for g in ("fpt", "size")}  # fmt: skip
     data_success = None
@@ -506,7 +650,8 @@ def _evidence(results: dict, cells: list[Cell], collection: dict | None, spec: d
         )
         data_success = data_success if data_success is not None else collection.get("success_rate")
     return Evidence(rows["fpt"], rows["size"], by_group["dt"], by_group["perceiver"],
-                    spec["fpt"].get("chance", 0.5), data_success)  # fmt: skip
+                    spec.get("fpt", {}).get("chance", 0.5), data_success,
+                    atari)  # fmt: skip
 
 
 # --- figures ---------------------------------------------------------------------------------
@@ -565,6 +710,9 @@ def _figures(out: Path, suites: dict, results: dict, cells: list[Cell], collecti
     pc = [c for c in cells if c.table == "perceiver" and _metrics(c)]
     if pc:
         figs.update(_perceiver_figures(out, pc))
+    at = [c for c in cells if c.table.startswith("atari:") and _metrics(c)]
+    if at:
+        figs.update(_atari_figures(out, at))
     return {k: v for k, v in figs.items() if (out / v["file"]).is_file()}
 
 
@@ -620,6 +768,41 @@ def _dt_figures(out: Path, cells: list[Cell], collection) -> dict:
                               "command": f"unicomp plot {' '.join(runs)} -o curves.png "
                                          "(-> curves-returns.png)"}  # fmt: skip
     return figs
+
+
+def _atari_figures(out: Path, cells: list[Cell]) -> dict:
+    """Normalised score by row, one group of bars per game (mean ± std over seeds)."""
+    plt = pyplot()
+    games = list(dict.fromkeys(c.table.partition(":")[2] for c in cells))
+    rows = list(dict.fromkeys(c.row for c in cells))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(rows)
+    for j, row in enumerate(rows):
+        means, stds = [], []
+        for game in games:
+            scores = [_metrics(c).get("normalized_score_mean") for c in cells
+                      if c.row == row and c.table == f"atari:{game}"]  # fmt: skip
+            scores = [v for v in scores if v is not None]
+            means.append(statistics.fmean(scores) if scores else 0.0)
+            stds.append(mean_std(scores, single=0.0)[1] if scores else 0.0)
+        xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(games))]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, label=row)
+    ax.axhline(0, color="gray", lw=0.8)
+    ax.axhline(100, color="gray", ls="--", lw=0.8, label="the DQN that made the data")
+    ax.set_xticks(range(len(games)), games)
+    ax.set_ylabel("normalised score (0 random, 100 the data's DQN)")
+    ax.legend(fontsize=7)
+    ax.set_title("Decision Transformer on MinAtar (1% DQN-replay-like data)")
+    fig.tight_layout()
+    save_figure(fig, out / "figures" / "atari-bars.png")
+    return {
+        "atari-bars": {
+            "title": "MinAtar: normalised score by algorithm (mean ± std over seeds)",
+            "file": "figures/atari-bars.png",
+            "runs": [_rel(c.cfg.out, out) for c in cells],
+            "command": _train_command(cells[0], "dt") + " (each run likewise)",
+        }
+    }
 
 
 def _perceiver_figures(out: Path, cells: list[Cell]) -> dict:

@@ -8,7 +8,10 @@ chosen after looking at test results. The rules, each tested in tests/test_verdi
 
 - **Noise.** A row's standard error combines the spread over seeds and each value's
   evaluation noise: ``se^2 = s^2 / n + p (1 - p) / (n N)`` (``s``: the seeds' sample standard
-  deviation, ``n`` seeds, ``p`` the mean, ``N`` evaluations per seed). With one seed the
+  deviation, ``n`` seeds, ``p`` the mean, ``N`` evaluations per seed); a score that is not a
+  fraction of successes (a normalised return) brings each seed's own evaluation standard error
+  ``e_i`` (its episodes' std over the square root of their number) instead:
+  ``se^2 = s^2 / n + mean(e_i^2) / n``. With one seed the
   spread is unknown, not zero: only the evaluation noise enters, and the verdict is at most
   *indicative*.
 - **Margin.** Two rows differ when their means are further apart than the larger of 1 point
@@ -67,6 +70,7 @@ class Figure:
     chosen_on_test: str | None = None  # a setting picked after seeing test results (say which)
     params: int | None = None  # the model's size (all parameters, frozen ones included)
     rates: tuple[float, ...] = ()  # each seed's learning rate (chosen on validation)
+    eval_se: tuple[float, ...] = ()  # each seed's evaluation standard error (scores, not rates)
     notes: tuple[str, ...] = field(default=())
 
     def __post_init__(self):
@@ -92,7 +96,9 @@ class Figure:
     def se(self) -> float:
         """Standard error of the mean: seeds' spread and evaluation noise together."""
         var = (self.spread or 0.0) ** 2 / self.n
-        if self.evaluations:
+        if self.eval_se:
+            var += statistics.fmean(e * e for e in self.eval_se) / self.n
+        elif self.evaluations:
             p = min(max(self.mean, 0.0), 1.0)
             var += p * (1 - p) / (self.n * self.evaluations)
         return math.sqrt(var)

@@ -25,7 +25,11 @@ from collections.abc import Iterable, Mapping
 from typing import IO, Any
 
 import numpy as np
-from numpy.core import multiarray
+
+try:  # numpy 2 (numpy.core is its deprecated alias)
+    from numpy._core import multiarray
+except ImportError:  # numpy 1
+    from numpy.core import multiarray
 
 _NUMERIC_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex
 

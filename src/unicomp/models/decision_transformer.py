@@ -122,20 +122,28 @@ class _NoPositions(nn.Module):
 
 class ConvEncoder(nn.Module):
     """Image state -> embedding: the Atari DT's encoder (Nature-DQN convs, linear, tanh).
-    Input (N, C, H, W) floats (scale uint8 frames to [0, 1] before)."""
+    Input (N, C, H, W) floats (scale uint8 frames to [0, 1] before). Images too small for
+    the Nature convs (under 36 pixels a side: MinAtar's 10 x 10 grids) get MinAtar's own
+    network's convolution instead (Young and Tian 2019: 16 filters of 3 x 3, stride 1), then
+    the same linear layer and tanh."""
+
+    NATURE_MIN_SIDE = 36  # 8x8 stride 4, 4x4 stride 2, 3x3 stride 1 leave one pixel at 36
 
     def __init__(self, image_shape: tuple[int, int, int], hidden: int):
         super().__init__()
         c = image_shape[0]
-        self.convs = nn.Sequential(
-            nn.Conv2d(c, 32, 8, stride=4),
-            nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2),
-            nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1),
-            nn.ReLU(),
-            nn.Flatten(),
-        )
+        if min(image_shape[1:]) < self.NATURE_MIN_SIDE:
+            self.convs = nn.Sequential(nn.Conv2d(c, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
+        else:
+            self.convs = nn.Sequential(
+                nn.Conv2d(c, 32, 8, stride=4),
+                nn.ReLU(),
+                nn.Conv2d(32, 64, 4, stride=2),
+                nn.ReLU(),
+                nn.Conv2d(64, 64, 3, stride=1),
+                nn.ReLU(),
+                nn.Flatten(),
+            )
         with torch.no_grad():
             n_flat = self.convs(torch.zeros(1, *image_shape)).shape[1]
         self.proj = nn.Sequential(nn.Linear(n_flat, hidden), nn.Tanh())

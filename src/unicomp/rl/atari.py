@@ -12,6 +12,18 @@ buffer pads). An observation is (4, 84, 84) uint8; an episode ends at game over 
 ALE's 108,000 frames (27,000 steps). Every part of unicomp that makes an environment
 (``unicomp.rl.envs.make_env``: collection, evaluation) makes Atari ids this way.
 
+MinAtar (Young and Tian 2019; the ``minatar`` package): five Atari games (Asterix, Breakout,
+Freeway, Seaquest, Space Invaders) on 10 x 10 grids with C boolean channels (one per kind
+of object), the field's CPU-sized Atari. ``MinAtar/<Game>-v1`` (the minimal action set; -v0:
+all 6 actions) is made by ``unicomp.rl.envs.make_env``: MinAtar's own environment with its defaults
+(sticky actions with probability 0.1, difficulty ramping; an episode ends at game over,
+Freeway after 2,500 steps), its frames turned into unicomp's image layout, (C, 10, 10) uint8
+with 0 and 255, so that every image path (data sets, the DT's scaling to [0, 1], the
+encoder) treats MinAtar and ALE frames alike; the information is MinAtar's, unchanged. One
+frame per step, no stacking (MinAtar's frames carry motion trails). A Minari data set of
+MinAtar stores these (C, 10, 10) frames; ``minari``'s own ``recover_environment`` gives the
+raw (10, 10, C) booleans instead.
+
 Scores. ``ATARI_REF_SCORES``: the random and human returns the DT paper normalises by
 (100 = human, 0 = random; its table 1 calls it gamer-normalised), as listed in DeepMind's
 dqn_zoo (dqn_zoo/atari_data.py, from the DQN papers: 108,000-frame episodes, up to 30
@@ -51,6 +63,26 @@ _INSTALL = "Atari environments need ale-py and opencv: pip install -e '.[atari]'
 
 
 # --- environments ---------------------------------------------------------------------------
+MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+_MINATAR_INSTALL = "MinAtar environments need the minatar package: pip install -e '.[rl]'"
+
+
+def _register_minatar():
+    """MinAtar registers its gymnasium ids only when asked (``minatar.gym.register_envs``)."""
+    try:
+        import gymnasium as gym
+        import minatar.gym
+    except ImportError:
+        raise UnicompError(_MINATAR_INSTALL) from None
+    if "MinAtar/Breakout-v1" not in gym.registry:
+        minatar.gym.register_envs()
+    return gym
+
+
+def is_minatar(env_id: str | None) -> bool:
+    return bool(env_id) and env_id.startswith("MinAtar/")
+
+
 def _register_ale():
     try:
         import ale_py

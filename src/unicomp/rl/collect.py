@@ -453,15 +453,18 @@ def write_collection(
     what: str,
     t0: float,
     files: dict[str, Callable[[Path], None]] | None = None,
+    ref: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Write ``dataset`` as a Minari data set in ``out`` and ``out/collection.json``: the
     environment, ``settings`` (what produced the episodes), the returns (with their
     quantiles) and, where the environment has reference scores, the mean normalised score.
     ``files``: further files of ``out`` by name, each written by its function given the
-    path (see write_data_set). Returns that record."""
+    path (see write_data_set). ``ref``: the (random, expert) returns that normalise its
+    scores, stored in the data set (default: our table's for the environment, if any).
+    Returns that record."""
     env_id = dataset.env_id
     summary = dataset.summary()
-    ref = reference_scores(env_id)
+    ref = ref if ref is not None else reference_scores(env_id)
     quantiles = (0.1, 0.25, 0.5, 0.75, 0.9)
     values = np.quantile(dataset.returns(), quantiles)
     record: dict[str, Any] = {

@@ -45,7 +45,13 @@ import numpy as np
 from gymnasium import spaces
 
 from unicomp.errors import UnicompError
-from unicomp.rl.atari import _register_ale, atari_env_id, make_atari_env
+from unicomp.rl.atari import (
+    _register_ale,
+    _register_minatar,
+    atari_env_id,
+    is_minatar,
+    make_atari_env,
+)
 
 _MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
 
@@ -171,6 +177,26 @@ class GraphShortestPath(gym.Env):
         return self._obs(), 0.0 if at_goal else -1.0, at_goal, truncated, {"start": self.start}
 
 
+class MinAtarFrames(gym.ObservationWrapper):
+    """MinAtar's (10, 10, C) booleans as (C, 10, 10) uint8 frames, 0 or 255 (unicomp.rl.atari)."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        h, w, c = env.observation_space.shape
+        self.observation_space = spaces.Box(0, 255, (c, h, w), np.uint8)
+
+    def observation(self, observation):
+        return np.ascontiguousarray(np.moveaxis(observation, -1, 0), dtype=np.uint8) * 255
+
+
+def make_minatar_env(env_id: str, max_episode_steps: int | None = None, **kwargs):
+    """A MinAtar game with MinAtar's defaults: observations (C, 10, 10) uint8 in {0, 255}."""
+    from gymnasium.wrappers import TimeLimit
+
+    env = MinAtarFrames(gym.make(env_id, **kwargs))
+    return env if max_episode_steps is None else TimeLimit(env, max_episode_steps)
+
+
 def _register() -> None:
     for env_id, entry in (
         ("KeyToDoor-v0", "unicomp.rl.envs:KeyToDoor"),
@@ -186,8 +212,12 @@ _register()
 def make_env(env_id: str, **kwargs):
     """``gymnasium.make`` with MuJoCo's warnings routed to Python's (see below); our own
     environments (unicomp.rl.envs: KeyToDoor-v0, ...) are registered first. Atari ids
-    (``ALE/Breakout-v5``, ``breakout``) get the paper's preprocessing (unicomp.rl.atari)."""
+    (``ALE/Breakout-v5``, ``breakout``) get the paper's preprocessing, MinAtar ids
+    (``MinAtar/Breakout-v1``) unicomp's frame layout (unicomp.rl.atari)."""
 
+    if is_minatar(env_id):
+        check_env_id(env_id)
+        return make_minatar_env(env_id, **kwargs)
     if atari_env_id(env_id):
         check_env_id(atari_env_id(env_id))
         return make_atari_env(env_id, **kwargs)
@@ -205,6 +235,8 @@ def check_env_id(env_id: str) -> None:
         return
     if env_id.startswith("ALE/"):
         _register_ale()
+    if is_minatar(env_id):
+        _register_minatar()
     try:
         gym.spec(env_id)
     except gym.error.UnregisteredEnv as err:
@@ -267,6 +299,8 @@ def register_env_spec(spec_json: str) -> None:
     spec = gym.envs.registration.EnvSpec.from_json(spec_json)
     if spec.id.startswith("ALE/"):
         atari_env_id(spec.id)  # ale-py registers its ids itself (where installed), not we
+    if is_minatar(spec.id):
+        _register_minatar()  # likewise MinAtar's
     if spec.id not in gym.registry:
         gym.register(
             spec.id,
@@ -288,6 +322,8 @@ def env_spec_of(env_id: str):
 
     if env_id.startswith("ALE/"):
         atari_env_id(env_id)  # registers the ALE ids, where ale-py is installed
+    if is_minatar(env_id):
+        _register_minatar()
     module, _, name = env_id.rpartition(":")
     if module:
         try:

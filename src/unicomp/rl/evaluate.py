@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from unicomp.rl.atari import ATARI_REF_SCORES, ATARI_TARGETS
+from unicomp.rl.atari import ATARI_REF_SCORES, ATARI_TARGETS, is_minatar
 from unicomp.rl.envs import make_vector_env
 from unicomp.rl.trajectories import Episode
 
@@ -50,7 +50,10 @@ SUCCESS_RETURNS: dict[str, float] = {"keytodoor": 1.0}
 
 
 def _env_key(env_id: str) -> str:
-    return env_id.split("-")[0].split("/")[-1].split(":")[-1].lower()
+    """The key of our tables ("hopper", "breakout"); MinAtar's games are not the ALE games
+    of the same names (other scores, other targets): "minatar/breakout"."""
+    key = env_id.split("-")[0].split("/")[-1].split(":")[-1].lower()
+    return f"minatar/{key}" if is_minatar(env_id) else key
 
 
 def default_targets(env_id: str | None, best_return: float) -> tuple[float, ...]:
