@@ -1,4 +1,5 @@
-"""Shared measuring tools of the FPT benchmarks: matmul peaks, step FLOPs, medians.
+"""Shared measuring tools of the benchmarks: matmul peaks, step FLOPs, medians, and the
+record every published table comes from (:func:`write_record`).
 
 Not a unicomp module: imported by the scripts in this folder (run as
 ``python benchmarks/<script>.py``, which puts this folder on ``sys.path``).
@@ -6,12 +7,49 @@ Not a unicomp module: imported by the scripts in this folder (run as
 
 from __future__ import annotations
 
+import json
+import platform
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def write_record(path: str | Path, about: str, columns: list[str], rows: list[list], **extra):
+    """The record behind a published table (``results/benchmarks/<name>.json``): what was
+    measured (``about``), the table (``columns``, ``rows`` of printed cells), the command that
+    made it, when, on which machine, with which versions; ``extra``: the raw figures. The
+    tables in docs/ are generated from these (``unicomp.documents``, block ``benchmark``)."""
+    from unicomp.provenance import bf16_flags, machine, provenance
+
+    script = Path(sys.argv[0])
+    shown = f"benchmarks/{script.name}" if script.parent.name == "benchmarks" else str(script)
+    record = {
+        "about": about,
+        "command": "python " + shlex.join([shown, *sys.argv[1:]]),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "bf16_flags": bf16_flags(),
+        "versions": {
+            **provenance(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },  # fmt: skip
+        "threads": torch.get_num_threads(),
+        "columns": columns,
+        "rows": [[str(cell) for cell in row] for row in rows],
+        **extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return record
 
 
 def matmul_peak(dtype: torch.dtype, sizes=(1024, 2048), reps: int = 3) -> float:

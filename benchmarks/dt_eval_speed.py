@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numpy as np
 import torch
+from _measure import write_record  # benchmarks/ helper
 
 from unicomp.models.decision_transformer import DecisionTransformer, build_decision_transformer
 from unicomp.rl.envs import make_env
@@ -130,7 +130,10 @@ def main() -> None:
         default='{"terminate_when_unhealthy": false}',
         help="JSON: gymnasium.make keyword arguments, for both evaluators ('{}': the env's own)",
     )
-    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument(
+        "--out",
+        help="write the record behind the docs' table here (results/benchmarks/<name>.json)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     env_kwargs = json.loads(args.env_kwargs)
@@ -189,9 +192,10 @@ def main() -> None:
         f"{'trained ' + str(args.train_steps) + ' steps' if args.train_steps else 'random init'},"
         f" env kwargs {env_kwargs}, torch {torch.__version__}, {args.threads} thread(s)\n"
     )
-    print("| evaluator | seconds | steps | steps/s | speed-up | return mean | length min-max |")
-    print("|---|---|---|---|---|---|---|")
-    rows = {}
+    columns = ["episodes", "evaluator", "seconds", "steps/s", "speed-up", "return mean",
+               "length min-max"]  # fmt: skip
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    rows, table = {}, []
     for name, (sec, ret, length) in results.items():
         steps = int(length.sum())
         rows[name] = {
@@ -202,10 +206,10 @@ def main() -> None:
             "returns": ret.tolist(),
             "lengths": length.tolist(),
         }
-        print(
-            f"| {name} | {sec:.2f} | {steps} | {steps / sec:.0f} | {base / sec:.1f}x | "
-            f"{ret.mean():.1f} | {length.min()}-{length.max()} |"
-        )
+        cells = [args.episodes, name, f"{sec:.2f}", f"{steps / sec:.0f}", f"{base / sec:.1f}x",
+                 f"{ret.mean():.1f}", f"{length.min()}-{length.max()}"]  # fmt: skip
+        table.append(cells)
+        print("| " + " | ".join(str(c) for c in cells) + " |")
     seq, exact = results["sequential, full recompute"], results["vectorised, KV cache, exact"]
     same = np.array_equal(seq[2], exact[2]) and np.allclose(seq[1], exact[1], rtol=1e-3)
     print(
@@ -214,9 +218,15 @@ def main() -> None:
         f"max return difference {np.abs(seq[1] - exact[1]).max():.3g}"
     )
     if args.out:
-        meta = {"args": vars(args), "machine": platform.machine(), "torch": torch.__version__}
-        with open(args.out, "w") as f:
-            json.dump({**meta, "results": rows, "same_returns": bool(same)}, f, indent=2)
+        about = (
+            f"{args.env} ({args.env_kwargs}), {args.episodes} episodes of at most "
+            f"{args.max_steps} steps, the paper's gym DT "
+            f"({f'trained {args.train_steps} steps' if args.train_steps else 'random init'}), "
+            f"target {args.target:g}; the exact evaluator's returns equal the sequential "
+            f"one's (rtol 1e-3): {'yes' if same else 'no'}."
+        )
+        write_record(args.out, about, columns, table, args=vars(args), results=rows,
+                     same_returns=bool(same))  # fmt: skip
 
 
 if __name__ == "__main__":

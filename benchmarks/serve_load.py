@@ -15,7 +15,7 @@ twice, on temporary folders of adapter files copied from ``--adapter`` (cycled t
    own copy of the backbone (``unicomp.load_adapter(path)``, no sharing), predicts one input
    with each, and reports its RSS and peak.
 
-The criterion of issue 17: the ten-adapter server within 10% of the one-adapter server plus
+The criterion: the ten-adapter server within 10% of the one-adapter server plus
 the nine further adapter files' bytes. Clients run in this process, on the same machine as
 the server (their CPU time is the server's loss). Prints a table and one JSON line.
 """
@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import httpx
+from _measure import write_record  # benchmarks/ helper
 
 
 def _free_port() -> int:
@@ -174,7 +175,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--window-ms", type=float, default=5.0, help="batching window")
     parser.add_argument("--n-adapters", type=int, default=10)
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--out",
+        help="write the record behind the docs' table here (results/benchmarks/<name>.json)",
+    )
     args = parser.parse_args()
     adapters = [Path(p) for p in args.adapter]
     result: dict = {"backbone": args.backbone, "threads": args.threads, "window_ms": args.window_ms}
@@ -230,9 +234,23 @@ def main() -> None:
         f"{result['ten_vs_one_plus_adapters']}"
     )
     print(json.dumps(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    if args.out:
+        n, sep = args.n_adapters, result[f"separate_{args.n_adapters}_full_models"]
+        rows = [
+            [f"latency, batch 1 ({args.requests} requests)",
+             f"median {lat['median_ms']} ms, p95 {lat['p95_ms']} ms"],
+            [f"throughput, {thr['clients']} concurrent clients ({thr['seconds']} s)",
+             f"{thr['requests_per_s']} requests/s, mean model batch {thr['mean_batch']} inputs"],
+            ["server RSS, 1 adapter (after the load above)",
+             f"{result['server_1_adapter']['rss_mb']:,.0f} MB"],
+            [f"server RSS, {n} adapters", f"{result[f'server_{n}_adapters']['rss_mb']:,.0f} MB"],
+            [f"{n} separate full models, one process (no server)", f"{sep['rss_mb']:,.0f} MB"],
+            [f"{n} adapters / (1 adapter + the {n - 1} further files' bytes)",
+             f"{result['ten_vs_one_plus_adapters']}"],
+        ]  # fmt: skip
+        about = (
+            f"`unicomp serve` on {args.backbone} ({result['backbone_params']:,} parameters), "
+            f"task {result['task']}, {args.threads} server thread(s), batching window "
+            f"{args.window_ms:g} ms."
+        )
+        write_record(args.out, about, ["", "figure"], rows, results=result)

@@ -14,7 +14,9 @@ A document holds generated blocks between two markers, each naming the records i
 which ``unicomp reproduce`` writes from the run folders beside it; ``run``: when, where and how
 long those runs were made (``<records>/run.json``); ``collection``: a data set made by a
 learning agent (``dt collect --from-training``): what it holds and the agent's evaluation
-curve, from ``<records>/collection.json``. ``unicomp reproduce --report-only``
+curve, from ``<records>/collection.json``; ``benchmark``: a table a script under benchmarks/
+measured, with its command, date and machine, from the JSON record it wrote
+(``results/benchmarks/<name>.json``). ``unicomp reproduce --report-only``
 rewrites every block; tests/test_documents.py fails when a document differs from what its
 records produce.
 """
@@ -84,7 +86,23 @@ def render(kind: str, src: str, arg: str | None, root: Path, where: str) -> str:
         )
     if kind == "collection":
         return _collection(_load(root, src, "collection.json", where))
+    if kind == "benchmark":
+        path = Path(src)
+        return _benchmark(_load(root, str(path.parent), path.name, where))
     raise UnicompError(f"{where}: unknown generated block kind {kind!r} (claims, run, collection)")
+
+
+def _benchmark(b: dict) -> str:
+    """A benchmark's table, then how, when and where it was measured."""
+    v = b["versions"]
+    commit = (v.get("git_commit") or "unknown")[:12]
+    commit += " with changes" if v.get("git_dirty") else ""
+    table = markdown_table(b["columns"], b["rows"])
+    return (
+        f"{table}\n{b['about']} Measured with `{b['command']}` on {b['date']}: {b['machine']} "
+        f"(bf16 flags: {b['bf16_flags']}), {b['threads']} torch thread(s); unicomp "
+        f"{v['unicomp_version']} (commit {commit}), torch {v['torch']}.\n"
+    )
 
 
 def _collection(c: dict) -> str:

@@ -5,6 +5,8 @@ files differ from it."""
 from __future__ import annotations
 
 import functools
+import os
+import platform
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -51,3 +53,28 @@ def provenance() -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bf16_flags() -> str:
+    from unicomp.train import cpu_bf16_flags
+
+    return ", ".join(cpu_bf16_flags()) or "none (no amx_bf16, no avx512_bf16)"
+
+
+def machine() -> str:
+    """``AMD EPYC, 2 cores, GPU none``: what every published figure names as its machine."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return f"{cpu_model()}, {os.cpu_count()} cores, GPU {gpu}"

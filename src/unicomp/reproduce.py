@@ -835,16 +835,6 @@ def _perceiver_figures(out: Path, cells: list[Cell]) -> dict:
 # --- the report ------------------------------------------------------------------------------
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _train_seconds(suites: dict, cells) -> tuple[int, float]:
     folders = [c.cfg.out for s in suites.values() for c in s.prepare + s.cells] + [
         c.cfg.out for c in cells
@@ -865,7 +855,7 @@ def _write_run_record(name: str, spec: dict, out: Path, seconds: float, suites, 
     run finished adds nothing)."""
     import torch
 
-    from unicomp.provenance import provenance
+    from unicomp.provenance import bf16_flags, machine, provenance
 
     path = out / "run.json"
     before = json.loads(path.read_text()) if path.is_file() else {}
@@ -874,15 +864,14 @@ def _write_run_record(name: str, spec: dict, out: Path, seconds: float, suites, 
     trained = runs != before.get("runs") or train_seconds != before.get("train_seconds")
     if before and not trained:
         return
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     record = {
         "preset": name,
         "runs": runs,
         "train_seconds": train_seconds,
         "wall_seconds": round((before.get("wall_seconds") or 0) + seconds, 1),
         "calls": (before.get("calls") or 0) + 1,
-        "machine": f"{_cpu_model()}, {os.cpu_count()} cores, GPU {gpu}",
-        "bf16_flags": _bf16_flags(),
+        "machine": machine(),
+        "bf16_flags": bf16_flags(),
         "versions": {
             **provenance(),
             "torch": torch.__version__,
@@ -892,12 +881,6 @@ def _write_run_record(name: str, spec: dict, out: Path, seconds: float, suites, 
         "command": f"unicomp reproduce --preset {name} --out {_shown(out)}",
     }
     atomic_write_json(path, record)
-
-
-def _bf16_flags() -> str:
-    from unicomp.train import cpu_bf16_flags
-
-    return ", ".join(cpu_bf16_flags()) or "none (no amx_bf16, no avx512_bf16)"
 
 
 def _read_run_record(out: Path) -> dict:
