@@ -25,11 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import torch
-from _measure import fpt_training_step, interleaved, matmul_peak, step_flops  # benchmarks/ helper
+from _measure import (  # benchmarks/ helper
+    fpt_training_step,
+    interleaved,
+    matmul_peak,
+    step_flops,
+    write_record,
+)
 
 from unicomp.config import FPTConfig, TrainConfig
 from unicomp.tasks.base import Batch
@@ -60,6 +65,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="also time forced bf16 autocast")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile")
+    ap.add_argument(
+        "--out",
+        help="write the record behind the docs' table here (results/benchmarks/<name>.json)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -126,18 +135,29 @@ def main() -> None:
             f"{flops[name] / 1e9:6.1f} {rate / peak:6.1%} {rate / best:8.1%}  "
             f"{precision}, {attention}"
         )
-    print(
-        json.dumps(
-            {
-                "backbone": args.backbone,
-                "machine": platform.processor() or platform.machine(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
-                "compile_seconds": compile_seconds,
-                "settings": rows,
-            }
+    raw = {
+        "backbone": args.backbone,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+        "compile_seconds": compile_seconds,
+        "settings": rows,
+    }
+    print(json.dumps(raw))
+    if args.out:
+        table = [[name, f"{r['seconds_per_step']:.3f}", f"{r['gflop_per_step']:.1f}",
+                  f"{r['mfu_own_dtype']:.1%}", f"{r['precision']}, {r['attention']}"]
+                 for name, r in rows.items()]  # fmt: skip
+        about = (
+            f"{args.backbone}, batch {args.batch_size} x {args.tokens} tokens, {args.threads} "
+            f"threads, medians of {args.rounds} x {args.steps} interleaved steps per setting; "
+            "GFLOP counted by torch's FlopCounterMode for one step (forward and the backward "
+            "the freeze policy needs); MFU against the matmul peak of the step's dtype "
+            f"measured in the same run (fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
+            f"{peaks['bf16'] / 1e9:.1f} GFLOP/s; CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()})."
         )
-    )
+        write_record(args.out, about, ["setting", "s/step", "GFLOP", "MFU (own dtype)",
+                                       "precision, attention"], table, **raw)  # fmt: skip
 
 
 if __name__ == "__main__":
