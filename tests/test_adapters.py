@@ -107,7 +107,7 @@ def test_export_holds_the_trained_parameters_alone(adapter_runs):
     assert params * 4 <= size <= params * 4 + 8192  # the tensors, plus a header of a few KB
     assert size < (metrics["total_params"] - params) * 4 / 5  # far below the backbone's bytes
     assert meta["task"] == "bit-xor" and meta["freeze"] == "paper"
-    assert meta["backbone_hash"].startswith("sha256:") and meta["unicomp_version"]
+    assert meta["backbone_hash"].startswith("sha256-2:") and meta["unicomp_version"]
     assert json.loads(meta["spec"])["n_out_tokens"] == 5
     assert "test_accuracy" in json.loads(meta["metrics"])
 
@@ -255,3 +255,93 @@ def test_task_without_a_codec_is_named():
 
     with pytest.raises(UnicompError, match="digits-inpaint.*no natural input form"):
         codec_for("digits-inpaint", {}, TaskSpec(max_len=64, d_out=17, n_classes=17, d_in=2))
+
+
+def _same_weights_other_activation(tiny_bert: str, tmp_path: Path) -> str:
+    """A copy of the tiny BERT folder whose config computes another function (gelu -> relu)
+    with the very same weight files."""
+    import shutil
+
+    other = tmp_path / "tiny-bert-relu"
+    shutil.copytree(tiny_bert, other)
+    config = json.loads((other / "config.json").read_text())
+    assert config["hidden_act"] == "gelu"
+    config["hidden_act"] = "relu"
+    (other / "config.json").write_text(json.dumps(config))
+    return str(other)
+
+
+def test_a_backbone_with_the_same_weights_but_another_config_is_refused(
+    adapter_runs, tiny_bert, tmp_path
+):
+    from unicomp.adapters import load_adapter
+    from unicomp.backbones.hf import load_backbone
+
+    other = load_backbone(_same_weights_other_activation(tiny_bert, tmp_path))
+    same = load_backbone(tiny_bert)
+    weights = {k: v for k, v in same.state_dict().items()}
+    assert all(torch.equal(v, weights[k]) for k, v in other.state_dict().items())
+    x = torch.randn(1, 4, 32)
+    with torch.no_grad():  # the two compute different features from the same weights
+        assert not torch.allclose(same(x, None), other(x, None))
+    path = adapter_runs["files"] / "xor.safetensors"
+    load_adapter(path, same)
+    with pytest.raises(UnicompError, match="was trained on backbone"):
+        load_adapter(path, other)
+
+
+def test_an_adapter_with_a_weights_only_hash_still_loads(adapter_runs, tiny_bert, tmp_path):
+    """Files written before the config entered the hash record ``sha256:`` over the weights."""
+    from safetensors.torch import load_file, save_file
+
+    from unicomp.adapters import load_adapter, read_adapter
+    from unicomp.backbones.hf import load_backbone
+    from unicomp.features import _digest
+
+    path = adapter_runs["files"] / "xor.safetensors"
+    backbone = load_backbone(tiny_bert)
+    old = f"sha256:{_digest(sorted(backbone.named_parameters(), key=lambda i: i[0]))}"
+    header = dict(read_adapter(path)[1])
+    header["backbone_hash"] = old
+    legacy = tmp_path / "legacy.safetensors"
+    save_file(load_file(str(path)), str(legacy), metadata=header)
+    assert read_adapter(legacy)[1]["backbone_hash"] == old
+    load_adapter(legacy, backbone)
+    other = load_backbone(_same_weights_other_activation(tiny_bert, tmp_path))
+    load_adapter(legacy, other)  # weights alone cannot tell these two apart, as before
+
+
+def test_the_feature_cache_key_covers_config_and_versions(tiny_bert, tmp_path):
+    import unicomp.features as features
+    from unicomp.backbones.hf import load_backbone
+
+    same = features.backbone_config_text(load_backbone(tiny_bert))
+    other = features.backbone_config_text(
+        load_backbone(_same_weights_other_activation(tiny_bert, tmp_path))
+    )
+    assert same and other and same != other
+    assert '"relu"' in other and "_name_or_path" not in same
+    assert set(features.library_versions()) == {"torch", "transformers", "unicomp"}
+
+
+def test_an_adapter_file_truncated_in_place_after_loading_does_not_touch_the_model(
+    adapter_runs, tmp_path
+):
+    """A loaded adapter holds its own copy of the tensors: a writer truncating or rewriting the
+    file in place (``cp smaller x``, ``head -c``) cannot reach it (a memory-mapped file would
+    end the process with SIGBUS on the next access)."""
+    import shutil
+
+    from unicomp.adapters import load_adapter
+
+    path = tmp_path / "xor.safetensors"
+    shutil.copy(adapter_runs["files"] / "xor.safetensors", path)
+    adapter = load_adapter(path)
+    before = adapter.predict([["10101", "00111"]])
+    with open(path, "r+b") as f:
+        f.truncate(1000)
+    assert adapter.predict([["10101", "00111"]]) == before
+    path.write_bytes(b"\0" * 5000)
+    assert adapter.predict([["10101", "00111"]]) == before
+    with pytest.raises(UnicompError, match="cannot read adapter"):
+        load_adapter(path)

@@ -88,7 +88,7 @@ def test_tasks_lists_both_adapters(server, adapter_runs):  # noqa: F811
     assert tasks["bit-xor"]["params"] == _in_process(adapter_runs, "xor").params
     assert "two strings of 5 bits" in tasks["bit-xor"]["input"]
     assert "ListOps expression" in tasks["listops"]["input"]
-    assert listed["backbone"]["hash"].startswith("sha256:")
+    assert listed["backbone"]["hash"].startswith("sha256-2:")
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,13 @@ fitted to the task's length) stand in for the backbone's own during each forward
 from __future__ import annotations
 
 import json
+import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,17 +37,34 @@ _CALL_LOCK = threading.RLock()
 
 
 def backbone_hash(backbone: nn.Module) -> str:
-    """SHA-256 over every parameter of ``backbone`` (names, dtypes, shapes, bytes, in name
-    order), computed once per backbone object. What an adapter file records of the backbone it
-    was trained on, and checks a backbone against when loaded."""
-    from unicomp.features import _digest  # the feature cache's key: the same digest
+    """``sha256-2:`` SHA-256 over the backbone's config (what besides its weights decides its
+    function: activation, norm epsilon, ...; ``unicomp.features.backbone_config_text``) and
+    every parameter (names, dtypes, shapes, bytes, in name order), computed once per backbone
+    object. What an adapter file records of the backbone it was trained on, and checks a
+    backbone against when loaded (:func:`same_backbone`)."""
+    from unicomp.features import _digest, backbone_config_text  # the feature cache's digest
 
     cached = backbone.__dict__.get("_unicomp_hash")
     if cached:
         return cached
-    named = sorted(backbone.named_parameters(), key=lambda item: item[0])
-    backbone.__dict__["_unicomp_hash"] = digest = f"sha256:{_digest(named)}"
+    named = [("config", np.frombuffer(backbone_config_text(backbone).encode(), np.uint8).copy())]
+    named += sorted(backbone.named_parameters(), key=lambda item: item[0])
+    backbone.__dict__["_unicomp_hash"] = digest = f"{HASH_PREFIX}{_digest(named)}"
     return digest
+
+
+HASH_PREFIX = "sha256-2:"  # config and weights; "sha256:": weights only (older adapter files)
+
+
+def same_backbone(backbone: nn.Module, recorded: str) -> bool:
+    """Whether ``backbone`` is the one an adapter recorded: by config and weights, or by
+    weights alone for files written before the config was part of the hash."""
+    if recorded.startswith(HASH_PREFIX):
+        return backbone_hash(backbone) == recorded
+    from unicomp.features import _digest
+
+    named = sorted(backbone.named_parameters(), key=lambda item: item[0])
+    return f"sha256:{_digest(named)}" == recorded
 
 
 def _load_backbone(name: str, seed: int, layers: int | None) -> nn.Module:
@@ -133,15 +152,18 @@ def _metrics(run: Path) -> dict[str, Any]:
 # --- load ----------------------------------------------------------------------------------------
 def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and header metadata of an adapter file; one-line errors for anything else."""
-    from safetensors import safe_open
+    from safetensors.torch import load
 
     path = Path(path)
     if not path.is_file():
         raise UnicompError(f"adapter file {path} does not exist")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+        # The whole file is read into memory and the tensors copied out of it: nothing stays
+        # mapped from a file that a writer may truncate or rewrite in place while it is served.
+        data = path.read_bytes()
+        (size,) = struct.unpack("<Q", data[:8])
+        meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+        tensors = load(data)
     except Exception as err:  # truncated, not safetensors
         first = str(err).splitlines()[0] if str(err) else ""
         raise UnicompError(f"cannot read adapter {path} ({type(err).__name__}: {first})") from None
@@ -166,8 +188,8 @@ def load_adapter(path: str | Path, backbone: str | nn.Module | None = None) -> A
     layers = int(meta["backbone_layers"]) if meta["backbone_layers"] else None
     if backbone is None or isinstance(backbone, str):
         backbone = _load_backbone(backbone or meta["backbone"], seed, layers)
-    found = backbone_hash(backbone)
-    if found != meta["backbone_hash"]:
+    if not same_backbone(backbone, meta["backbone_hash"]):
+        found = backbone_hash(backbone)
         cut = f", first {layers} layers" if layers else ""
         raise UnicompError(
             f"adapter {path} was trained on backbone {meta['backbone']!r} (seed {seed}{cut}) "

@@ -272,6 +272,43 @@ def _digest(named: Iterable[tuple[str, Any]]) -> str:
     return h.hexdigest()
 
 
+# Config fields that do not change what a backbone computes: where it was read from and the
+# library that wrote it (the versions in use enter the feature key on their own).
+_CONFIG_NOISE = ("_name_or_path", "transformers_version", "_commit_hash", "name_or_path")
+
+
+def backbone_config_text(backbone: nn.Module | None) -> str:
+    """What, besides its weights, decides a backbone's function, as canonical JSON: a Hugging
+    Face backbone's config (activation, norm epsilon, attention settings, ...) without where it
+    came from; an LSTM's sizes and dropout; "" for a module with neither."""
+    if backbone is None:
+        return ""
+    model = getattr(backbone, "model", backbone)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        fields = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOISE}
+    elif isinstance(getattr(backbone, "lstm", None), nn.LSTM):
+        lstm = backbone.lstm
+        fields = {"lstm": [lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout]}
+    else:
+        return ""
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def library_versions() -> dict[str, str | None]:
+    """The versions that change computed features: torch, transformers, unicomp."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import unicomp
+
+    try:
+        transformers_version = version("transformers")
+    except PackageNotFoundError:
+        transformers_version = None
+    return {"torch": torch.__version__, "transformers": transformers_version,
+            "unicomp": unicomp.__version__}  # fmt: skip
+
+
 def frozen_weights_sha256(model: nn.Module) -> str:
     """SHA-256 of every frozen parameter and every buffer: the weights the features depend on."""
     named = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
@@ -308,6 +345,10 @@ def feature_key(
         "backbone": cfg.backbone,
         "backbone_source": getattr(backbone, "source", None),
         "frozen_weights_sha256": frozen_weights_sha256(model),
+        "backbone_config_sha256": hashlib.sha256(
+            backbone_config_text(backbone).encode()
+        ).hexdigest(),
+        "versions": library_versions(),
         "task": cfg.task,
         "task_args": cfg.task_args,
         "data_source": task.data_source,
