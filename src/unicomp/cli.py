@@ -82,6 +82,9 @@ def _list_task(name: str) -> None:
     for key, value in vars(cfg).items():
         mark = f"({label})" if value != getattr(base, key) else ""
         print(f"  {key:<20} {_value(value):<10} {mark}".rstrip())
+    fraction = defaults(name).get("warmup_fraction")
+    if fraction is not None:
+        print(f"  warmup_steps: {fraction:.0%} of steps where not given (--warmup-steps, --config)")
     if "perceiver train" in sources:
         other = task_train_defaults(perceiver_task_defaults, name)
         diffs = [f"{k} {_value(v)}" for k, v in vars(other).items() if v != getattr(cfg, k)]
