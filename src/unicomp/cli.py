@@ -133,6 +133,9 @@ def _add_train_command(
     p = group.add_parser(name, help=help, formatter_class=HelpFormatter)
     p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (its files only)"
+    )
     add_dataclass_args(p, cls, _defaults(defaults))
     p.set_defaults(func=func)
     return p
@@ -145,7 +148,7 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
 
     _resume_from_run_folder(args)
     cfg = resolve(FPTConfig, args, task_defaults)
-    metrics = run_fpt(cfg, resume=args.resume)
+    metrics = run_fpt(cfg, resume=args.resume, overwrite=args.overwrite)
     keys = (
         "task",
         "backbone",
@@ -282,7 +285,7 @@ def cmd_perceiver_train(args: argparse.Namespace) -> None:
 
     _resume_from_run_folder(args)
     cfg = _resolve_perceiver(args)
-    metrics = run_perceiver(cfg, resume=args.resume)
+    metrics = run_perceiver(cfg, resume=args.resume, overwrite=args.overwrite)
     keys = (
         "task",
         "model",
@@ -469,7 +472,7 @@ def cmd_dt_train(args: argparse.Namespace) -> None:
 
     _resume_from_run_folder(args)
     cfg = resolve(DTConfig, args, dt_task_defaults)
-    metrics = run_dt(cfg, resume=args.resume)
+    metrics = run_dt(cfg, resume=args.resume, overwrite=args.overwrite)
     keys = ("env", "algo", "test_loss", "best_step", "steps", "trainable_params", "train_seconds")
     summary = {k: metrics[k] for k in keys}
     summary["eval"] = [_eval_summary(e) for e in metrics.get("eval", [])]
@@ -981,8 +984,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except UnicompError as err:
-        print(f"unicomp: error: {err}", file=sys.stderr)
+    except UnicompError as err:  # said in the command's flags where it differs from Python
+        print(f"unicomp: error: {getattr(err, 'cli', err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; resume with --resume --out <run folder>" if hasattr(args, "resume") else ""

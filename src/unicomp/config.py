@@ -521,7 +521,7 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
             data["task_args"] = {k: yaml_number(v) for k, v in data["task_args"].items()}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in vars(args).items():
-        if value is None or key in ("config", "func", "command", "sub", "resume"):
+        if value is None or key in ("config", "func", "command", "sub", "resume", "overwrite"):
             continue
         if value is _NULL:
             value = None

@@ -202,11 +202,12 @@ def act(
     ]
 
 
-def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
+def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train a Decision Transformer (or, ``cfg.algo`` bc/pbc, a behaviour-cloning baseline) on
     ``cfg.data`` through the one loop (checkpoint chosen on held-out episodes' action loss),
     then act in the environment with the chosen weights, conditioned on each target return
-    (BC: once, it reads no return). Writes the usual run folder; ``metrics.json`` adds ``eval``
+    (BC: once, it reads no return). ``resume``: continue the run in ``cfg.out``;
+    ``overwrite``: replace it. Writes the usual run folder; ``metrics.json`` adds ``eval``
     (return and normalised score per target), the first target's scores at the top level
     (``return_mean``, ``normalized_score_mean``, ..., ``train_steps``), ``normalization``
     (what acting needs: state mean/std, return scale) and ``model_config`` (what
@@ -264,7 +265,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
         "model_config": policy_spec(model),
     }
     header = {"task": "dt", "model": summary["policy"], "data": cfg.data}
-    metrics = train_and_record(cfg, task, model, header, summary, out, resume)
+    metrics = train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
     metrics["train_steps"] = metrics["steps"]
     if cfg.eval_episodes > 0 and _is_main():
         metrics["eval"] = act(
