@@ -159,9 +159,10 @@ def test_two_collections_of_one_environment_get_their_own_ids_and_train_together
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == f"{a},{b},{old}"
 
 
-def test_a_second_data_flag_is_an_error_saying_how_to_combine(capsys):
+@pytest.mark.parametrize("command", [["dt", "train"], ["dt", "external", "--algo", "iql"]])
+def test_a_second_data_flag_is_an_error_saying_how_to_combine(command, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["dt", "train", "--data", "data/a", "--data", "data/b"])
+        main([*command, "--data", "data/a", "--data", "data/b"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--data" in err and "given more than once" in err and "--data A,B" in err

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import unicomp
 from unicomp.config import (
+    SEVERAL_DATA,
     FPTConfig,
     HelpFormatter,
     PerceiverConfig,
     add_dataclass_args,
     comma_numbers,
+    given_once,
 )
 from unicomp.errors import UnicompError
 from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS, load_target
@@ -690,7 +692,12 @@ def _add_dt_commands(sub) -> None:
         "evaluator; writes a run folder that dt compare reads",
     )
     p.add_argument("--algo", choices=("cql", "iql"), required=True, help="d3rlpy's algorithm")
-    p.add_argument("--data", required=True, help="Minari folder or id, or D4RL .hdf5")
+    p.add_argument(
+        "--data",
+        required=True,
+        action=given_once(SEVERAL_DATA),
+        help="Minari folder or id, or D4RL .hdf5; several, comma-separated, trained on together",
+    )
     p.add_argument("--env", help="gymnasium id to act in [the data set's]")
     p.add_argument("--out", help="run folder (must not hold a metrics.json) [runs/ALGO-DATA-sS]")
     p.add_argument("--steps", type=int, default=100_000, help="gradient steps [100000]")

@@ -160,6 +160,10 @@ class PerceiverConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# What a second --data says (dt train, dt external): several data sets go in one flag.
+SEVERAL_DATA = "several data sets go in one --data, comma-separated: --data A,B"
+
+
 @dataclass
 class DTConfig:
     """A Decision Transformer run (offline RL): train on a trajectory data set, then act in
@@ -171,7 +175,7 @@ class DTConfig:
         "(mujoco/hopper/medium-v0, in $MINARI_DATASETS_PATH) or a D4RL .hdf5 (needs --env); "
         "several, comma-separated (A,B), are trained on together (one environment, the same "
         "observations and actions)",
-        once="several data sets go in one --data, comma-separated: --data A,B",
+        once=SEVERAL_DATA,
     )
     env: str | None = _f(None, "gymnasium id to act in (default: the data set's)")
     algo: str = _f(
@@ -443,7 +447,7 @@ def _train_default_text(cls: type, task_defaults: Any) -> Any:
     return text
 
 
-def _given_once(hint: str) -> type[argparse.Action]:
+def given_once(hint: str) -> type[argparse.Action]:
     """A flag that a second use would silently override: the second is an error, ``hint``
     saying what to write instead."""
 
@@ -496,7 +500,7 @@ def add_dataclass_args(
                 default=None,
                 choices=f.metadata.get("choices"),
                 help=help_text,
-                **({"action": _given_once(once)} if once else {}),
+                **({"action": given_once(once)} if once else {}),
             )
         explained = "default" in help_text or "null:" in help_text  # its help says what None does
         if _train_text is not None:

@@ -36,7 +36,7 @@ from unicomp.provenance import provenance
 from unicomp.rl.dt_task import DTTask
 from unicomp.rl.envs import register_env_spec
 from unicomp.rl.evaluate import default_targets, evaluate_dt, score_reference
-from unicomp.runs import _read_json, run_label
+from unicomp.runs import _read_json, data_label, run_label
 from unicomp.train import load_trainable_state, pick_device
 
 
@@ -51,8 +51,7 @@ def dt_default_out(cfg: DTConfig) -> Path:
     algo = cfg.algo + (f"{cfg.top_percent:g}" if cfg.algo == "pbc" else "")
     if cfg.algo != "dt" and cfg.policy != "dt-noreturn":
         algo += f"-{cfg.policy}"
-    data = "+".join(Path(name.strip()).name for name in cfg.data.split(","))
-    return Path("runs") / f"{algo}-{data}-s{cfg.train.seed}"
+    return Path("runs") / f"{algo}-{data_label(cfg.data)}-s{cfg.train.seed}"
 
 
 def build_dt_task(cfg: DTConfig) -> DTTask:
