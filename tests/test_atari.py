@@ -293,7 +293,7 @@ def test_atari_env_has_the_papers_preprocessing():
         assert steps == 5 and trunc and obs[0].any()  # 5 steps of 4 frames; full stack
     finally:
         env.close()
-    assert default_targets("ALE/Breakout-v5", 3.0) == (ATARI_TARGETS["breakout"],)
+    assert default_targets("ALE/Breakout-v5", 3.0, 0.0) == (ATARI_TARGETS["breakout"],)
     assert normalized_score([30.5, 1.7], "ALE/Breakout-v5").tolist() == [100.0, 0.0]
     with pytest.raises(UnicompError, match="close matches: ALE/Breakout-v5"):
         make_env("ALE/Breakot-v5")

@@ -5,6 +5,7 @@ byte for byte (unicomp reproduce --report-only)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -139,3 +140,16 @@ def test_paths_inside_a_moved_run_folder_are_read_under_its_new_place():
     assert moved["twin"] == "random:/b/results/q/_backbones/w32"
     assert moved["backbone"] == "minilm-l6" and moved["other"] == "/elsewhere/file"
     assert _moved_with_the_folder(saved, saved["out"]) == saved
+
+
+def test_the_docs_name_no_machine_paths():
+    """README.md and docs/ show paths a reader has (relative ones, $VARIABLES, ~/.cache),
+    never a folder of the machine the docs were written on."""
+    machine = re.compile(r"(?<![\w.$~-])/(work|root|home|tmp|Users|mnt)/")
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if machine.search(line)
+    ]
+    assert not found, "\n".join(found)

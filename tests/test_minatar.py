@@ -45,7 +45,7 @@ def test_minatar_is_not_the_ale_game_of_the_same_name():
     # Our Atari tables (human-normalised scores, the official targets) are the ALE games'.
     assert reference_scores("MinAtar/Breakout-v1") is None
     assert reference_scores("ALE/Breakout-v5") is not None
-    assert default_targets("MinAtar/Breakout-v1", 12.0) == (12.0, 6.0)
+    assert default_targets("MinAtar/Breakout-v1", 12.0, 0.0) == (12.0, 6.0)
 
 
 def test_a_misspelt_minatar_id_names_the_close_ones():

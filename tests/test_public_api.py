@@ -57,9 +57,12 @@ def readme_api_examples() -> list[str]:
 
 def test_the_readme_api_examples_run_as_written(tmp_path):
     """One fresh process runs the section's examples one after the other, in an empty
-    folder (they write runs/ and data/ there)."""
+    folder (they write runs/ and data/ there); a second process runs them again there, over
+    the first one's runs."""
     blocks = readme_api_examples()
     assert len(blocks) >= 3, "the README's Python API section lost its examples"
+    first = _fresh("\n".join(blocks), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
     out = _fresh("\n".join(blocks), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     for run in ("api-fpt", "api-perceiver", "api-dt"):

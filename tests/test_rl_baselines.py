@@ -621,11 +621,12 @@ def test_gym_paper_preset_is_the_papers_settings_and_the_defaults():
     bare `unicomp dt train` uses, so the two cannot drift apart."""
     from pathlib import Path
 
-    from unicomp.config import DTConfig, TrainConfig, from_dict, load_yaml
+    from unicomp.config import DTConfig, from_dict, load_yaml, task_train_defaults
+    from unicomp.experiments.dt import dt_task_defaults
 
     data = load_yaml(Path(__file__).parents[1] / "configs" / "dt-gym-paper.yaml")
     cfg = from_dict(DTConfig, data)
-    defaults = DTConfig(train=TrainConfig(**DTTask.default_train))
+    defaults = DTConfig(train=task_train_defaults(dt_task_defaults, "dt"))
     assert cfg == defaults
     assert (cfg.context, cfg.n_layer, cfg.n_head, cfg.hidden_size) == (20, 3, 1, 128)
     t = cfg.train

@@ -405,3 +405,41 @@ def test_cuda_rng_state_is_saved_and_restored(monkeypatch):
     assert state["cuda"] == fake
     tr._set_rng_state(state)
     assert restored == fake[:1]  # as many generators as this machine has
+
+
+# --- the Python API says resume=True / overwrite=True, the CLI --resume / --overwrite ------------
+def test_python_calls_take_resume_and_overwrite_and_say_so_in_python(tmp_path, tiny_gpt2, capsys):
+    run = tmp_path / "api"
+    cfg = FPTConfig(task="bit-xor", backbone=tiny_gpt2, out=str(run), train=small_train(steps=4))
+    run_fpt(cfg)
+    with pytest.raises(UnicompError) as refused:
+        run_fpt(FPTConfig(**{**vars(cfg), "train": small_train(steps=4)}))
+    assert str(refused.value) == (
+        f"{run} already holds a run; resume=True continues it, overwrite=True replaces it, or "
+        "choose another cfg.out"
+    )
+    with pytest.raises(
+        UnicompError, match=r"^resume=True would change what .* train.lr 0.001 -> 0.01"
+    ):
+        run_fpt(FPTConfig(**{**vars(cfg), "train": small_train(steps=4, lr=1e-2)}), resume=True)
+    with pytest.raises(UnicompError, match="resume=True continues .* overwrite=True replaces"):
+        run_fpt(cfg, resume=True, overwrite=True)
+
+    # overwrite=True replaces the run's own files and keeps the user's
+    (run / "notes.txt").write_text("mine")
+    (run / "eval.json").write_text("{}")
+    first = json.loads((run / "metrics.json").read_text())
+    metrics = run_fpt(FPTConfig(**{**vars(cfg), "train": small_train(steps=6)}), overwrite=True)
+    assert metrics["steps"] == 6 != first["steps"]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6
+    assert (run / "notes.txt").read_text() == "mine" and not (run / "eval.json").exists()
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"] == 6
+
+    # the commands say it in flags
+    assert main(_train(tiny_gpt2, run)) == 2
+    line = _one_error_line(capsys)
+    assert "pass --resume to continue it, --overwrite to replace it, or choose another" in line
+    assert main([*_train(tiny_gpt2, run), "--lr", "0.5", "--resume"]) == 2
+    assert "error: --resume would change what" in _one_error_line(capsys)
+    assert main([*_train(tiny_gpt2, run), "--overwrite"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 4

@@ -217,3 +217,39 @@ def test_docs_python_example_runs(adapter_runs, tmp_path):  # noqa: F811
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert re.search(r"\['[01]{5}'\]", out.stdout), out.stdout
+
+
+def test_the_server_logs_start_up_adapters_and_requests(adapter_runs, tiny_bert, tmp_path, caplog):  # noqa: F811
+    """Python logging (``unicomp.serve``): a start-up line, a line per adapter loaded or
+    refused with the reason, a line per request with its status and latency."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from unicomp.serve import ServeConfig, create_app
+
+    shutil.copy(adapter_runs["files"] / "xor.safetensors", tmp_path / "bit-xor.safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"half a file")
+    caplog.set_level(logging.INFO, logger="unicomp.serve")
+    app = create_app(ServeConfig(backbone=tiny_bert, adapters=tmp_path, rescan=0))
+    lines = [r.getMessage() for r in caplog.records if r.name == "unicomp.serve"]
+    assert any(
+        line.startswith(f"backbone {tiny_bert} (") and "tasks: bit-xor" in line for line in lines
+    ), lines
+    assert any(
+        re.fullmatch(r"loaded task bit-xor from bit-xor.safetensors \(bit-xor, \d+ .*\)", line)
+        for line in lines
+    ), lines
+    refused = [line for line in lines if line.startswith("refused broken.safetensors")]
+    assert len(refused) == 1 and "cannot read adapter" in refused[0], lines
+    caplog.clear()
+    with TestClient(app) as client:
+        inputs = _test_inputs(adapter_runs, "xor", _xor_inputs)[:2]
+        ok = client.post("/tasks/bit-xor/predict", json={"inputs": inputs})
+        missing = client.post("/tasks/nope/predict", json={"inputs": [1]})
+    assert (ok.status_code, missing.status_code) == (200, 404)
+    lines = [r.getMessage() for r in caplog.records if r.name == "unicomp.serve"]
+    requests = [line for line in lines if line.startswith("POST ")]
+    assert len(requests) == 2, lines
+    assert re.fullmatch(r"POST /tasks/bit-xor/predict 200 \d+\.\d ms", requests[0]), requests
+    assert re.fullmatch(r"POST /tasks/nope/predict 404 \d+\.\d ms", requests[1]), requests

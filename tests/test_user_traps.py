@@ -67,7 +67,7 @@ def test_dt_and_perceiver_help_state_their_own_defaults(capsys, monkeypatch):
         ("--steps", "100000"),
         ("--batch-size", "64"),
         ("--lr", "0.0001"),
-        ("--warmup-steps", "10000"),
+        ("--warmup-steps", "10% of --steps (10000 at 100000)"),
         ("--grad-clip", "0.25"),
         ("--grad-accum", "1"),
     ):
@@ -160,6 +160,7 @@ def test_list_task_prints_resolved_defaults_and_task_arguments(capsys):
     assert main(["list", "--task", "dt"]) == 0
     lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
     assert "steps 100000 (DT)" in lines and "warmup_steps 10000 (DT)" in lines
+    assert "warmup_steps: 10% of steps where not given (--warmup-steps, --config)" in lines
     assert main(["list", "--task", "bit-nope"]) == 2
     assert "unknown task 'bit-nope'; choices: bit-memory" in capsys.readouterr().err
 

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import unicomp
 from unicomp.config import (
+    SEVERAL_DATA,
     FPTConfig,
     HelpFormatter,
     PerceiverConfig,
     add_dataclass_args,
     comma_numbers,
+    given_once,
 )
 from unicomp.errors import UnicompError
 from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS, load_target
@@ -82,6 +84,9 @@ def _list_task(name: str) -> None:
     for key, value in vars(cfg).items():
         mark = f"({label})" if value != getattr(base, key) else ""
         print(f"  {key:<20} {_value(value):<10} {mark}".rstrip())
+    fraction = defaults(name).get("warmup_fraction")
+    if fraction is not None:
+        print(f"  warmup_steps: {fraction:.0%} of steps where not given (--warmup-steps, --config)")
     if "perceiver train" in sources:
         other = task_train_defaults(perceiver_task_defaults, name)
         diffs = [f"{k} {_value(v)}" for k, v in vars(other).items() if v != getattr(cfg, k)]
@@ -130,6 +135,9 @@ def _add_train_command(
     p = group.add_parser(name, help=help, formatter_class=HelpFormatter)
     p.add_argument("--config", help="YAML config (a preset in configs/ or a run's config.yaml)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out (its files only)"
+    )
     add_dataclass_args(p, cls, _defaults(defaults))
     p.set_defaults(func=func)
     return p
@@ -142,7 +150,7 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
 
     _resume_from_run_folder(args)
     cfg = resolve(FPTConfig, args, task_defaults)
-    metrics = run_fpt(cfg, resume=args.resume)
+    metrics = run_fpt(cfg, resume=args.resume, overwrite=args.overwrite)
     keys = (
         "task",
         "backbone",
@@ -279,7 +287,7 @@ def cmd_perceiver_train(args: argparse.Namespace) -> None:
 
     _resume_from_run_folder(args)
     cfg = _resolve_perceiver(args)
-    metrics = run_perceiver(cfg, resume=args.resume)
+    metrics = run_perceiver(cfg, resume=args.resume, overwrite=args.overwrite)
     keys = (
         "task",
         "model",
@@ -466,7 +474,7 @@ def cmd_dt_train(args: argparse.Namespace) -> None:
 
     _resume_from_run_folder(args)
     cfg = resolve(DTConfig, args, dt_task_defaults)
-    metrics = run_dt(cfg, resume=args.resume)
+    metrics = run_dt(cfg, resume=args.resume, overwrite=args.overwrite)
     keys = ("env", "algo", "test_loss", "best_step", "steps", "trainable_params", "train_seconds")
     summary = {k: metrics[k] for k in keys}
     summary["eval"] = [_eval_summary(e) for e in metrics.get("eval", [])]
@@ -684,7 +692,12 @@ def _add_dt_commands(sub) -> None:
         "evaluator; writes a run folder that dt compare reads",
     )
     p.add_argument("--algo", choices=("cql", "iql"), required=True, help="d3rlpy's algorithm")
-    p.add_argument("--data", required=True, help="Minari folder or id, or D4RL .hdf5")
+    p.add_argument(
+        "--data",
+        required=True,
+        action=given_once(SEVERAL_DATA),
+        help="Minari folder or id, or D4RL .hdf5; several, comma-separated, trained on together",
+    )
     p.add_argument("--env", help="gymnasium id to act in [the data set's]")
     p.add_argument("--out", help="run folder (must not hold a metrics.json) [runs/ALGO-DATA-sS]")
     p.add_argument("--steps", type=int, default=100_000, help="gradient steps [100000]")
@@ -978,8 +991,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except UnicompError as err:
-        print(f"unicomp: error: {err}", file=sys.stderr)
+    except UnicompError as err:  # said in the command's flags where it differs from Python
+        print(f"unicomp: error: {getattr(err, 'cli', err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; resume with --resume --out <run folder>" if hasattr(args, "resume") else ""

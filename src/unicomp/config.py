@@ -160,6 +160,10 @@ class PerceiverConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# What a second --data says (dt train, dt external): several data sets go in one flag.
+SEVERAL_DATA = "several data sets go in one --data, comma-separated: --data A,B"
+
+
 @dataclass
 class DTConfig:
     """A Decision Transformer run (offline RL): train on a trajectory data set, then act in
@@ -168,7 +172,10 @@ class DTConfig:
     data: str = _f(
         "",
         "trajectory data set: a Minari folder (unicomp dt collect), a Minari data set id "
-        "(mujoco/hopper/medium-v0, in $MINARI_DATASETS_PATH) or a D4RL .hdf5 (needs --env)",
+        "(mujoco/hopper/medium-v0, in $MINARI_DATASETS_PATH) or a D4RL .hdf5 (needs --env); "
+        "several, comma-separated (A,B), are trained on together (one environment, the same "
+        "observations and actions)",
+        once=SEVERAL_DATA,
     )
     env: str | None = _f(None, "gymnasium id to act in (default: the data set's)")
     algo: str = _f(
@@ -208,7 +215,9 @@ class DTConfig:
     val_fraction: float = _f(0.05, "episodes held out for validation (checkpoint selection)")
     test_fraction: float = _f(0.05, "episodes held out for the test loss")
     eval_targets: str = _f(
-        "", "target returns, comma-separated (default: the paper's for the env, else the data's)"
+        "",
+        "target returns, comma-separated (default: the paper's for the env, else the data's "
+        "best return and the midpoint between it and the data's median return)",
     )
     eval_episodes: int = _f(10, "evaluation episodes per target (0: no evaluation)")
     eval_seed: int = _f(10_000, "evaluation episode i resets with eval_seed + i")
@@ -375,11 +384,27 @@ def _show(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def train_settings(defaults: dict, given: dict) -> dict:
+    """The train settings of a run: the task's ``defaults`` under the ``given`` ones (--config,
+    flags). A default ``warmup_fraction`` (not a setting of its own) makes the warm-up that
+    fraction of the run's steps where ``warmup_steps`` is not given: the DT's 0.1, the paper's
+    10,000 of 100,000 steps, so that a short run is not spent inside a 10,000-step warm-up."""
+    defaults = dict(defaults)
+    fraction = defaults.pop("warmup_fraction", None)  # given, it is an unknown key
+    settings = {**defaults, **given}
+    if fraction is not None and "warmup_steps" not in given:
+        steps = settings.get("steps", TrainConfig.steps)
+        if isinstance(steps, int) and not isinstance(steps, bool):  # else from_dict says why
+            settings["warmup_steps"] = max(0, round(fraction * steps))
+    return settings
+
+
 def task_train_defaults(task_defaults: Any, task: str) -> TrainConfig:
     """The TrainConfig a run of ``task`` gets before --config and flags: the field defaults
     under ``task_defaults(task)`` (the task's ``default_train``, or the Perceiver or DT
     defaults); what resolve() starts from, --help states and ``unicomp list --task`` prints."""
-    return from_dict(TrainConfig, task_defaults(task), f"training defaults of task {task}")
+    settings = train_settings(task_defaults(task), {})
+    return from_dict(TrainConfig, settings, f"training defaults of task {task}")
 
 
 def _train_default_text(cls: type, task_defaults: Any) -> Any:
@@ -410,6 +435,9 @@ def _train_default_text(cls: type, task_defaults: Any) -> Any:
                 return "task default (unicomp list --task NAME)"
             values = {_show(getattr(c, name)) for c in configs.values()}
             main = _show(getattr(configs[main_task], name))
+            fraction = task_defaults(main_task).get("warmup_fraction")
+            if name == "warmup_steps" and fixed and fraction is not None:
+                return f"{fraction:.0%} of --steps ({main} at {configs[main_task].steps})"
             if len(values) == 1:
                 return main
             return f"task default ({main} for {main_task}; others: unicomp list --task NAME)"
@@ -417,6 +445,19 @@ def _train_default_text(cls: type, task_defaults: Any) -> Any:
         return shown
 
     return text
+
+
+def given_once(hint: str) -> type[argparse.Action]:
+    """A flag that a second use would silently override: the second is an error, ``hint``
+    saying what to write instead."""
+
+    class Once(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None):
+            if getattr(namespace, self.dest, None) is not None:
+                raise argparse.ArgumentError(self, f"given more than once; {hint}")
+            setattr(namespace, self.dest, values)
+
+    return Once
 
 
 def add_dataclass_args(
@@ -451,6 +492,7 @@ def add_dataclass_args(
                 help=help_text,
             )
         else:
+            once = f.metadata.get("once")
             action = parser.add_argument(
                 _flag(f.name),
                 dest=f.name,
@@ -458,6 +500,7 @@ def add_dataclass_args(
                 default=None,
                 choices=f.metadata.get("choices"),
                 help=help_text,
+                **({"action": given_once(once)} if once else {}),
             )
         explained = "default" in help_text or "null:" in help_text  # its help says what None does
         if _train_text is not None:
@@ -482,7 +525,7 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
             data["task_args"] = {k: yaml_number(v) for k, v in data["task_args"].items()}
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     for key, value in vars(args).items():
-        if value is None or key in ("config", "func", "command", "sub", "resume"):
+        if value is None or key in ("config", "func", "command", "sub", "resume", "overwrite"):
             continue
         if value is _NULL:
             value = None
@@ -505,7 +548,7 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
     task = data.get("task", cls().task)
     if not isinstance(task, str):
         raise UnicompError(f"{where}: task must be str, got {task!r}")
-    data["train"] = {**task_defaults(task), **train}
+    data["train"] = train_settings(task_defaults(task), train)
     return check_config(from_dict(cls, data, where), where)
 
 

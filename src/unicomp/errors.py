@@ -14,6 +14,16 @@ class UnknownNameError(UnicompError, KeyError):
         return self.args[0]
 
 
+class RunFolderError(UnicompError):
+    """A run folder that does not fit the call (a run already there, a resume that would
+    change its settings). The message speaks Python (``resume=True``, ``cfg.out``); ``cli``
+    says the same in the command's flags, which the CLI prints instead."""
+
+    def __init__(self, message: str, cli: str):
+        super().__init__(message)
+        self.cli = cli
+
+
 class WeightsNotFoundError(UnicompError):
     """Pretrained weights could not be found anywhere we looked."""
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from unicomp.errors import UnicompError
+from unicomp.errors import RunFolderError, UnicompError
 
 
 def atomic_write(
@@ -275,10 +275,36 @@ def _release_lock(out: Path, fd: int) -> None:
     os.close(fd)
 
 
+def run_taken(out: Path) -> RunFolderError:
+    """The error for a new run into a folder that holds one, in Python's terms and the CLI's."""
+    return RunFolderError(
+        f"{out} already holds a run; resume=True continues it, overwrite=True replaces it, or "
+        "choose another cfg.out",
+        f"{out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+        "or choose another --out",
+    )
+
+
+# What ``overwrite`` removes: a run's own files and folders (nothing else of the folder's).
+RUN_OUTPUTS = ("eval.json", "examples.png")
+
+
+def remove_run(out: Path) -> None:
+    """Remove the run in ``out``: its files (START_FILES, RUN_FILES, RUN_OUTPUTS) and the
+    trackers' folders; anything else in the folder stays."""
+    for name in (*START_FILES, *RUN_FILES, *RUN_OUTPUTS):
+        (out / name).unlink(missing_ok=True)
+    for name in START_FOLDERS:
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
 @contextlib.contextmanager
-def claim_run_folder(out: Path, resume: bool, enabled: bool = True) -> Iterator[None]:
+def claim_run_folder(
+    out: Path, resume: bool, enabled: bool = True, overwrite: bool = False
+) -> Iterator[None]:
     """Hold ``out`` for one run: create it, lock it (a second run into it is refused while
-    this one lives), refuse a new run where one already is (before anything is written),
+    this one lives), refuse a new run where one already is (before anything is written;
+    ``overwrite``: remove that run first, once the folder is locked),
     remove temporaries that a killed writer left. If the body fails before the run wrote its
     first checkpoint, what the start wrote is removed again (and the folder, if created here).
     ``enabled=False`` (ranks other than 0 under torchrun): nothing is done."""
@@ -299,10 +325,10 @@ def claim_run_folder(out: Path, resume: bool, enabled: bool = True) -> Iterator[
             f"run folder {out}: cannot create it or write in it ({err.strerror})"
         ) from None
     try:
+        if overwrite and not resume:
+            remove_run(out)
         if not resume and any((out / name).exists() for name in RUN_FILES):
-            raise UnicompError(
-                f"{out} already holds a run; pass --resume to continue it or choose another --out"
-            )
+            raise run_taken(out)
         sweep_temporaries(out)  # left by a process killed mid-write
         try:
             yield

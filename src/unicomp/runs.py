@@ -244,6 +244,12 @@ def run_label(metrics: dict, algo: str | None = None) -> str:
     return label
 
 
+def data_label(data: str) -> str:
+    """A data set's folder name, or several joined by "+" (``data/a,data/b`` -> ``a+b``): what
+    run folder names and comparison rows call the data."""
+    return "+".join(Path(name.strip()).name for name in str(data).split(","))
+
+
 def _scores(run: Path) -> dict:
     """A run's metrics, with eval.json's scores over metrics.json's where both exist."""
     metrics = _read_json(run / "metrics.json")
@@ -290,7 +296,7 @@ def compare_runs(runs: list[str | Path]) -> list[dict[str, Any]]:
             raise UnicompError(
                 f"{run}: no evaluation scores; run `unicomp dt eval --run {run}` first"
             )
-        data = Path(str(row.get("data_path", ""))).name
+        data = data_label(row.get("data_path", ""))
         steps = row.get("train_steps", row.get("steps"))
         config = _settings(Path(run))
         key = (row["label"], data, row.get("env"), steps, tuple(sorted(config.items())))

@@ -13,6 +13,11 @@ many tasks are served. Endpoints:
 * ``GET /stats``: requests, inputs and model batches per task (micro-batching at work);
 * ``/openapi.json`` and ``/docs``: FastAPI's OpenAPI description.
 
+Logs (Python logging, logger ``unicomp.serve``; ``unicomp serve`` prints them with a time
+stamp): one line at start-up (the backbone, the folder, the tasks), one per adapter file
+loaded, reloaded, dropped or refused (with why), one per HTTP request (method, path, status,
+milliseconds).
+
 Micro-batching: the requests for one task that arrive within ``batch_window`` seconds of the
 first (up to ``max_batch`` inputs) run through the model as one batch. All model work (loading
 and forward passes) runs on one worker thread, since the backbone is shared. The adapter folder
@@ -25,6 +30,8 @@ seconds: new files are loaded, changed ones reloaded, removed ones dropped, with
 import asyncio
 import contextlib
 import json
+import logging
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from unicomp.errors import UnicompError
+
+log = logging.getLogger("unicomp.serve")
 
 
 def _require_fastapi() -> None:
@@ -126,8 +135,17 @@ class Server:
         self.rejected.pop(name, None)
         if adapter is None:
             self.rejected[name] = {"file": path.name, "error": error, "state": state}
+            log.warning("refused %s (task %s): %s", path.name, name, error)
         else:
             self.tasks[name] = _Task(adapter, state)
+            log.info(
+                "%s task %s from %s (%s, %d parameters of its own)",
+                "reloaded" if old is not None else "loaded",
+                name,
+                path.name,
+                adapter.task,
+                adapter.params,
+            )
 
     async def scan(self) -> None:
         """Load new and changed adapter files, drop removed ones."""
@@ -137,6 +155,7 @@ class Server:
                 task = self.tasks.pop(name)
                 if task.worker is not None:
                     task.worker.cancel()
+                log.info("dropped task %s: its file is gone", name)
             for name in [n for n in self.rejected if n not in files]:
                 del self.rejected[name]
             loop = asyncio.get_running_loop()
@@ -266,6 +285,31 @@ class Server:
         }
 
 
+class _RequestLog:
+    """ASGI middleware: one log line per HTTP request, with its status and how long it took
+    to answer (outermost, so that answers of the other middleware are logged too)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def noted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noted)
+        finally:
+            ms = 1000 * (time.perf_counter() - started)
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, ms)
+
+
 class _BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is
     parsed (by its Content-Length, or while it streams in without one: the application then
@@ -324,6 +368,13 @@ def create_app(cfg: ServeConfig):
 
     server = Server(cfg)
     server.scan_now()
+    log.info(
+        "backbone %s (%s...) loaded; adapters from %s; tasks: %s",
+        cfg.backbone,
+        server.hash[:19],
+        cfg.adapters,
+        ", ".join(server.tasks) or "none yet",
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
@@ -386,6 +437,7 @@ def create_app(cfg: ServeConfig):
         return server.stats()
 
     app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
+    app.add_middleware(_RequestLog)  # added last: the outermost
     return app
 
 
@@ -394,16 +446,14 @@ def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     _require_fastapi()
     import uvicorn
 
+    if not log.handlers:  # the logs on stdout, unless the caller set up logging
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s unicomp serve: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
     app = create_app(cfg)
-    server = app.state.server
-    names = ", ".join(server.tasks) or "none yet"
-    print(
-        f"unicomp serve: backbone {cfg.backbone} ({server.hash[:19]}...), tasks: {names}; "
-        f"http://{host}:{port}/tasks, /docs",
-        flush=True,
-    )
-    for name, r in server.rejected.items():
-        print(f"unicomp serve: refused {r['file']} ({name}): {r['error']}", flush=True)
+    log.info("serving http://%s:%d/tasks, /docs", host, port)
     started = time.perf_counter()
     uvicorn.run(app, host=host, port=port, log_level="warning")
-    print(f"unicomp serve: stopped after {time.perf_counter() - started:.0f} s", flush=True)
+    log.info("stopped after %.0f s", time.perf_counter() - started)

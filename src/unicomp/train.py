@@ -31,7 +31,7 @@ from torch import nn
 
 from unicomp.config import TrainConfig
 from unicomp.errors import TrainingDivergedError, UnicompError
-from unicomp.files import atomic_write, atomic_write_text, read_curve
+from unicomp.files import atomic_write, atomic_write_text, read_curve, run_taken
 from unicomp.tasks.base import Batch, Task, iter_chunks
 from unicomp.tracking import Tracker, progress_bar
 
@@ -444,9 +444,7 @@ def train(
     )
     state = _State()
     if ckpt_path.exists() and not resume:
-        raise UnicompError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
+        raise run_taken(out)
     dist.barrier()  # no rank may see a checkpoint that rank 0 writes in this run
     if resume:
         if not ckpt_path.exists():

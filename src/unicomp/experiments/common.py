@@ -23,7 +23,7 @@ from unicomp.config import (
     save_yaml,
     to_dict,
 )
-from unicomp.errors import UnicompError, WeightsNotFoundError
+from unicomp.errors import RunFolderError, UnicompError, WeightsNotFoundError
 from unicomp.files import atomic_write_json, claim_run_folder
 from unicomp.provenance import provenance
 from unicomp.registry import TASKS
@@ -64,24 +64,43 @@ def build_task(name: str, args: dict) -> Task:
         raise UnicompError(f"task {name!r}: {err}") from None
 
 
+def check_run_call(resume: bool, overwrite: bool) -> None:
+    """``resume`` and ``overwrite`` ask for opposite things: one at most."""
+    if resume and overwrite:
+        raise RunFolderError(
+            "resume=True continues the run in cfg.out, overwrite=True replaces it: pass one",
+            "--resume continues the run in --out, --overwrite replaces it: pass one",
+        )
+
+
 def _is_main() -> bool:
     return process_rank() == 0  # under torchrun only rank 0 writes
 
 
 def train_and_record(
-    cfg: Any, task: Task, model: nn.Module, header: dict, summary: dict, out: Path, resume: bool
+    cfg: Any,
+    task: Task,
+    model: nn.Module,
+    header: dict,
+    summary: dict,
+    out: Path,
+    resume: bool,
+    overwrite: bool = False,
 ) -> dict:
     """The part every ``run_*`` shares: save config.yaml, train, write metrics.json.
+    ``resume``: continue the run in ``out``; ``overwrite``: replace the run there (see
+    ``check_run_call``).
 
     metrics.json: ``header`` (what was run), the seed, the training result, ``summary``
     (what was built), then the data and the machine.
     """
     check_config(cfg)  # every value in range before anything is written
+    check_run_call(resume, overwrite)
     is_main = _is_main()
     changes = check_resume(cfg, out) if resume else {}
     # Claimed (locked) for the run; a new run into a folder holding one is refused before
     # config.yaml is written; a start that fails before its first checkpoint is undone.
-    with claim_run_folder(out, resume=resume, enabled=is_main):
+    with claim_run_folder(out, resume=resume, enabled=is_main, overwrite=overwrite):
         if is_main and (not resume or changes):
             # on resume: the changes applied, recorded; the device ``auto`` picks, as a comment
             # (the setting stays auto, so the file runs again on another machine)
@@ -180,11 +199,12 @@ def check_resume(cfg: Any, out: Path) -> dict:
     if refused:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
         allowed = ", ".join(k.removeprefix("train.") for k in RESUMABLE_CHANGES[:5])
-        raise UnicompError(
-            f"--resume would change what {out} was trained with: {listed}; only {allowed} "
-            "(and feature_cache, DT eval settings) may change on resume; start a new run for "
-            "the others"
+        why = (
+            f"would change what {out} was trained with: {listed}; only {allowed} (and "
+            "feature_cache, DT eval settings) may change on resume; start a new run for the "
+            "others"
         )
+        raise RunFolderError(f"resume=True {why}", f"--resume {why}")
     return diffs
 
 

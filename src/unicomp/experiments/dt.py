@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -35,7 +36,7 @@ from unicomp.provenance import provenance
 from unicomp.rl.dt_task import DTTask
 from unicomp.rl.envs import register_env_spec
 from unicomp.rl.evaluate import default_targets, evaluate_dt, score_reference
-from unicomp.runs import _read_json, run_label
+from unicomp.runs import _read_json, data_label, run_label
 from unicomp.train import load_trainable_state, pick_device
 
 
@@ -44,12 +45,13 @@ def dt_task_defaults(name: str) -> dict:
 
 
 def dt_default_out(cfg: DTConfig) -> Path:
-    """runs/<algo>-<data folder>-s<seed>, e.g. runs/dt-hopper-medium-s0, runs/pbc10-...;
-    the algo part names the BC network when it is not the default."""
+    """runs/<algo>-<data folder>-s<seed>, e.g. runs/dt-hopper-medium-s0, runs/pbc10-...,
+    runs/dt-a+b-s0 for --data data/a,data/b; the algo part names the BC network when it is
+    not the default."""
     algo = cfg.algo + (f"{cfg.top_percent:g}" if cfg.algo == "pbc" else "")
     if cfg.algo != "dt" and cfg.policy != "dt-noreturn":
         algo += f"-{cfg.policy}"
-    return Path("runs") / f"{algo}-{Path(cfg.data).name}-s{cfg.train.seed}"
+    return Path("runs") / f"{algo}-{data_label(cfg.data)}-s{cfg.train.seed}"
 
 
 def build_dt_task(cfg: DTConfig) -> DTTask:
@@ -199,11 +201,12 @@ def act(
     ]
 
 
-def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
+def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train a Decision Transformer (or, ``cfg.algo`` bc/pbc, a behaviour-cloning baseline) on
     ``cfg.data`` through the one loop (checkpoint chosen on held-out episodes' action loss),
     then act in the environment with the chosen weights, conditioned on each target return
-    (BC: once, it reads no return). Writes the usual run folder; ``metrics.json`` adds ``eval``
+    (BC: once, it reads no return). ``resume``: continue the run in ``cfg.out``;
+    ``overwrite``: replace it. Writes the usual run folder; ``metrics.json`` adds ``eval``
     (return and normalised score per target), the first target's scores at the top level
     (``return_mean``, ``normalized_score_mean``, ..., ``train_steps``), ``normalization``
     (what acting needs: state mean/std, return scale) and ``model_config`` (what
@@ -223,7 +226,10 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
             "--env Hopper-v5, to evaluate in one"
         )
     targets = comma_numbers(cfg.eval_targets, float, "--eval-targets")
-    targets = targets or list(default_targets(env_id, float(task.dataset.returns().max())))
+    returns = task.dataset.returns()
+    targets = targets or list(
+        default_targets(env_id, float(returns.max()), float(np.median(returns)))
+    )
     eval_targets: list[float | None] = list(targets) if cfg.algo == "dt" else [None]
     out = Path(cfg.out) if cfg.out else dt_default_out(cfg)
     cfg.out = str(out)
@@ -246,6 +252,11 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
         "context": cfg.context,
         "data": task.dataset.summary(),
         "source_data": task.source_summary,
+        # several --data trained on together: each one (name, Minari id, size, returns)
+        "data_sets": task.dataset.metadata.get("data_sets"),
+        # the warm-up the run used: --warmup-steps, else the DT's fraction of --steps
+        "warmup_steps": cfg.train.warmup_steps,
+        "warmup_fraction": round(cfg.train.warmup_steps / cfg.train.steps, 4),
         "trainable_params": trainable,
         "total_params": total,
         "trainable_fraction": trainable / total,
@@ -253,7 +264,7 @@ def run_dt(cfg: DTConfig, resume: bool = False) -> dict:
         "model_config": policy_spec(model),
     }
     header = {"task": "dt", "model": summary["policy"], "data": cfg.data}
-    metrics = train_and_record(cfg, task, model, header, summary, out, resume)
+    metrics = train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
     metrics["train_steps"] = metrics["steps"]
     if cfg.eval_episodes > 0 and _is_main():
         metrics["eval"] = act(
@@ -331,7 +342,9 @@ def evaluate_run(
     elif metrics.get("eval"):
         chosen = [e["target_return"] for e in metrics["eval"]]
     else:
-        chosen = list(default_targets(env_id, float(metrics["data"]["return_max"])))
+        data = metrics["data"]  # runs before return_median was recorded: the mean
+        typical = data.get("return_median", data["return_mean"])
+        chosen = list(default_targets(env_id, float(data["return_max"]), float(typical)))
     seed = cfg.eval_seed if seed is None else seed
     evals = act(
         model,

@@ -38,7 +38,8 @@ from unicomp.errors import UnicompError
 from unicomp.experiments.dt import primary_scores
 from unicomp.files import atomic_write_json
 from unicomp.rl.evaluate import run_episodes, score_reference
-from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards, read_dataset
+from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards, read_datasets
+from unicomp.runs import data_label
 
 ALGOS = ("cql", "iql")
 REPO = Path(__file__).resolve().parents[3]
@@ -49,7 +50,7 @@ D3RLPY_INSTALL = "python3 -m venv .venv-d3rlpy && .venv-d3rlpy/bin/pip install t
 
 def default_out(algo: str, data: str, seed: int) -> Path:
     """runs/<algo>-<data folder>-s<seed>, as ``unicomp dt train`` names its runs."""
-    return Path("runs") / f"{algo}-{Path(data).name}-s{seed}"
+    return Path("runs") / f"{algo}-{data_label(data)}-s{seed}"
 
 
 # --- stage 1: export ------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def export_data(
     ``dt train --delayed-reward``); returns the environment to act in (``env``, else the data
     set's), whether actions are discrete, the data's summary and the reference returns of its
     normalised score (as a DT run's)."""
-    ds = read_dataset(data, env)
+    ds = read_datasets(data, env)  # several, comma-separated, as dt train takes them
     if delayed_reward:
         ds = delay_rewards(ds)
     np.savez(out / "data.npz", **flat_arrays(ds))

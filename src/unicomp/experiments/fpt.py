@@ -92,8 +92,10 @@ def default_out(cfg: FPTConfig) -> Path:
     return Path("runs") / f"{cfg.task}-{backbone}-{cfg.freeze}-s{cfg.train.seed}"
 
 
-def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
-    """Build the FPT and train it. Output-only runs on fixed data train the head alone on
+def run_fpt(cfg: FPTConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Build the FPT and train it into ``cfg.out`` (``resume``: continue the run there;
+    ``overwrite``: replace it; else a folder holding a run is an error). Output-only runs on
+    fixed data train the head alone on
     features computed once (unicomp.features; ``cfg.feature_cache``); metrics.json records
     ``feature_cache`` (what was used, or why not) and ``feature_seconds``."""
     from unicomp import features as fc
@@ -110,7 +112,7 @@ def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
     header = {"task": cfg.task, "backbone": cfg.backbone, "freeze": cfg.freeze}
     if why_not is not None:
         summary["feature_cache"] = f"off: {why_not}"
-        return train_and_record(cfg, task, model, header, summary, out, resume)
+        return train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
     device = fc.run_device(cfg.train.device)
     precision = fc.resolved_precision(device, cfg.train.precision)
     prepared = fc.prepare_features(cfg, task, model, device, precision, cfg.feature_cache)
@@ -120,7 +122,8 @@ def run_fpt(cfg: FPTConfig, resume: bool = False) -> dict:
     # The head module is the FPT's own: the trained weights land in ``model.head``, and
     # best.safetensors / checkpoint.pt name them head.weight / head.bias as the FPT does.
     cached = fc.CachedFeatureTask(task, prepared.features)
-    return train_and_record(cfg, cached, fc.HeadOnly(model.head), header, summary, out, resume)
+    head = fc.HeadOnly(model.head)
+    return train_and_record(cfg, cached, head, header, summary, out, resume, overwrite)
 
 
 # FPTConfig fields whose effect on the model rebuild_fpt_run reproduces (through build_fpt), or

@@ -122,15 +122,16 @@ def default_perceiver_out(cfg: PerceiverConfig) -> Path:
     return Path("runs") / f"{cfg.task}-{cfg.model}-{size}-s{cfg.train.seed}"
 
 
-def run_perceiver(cfg: PerceiverConfig, resume: bool = False) -> dict:
-    """Train a Perceiver (IO) on a task; writes the same run folder as ``run_fpt``, plus
+def run_perceiver(cfg: PerceiverConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train a Perceiver (IO) on a task (``resume``, ``overwrite``: as ``run_fpt``); writes the
+    same run folder as ``run_fpt``, plus
     ``examples.png`` for tasks that draw their outputs (dense tasks)."""
     out = Path(cfg.out) if cfg.out else default_perceiver_out(cfg)
     cfg.out = str(out)
     task = build_task(cfg.task, cfg.task_args)
     model, summary = build_perceiver(cfg, task)
     header = {"task": cfg.task, "model": cfg.model, "pretrained": cfg.pretrained}
-    metrics = train_and_record(cfg, task, model, header, summary, out, resume)
+    metrics = train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
     if _is_main() and hasattr(task, "save_examples"):
         task.save_examples(model, out / "examples.png")  # the selected (best) weights
     return metrics

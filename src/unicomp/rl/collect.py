@@ -42,7 +42,12 @@ from unicomp.files import check_free_space, temporary_folder, write_in_child
 from unicomp.rl.atari import atari_env_id
 from unicomp.rl.envs import check_env_id, make_env
 from unicomp.rl.evaluate import reference_scores, run_episodes
-from unicomp.rl.trajectories import TrajectoryDataset, default_dataset_id, write_minari
+from unicomp.rl.trajectories import (
+    TrajectoryDataset,
+    content_tag,
+    default_dataset_id,
+    write_minari,
+)
 
 SB3_ALGOS = ("tqc", "sac", "td3", "ppo", "a2c", "dqn")
 
@@ -456,7 +461,8 @@ def write_collection(
     ref: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Write ``dataset`` as a Minari data set in ``out`` and ``out/collection.json``: the
-    environment, ``settings`` (what produced the episodes), the returns (with their
+    environment, the data set's Minari id (with the content tag that makes it its own),
+    ``settings`` (what produced the episodes), the returns (with their
     quantiles) and, where the environment has reference scores, the mean normalised score.
     ``files``: further files of ``out`` by name, each written by its function given the
     path (see write_data_set). ``ref``: the (random, expert) returns that normalise its
@@ -467,8 +473,11 @@ def write_collection(
     ref = ref if ref is not None else reference_scores(env_id)
     quantiles = (0.1, 0.25, 0.5, 0.75, 0.9)
     values = np.quantile(dataset.returns(), quantiles)
+    # one id per collection: two of one environment and suite differ in their tag
+    dataset_id = default_dataset_id(env_id, name, content_tag(dataset))
     record: dict[str, Any] = {
         "env_id": env_id,
+        "dataset_id": dataset_id,
         **settings,
         **summary,
         "return_quantiles": {f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)},
@@ -483,7 +492,7 @@ def write_collection(
         write_minari(
             dataset,
             folder,
-            dataset_id=default_dataset_id(env_id, name),
+            dataset_id=dataset_id,
             description=f"{env_id} {name}: {what}",
             ref_scores=ref,  # stored as ref_min_score/ref_max_score: minari.get_normalized_score
         )

@@ -42,7 +42,7 @@ from unicomp.errors import DataError
 from unicomp.rl.trajectories import (
     TrajectoryDataset,
     delay_rewards,
-    read_dataset,
+    read_datasets,
     select_top_percent,
 )
 from unicomp.tasks.base import Batch, Scored, Task, TaskSpec, batch_generator
@@ -74,18 +74,21 @@ class _Flat:
 class DTTask(Task):
     """Windows of ``context`` steps from a trajectory data set (see the module docstring).
 
-    dataset: a TrajectoryDataset, or a path (D4RL .hdf5 file or Minari folder).
+    dataset: a TrajectoryDataset, or a path (D4RL .hdf5 file or Minari folder) or Minari id,
+    or several separated by commas, trained on together (read_datasets).
     """
 
     name = "dt"
     select_by = "loss"
     default_train = {
-        # Paper appendix A / the official gym settings.
+        # Paper appendix A / the official gym settings. The warm-up, 10,000 of the paper's
+        # 100,000 steps, as that fraction of the run's steps where --warmup-steps is not
+        # given (unicomp.config.train_settings): 10,000 at the paper's length, 30 at 300.
         "steps": 100_000,
         "batch_size": 64,
         "lr": 1e-4,
         "weight_decay": 1e-4,
-        "warmup_steps": 10_000,
+        "warmup_fraction": 0.1,
         "grad_clip": 0.25,
         "eval_every": 1000,
     }
@@ -105,7 +108,7 @@ class DTTask(Task):
         top_percent: float = 100.0,
         delayed_reward: bool = False,
     ):
-        ds = dataset if isinstance(dataset, TrajectoryDataset) else read_dataset(dataset, env_id)
+        ds = dataset if isinstance(dataset, TrajectoryDataset) else read_datasets(dataset, env_id)
         self.source_summary = ds.summary()  # before any selection
         if not 0 < top_percent <= 100:
             raise ValueError(f"top_percent must be in (0, 100], got {top_percent}")

@@ -56,15 +56,19 @@ def _env_key(env_id: str) -> str:
     return f"minatar/{key}" if is_minatar(env_id) else key
 
 
-def default_targets(env_id: str | None, best_return: float) -> tuple[float, ...]:
+def default_targets(env_id: str | None, best: float, typical: float) -> tuple[float, ...]:
     """The paper's targets for its environments (gym: two; Atari: one per game); elsewhere
-    the best return in the data and half of it (the paper's gym pairs are roughly an
-    expert's return and half)."""
+    two from the data: its best episode return and the midpoint between that and the data's
+    median return ``typical`` (the paper's gym pairs are about an expert's return and half of
+    it). The midpoint lies within the data's returns whatever their sign: Pendulum returns
+    with best -0.76 and median -233 give -0.76 and -117, where half the best (-0.38) would
+    ask for more than any episode got. One target where the two coincide (every return equal)."""
     if env_id and _env_key(env_id) in PAPER_TARGETS:
         return PAPER_TARGETS[_env_key(env_id)]
     if env_id and _env_key(env_id) in ATARI_TARGETS:
         return (ATARI_TARGETS[_env_key(env_id)],)
-    return (best_return, best_return / 2)
+    middle = (best + typical) / 2
+    return (best,) if middle == best else (best, middle)
 
 
 def reference_scores(env_id: str | None) -> tuple[float, float] | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -105,6 +106,7 @@ class TrajectoryDataset:
             "return_std": float(r.std()),
             "return_min": float(r.min()),
             "return_max": float(r.max()),
+            "return_median": float(np.median(r)),
             "length_mean": float(lengths.mean()),
             "terminated": int(sum(bool(e.terminations[-1]) for e in self.episodes)),
         }
@@ -488,7 +490,7 @@ def write_minari(
     if final.exists():
         raise UnicompError(f"{path} already holds a Minari data set; choose another folder")
     dataset.validate(f"data set for {path}")
-    dataset_id = dataset_id or default_dataset_id(dataset.env_id)
+    dataset_id = dataset_id or default_dataset_id(dataset.env_id, tag=content_tag(dataset))
     env_spec = env_spec_of(dataset.env_id) if dataset.env_id else None
     obs_space, act_space = _spaces(dataset, env_spec)
     path.mkdir(parents=True, exist_ok=True)
@@ -546,12 +548,26 @@ def _minari_root(folder: Path):
             os.environ["MINARI_DATASETS_PATH"] = old
 
 
-def default_dataset_id(env_id: str | None, name: str = "dataset") -> str:
-    """A Minari id, (namespace/)(env/)name-v<version>: ``unicomp/hopper/<name>-v0`` for
+def default_dataset_id(env_id: str | None, name: str = "dataset", tag: str = "") -> str:
+    """A Minari id, (namespace/)(env/)name(-tag)-v<version>: ``unicomp/hopper/<name>-v0`` for
     Hopper-v5, ``unicomp/breakout/...`` for ALE/Breakout-v5, ``unicomp/myenv/...`` for
-    mymod:MyEnv-v0."""
+    mymod:MyEnv-v0; ``tag`` (:func:`content_tag`) tells apart collections of one
+    environment: ``unicomp/hopper/custom-3f2a9c01-v0``."""
     env = (env_id or "unknown").rsplit("-v", 1)[0].split("/")[-1].split(":")[-1].lower()
+    name = f"{name}-{tag}" if tag else name
     return f"unicomp/{re.sub(r'[^a-z0-9_.-]', '_', env) or 'unknown'}/{name}-v0"
+
+
+def content_tag(dataset: TrajectoryDataset) -> str:
+    """8 hex digits of a hash of the data set's episode lengths, actions and rewards: the
+    same for the same episodes, different for two collections (their actions differ), and
+    cheap (observations, the bulk of image data, are left out)."""
+    digest = hashlib.sha256()
+    for e in dataset.episodes:
+        digest.update(np.int64(len(e)).tobytes())
+        digest.update(np.ascontiguousarray(e.actions).tobytes())
+        digest.update(np.ascontiguousarray(e.rewards, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:8]
 
 
 def _spaces(dataset: TrajectoryDataset, env_spec=None):
@@ -605,6 +621,61 @@ def read_dataset(path: str | os.PathLike, env_id: str | None = None) -> Trajecto
     if env_id is not None:
         ds.env_id = env_id
     return ds
+
+
+def read_datasets(data: str, env_id: str | None = None) -> TrajectoryDataset:
+    """``data`` as :func:`read_dataset` reads it, or several data sets separated by commas
+    (``data/a,data/b``) read each and combined (:func:`combine_datasets`)."""
+    names = [name.strip() for name in str(data).split(",")]
+    if len(names) == 1:
+        return read_dataset(names[0], env_id)
+    if "" in names:
+        raise DataError(f"--data {data!r}: an empty name between commas")
+    return combine_datasets([read_dataset(name, env_id) for name in names], names)
+
+
+def _space_of(ds: TrajectoryDataset) -> dict[str, str]:
+    """What two data sets trained on together must share, as text for the error."""
+    images = np.issubdtype(ds.episodes[0].observations.dtype, np.integer)
+    kind = "discrete actions" if ds.discrete else "continuous values"
+    return {
+        "environment": str(ds.env_id),
+        "observation shape": f"{ds.obs_shape}" + (" images" if images else ""),
+        "actions": f"{ds.action_dim} {kind}",
+    }
+
+
+def combine_datasets(datasets: list[TrajectoryDataset], names: list[str]) -> TrajectoryDataset:
+    """The episodes of every data set (``names``: how the user named them) as one, after a
+    check that they share the environment and the observation and action spaces (a
+    DataError naming the first difference). ``metadata["data_sets"]`` records each one (its
+    name, Minari id, episodes, steps, returns); reference returns are kept where every data
+    set has the same ones; the environment spec is the first's."""
+    first = _space_of(datasets[0])
+    for name, ds in zip(names[1:], datasets[1:], strict=True):
+        for what, value in _space_of(ds).items():
+            if value != first[what]:
+                raise DataError(
+                    f"--data: {names[0]} and {name} differ in {what} ({first[what]} against "
+                    f"{value}); data sets trained on together must share environment, "
+                    "observations and actions"
+                )
+    metas = [ds.metadata for ds in datasets]
+    meta = {k: v for k, v in metas[0].items() if k in ("env_spec", "n_actions")}
+    for key in ("ref_min_score", "ref_max_score"):
+        values = {m.get(key) for m in metas}
+        if len(values) == 1 and None not in values:
+            meta[key] = values.pop()
+    meta["data_sets"] = [
+        {"data": name, "dataset_id": ds.metadata.get("dataset_id"), **ds.summary()}
+        for name, ds in zip(names, datasets, strict=True)
+    ]
+    return TrajectoryDataset(
+        [e for ds in datasets for e in ds.episodes],
+        env_id=datasets[0].env_id,
+        source=" + ".join(ds.source for ds in datasets),
+        metadata=meta,
+    )
 
 
 # --- data selections (%BC, paper sec. 5.3; delayed rewards, sec. 5.5) -------------------------
