@@ -181,3 +181,32 @@ def test_data_sets_that_do_not_share_spaces_or_environment_are_one_line_errors(c
     assert "\n" not in err and "differ in environment (Pendulum-v1 against None)" in err
     assert main(["dt", "train", "--data", f"{three},", "--eval-episodes", "0"]) == 2
     assert "an empty name between commas" in capsys.readouterr().err
+
+
+# --- the environment checked against the data before training ------------------------------------
+@pytest.mark.parametrize(
+    "data_kw, env, message",
+    [
+        ({}, "NoSuchEnv-v0", "unknown environment 'NoSuchEnv-v0'"),
+        ({"obs_dim": 7}, "Pendulum-v1", "observations of shape (3,) in the environment, (7,) in"),
+        ({"obs_dim": 4}, "CartPole-v1", "discrete actions in the environment, continuous in the data"),
+        ({"act_dim": 4}, "Pendulum-v1", "1 action values in the environment, 4 in the data"),
+    ],
+)
+def test_an_environment_that_does_not_fit_the_data_stops_before_training(
+    capsys, data_kw, env, message
+):
+    obs_dim, act_dim = data_kw.get("obs_dim", 3), data_kw.get("act_dim", 1)
+    rng = np.random.default_rng(0)
+    episodes = [
+        Episode(rng.normal(size=(T + 1, obs_dim)).astype(np.float32),
+                rng.uniform(-1, 1, size=(T, act_dim)).astype(np.float32), rng.normal(size=T),
+                np.zeros(T, bool), np.eye(1, T, T - 1, dtype=bool)[0])
+        for T in (6, 7, 8, 6, 7)
+    ]  # fmt: skip
+    write_minari(TrajectoryDataset(episodes, env_id=None, source="test"), "data")
+    argv = ["dt", "train", "--data", "data", "--env", env, "--steps", "3", "--out", "run", *TINY]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not Path("run").exists()  # nothing trained, nothing to refuse on the re-run

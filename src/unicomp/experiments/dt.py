@@ -225,6 +225,8 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
             f"{cfg.data} names no environment (D4RL files never do); pass --env, e.g. "
             "--env Hopper-v5, to evaluate in one"
         )
+    if cfg.eval_episodes > 0:
+        check_env_fits_data(env_id, task.dataset, cfg.data)  # before training, not after
     targets = comma_numbers(cfg.eval_targets, float, "--eval-targets")
     returns = task.dataset.returns()
     targets = targets or list(
@@ -285,6 +287,41 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
     if _is_main():
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def check_env_fits_data(env_id: str, dataset, data: str) -> None:
+    """The environment a run will act in exists and takes the data's observations and
+    actions; else one line naming what differs (checked before training, so that a wrong
+    ``--env`` costs nothing)."""
+    import gymnasium as gym
+
+    from unicomp.rl.envs import make_env
+
+    env = make_env(env_id)
+    try:
+        obs, act = env.observation_space, env.action_space
+    finally:
+        env.close()
+    where = f"--env {env_id} does not fit the data ({data})"
+    if tuple(obs.shape) != tuple(dataset.obs_shape):
+        raise UnicompError(
+            f"{where}: observations of shape {tuple(obs.shape)} in the environment, "
+            f"{tuple(dataset.obs_shape)} in the data"
+        )
+    if dataset.discrete != isinstance(act, gym.spaces.Discrete):
+        kinds = ("discrete", "continuous")
+        raise UnicompError(
+            f"{where}: {kinds[not isinstance(act, gym.spaces.Discrete)]} actions in the "
+            f"environment, {kinds[not dataset.discrete]} in the data"
+        )
+    n = int(act.n) if dataset.discrete else int(np.prod(act.shape))
+    if (dataset.discrete and dataset.action_dim > n) or (
+        not dataset.discrete and dataset.action_dim != n
+    ):
+        raise UnicompError(
+            f"{where}: {n} action{'s' if dataset.discrete else ' values'} in the environment, "
+            f"{dataset.action_dim} in the data"
+        )
 
 
 def load_dt_run(run: str | Path) -> tuple[nn.Module, DTConfig, dict]:
