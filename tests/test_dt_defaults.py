@@ -189,7 +189,7 @@ def test_data_sets_that_do_not_share_spaces_or_environment_are_one_line_errors(c
     [
         ({}, "NoSuchEnv-v0", "unknown environment 'NoSuchEnv-v0'"),
         ({"obs_dim": 7}, "Pendulum-v1", "observations of shape (3,) in the environment, (7,) in"),
-        ({"obs_dim": 4}, "CartPole-v1", "discrete actions in the environment, continuous in the data"),
+        ({"obs_dim": 4}, "CartPole-v1", "discrete actions in the environment, continuous in"),
         ({"act_dim": 4}, "Pendulum-v1", "1 action values in the environment, 4 in the data"),
     ],
 )
