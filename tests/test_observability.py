@@ -174,3 +174,16 @@ def test_plot_overlays_learning_curves_and_draws_dt_return_against_target(dt_run
         proc = run_cli("plot", *bad)
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert message in proc.stderr
+
+
+def test_a_wandb_too_old_for_reinit_create_new_is_one_line(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from unicomp.errors import UnicompError
+    from unicomp.tracking import Tracker
+
+    fake = types.SimpleNamespace(__version__="0.19.9", init=lambda **kw: pytest.fail("init"))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    with pytest.raises(UnicompError, match=r"needs wandb 0\.19\.10 or later.*0\.19\.9"):
+        Tracker("wandb", tmp_path)

@@ -50,6 +50,13 @@ def progress_bar(total: int | None, desc: str, enabled: bool = True, **kwargs: A
     )
 
 
+def _release(text: str) -> tuple[int, ...]:
+    """(0, 19, 10) for "0.19.10" or "0.19.10rc1": the leading numbers of a version."""
+    import re
+
+    return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
 class Tracker:
     """Logs rows of scalars by step; ``none`` logs nothing."""
 
@@ -69,9 +76,14 @@ class Tracker:
                 import wandb
             except ImportError:
                 raise UnicompError(
-                    "--track wandb needs the wandb package (pip install wandb); "
-                    "--track tensorboard needs only the track extra"
+                    "--track wandb needs the wandb package (pip install 'unicomp[wandb]', "
+                    "wandb 0.19.10 or later); --track tensorboard needs only the track extra"
                 ) from None
+            if _release(wandb.__version__) < (0, 19, 10):
+                raise UnicompError(
+                    f"--track wandb needs wandb 0.19.10 or later (wandb.init(reinit="
+                    f"'create_new')); this one is {wandb.__version__}: pip install -U wandb"
+                )
             (out / "wandb").mkdir(parents=True, exist_ok=True)
             self._run = wandb.init(
                 project=os.environ.get("WANDB_PROJECT", "unicomp"),

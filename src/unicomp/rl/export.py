@@ -175,7 +175,9 @@ Inputs are what the model was trained on (their numbers are in `config.json` und
 `unicomp`):
 - `states`: `(state - state_mean) / state_std` (the training data's statistics),
 - `returns_to_go`: the return still to collect, divided by `rtg_scale` ({extra["rtg_scale"]}),
-- `timesteps`: the step of the episode, below `max_ep_len` ({config.max_ep_len}),
+- `timesteps`: the step of the episode, below `max_ep_len` ({config.max_ep_len}); unicomp
+  clamps later steps to `max_ep_len - 1` (the table's last row) when it acts, and so must you:
+  this model raises IndexError on a timestep of `max_ep_len` or more,
 - `actions`: the actions taken (the current step's: zeros); at most {config.n_positions // 3}
   steps of context.
 
