@@ -153,3 +153,49 @@ def test_the_docs_name_no_machine_paths():
         if machine.search(line)
     ]
     assert not found, "\n".join(found)
+
+
+def test_collection_and_benchmark_blocks_render_their_records(tmp_path):
+    """A learning agent's data set (its evaluation curve) and a benchmark's table come from
+    the JSON records the commands wrote, with how, when and where they were made."""
+    rec = tmp_path / "results" / "m" / "atari" / "breakout"
+    rec.mkdir(parents=True)
+    collection = {"env_id": "MinAtar/Breakout-v1", "suite": "dqn-replay", "steps": 1000,
+                  "episodes": 40, "return_mean": 1.5, "return_std": 0.5, "return_max": 4.0,
+                  "seed": 0, "seconds": 70.0, "train_seconds": 60.0,
+                  "reference_scores": {"ref_min_score": 0.6, "ref_max_score": 12.0},
+                  "random_policy": {"step": 0, "return_mean": 0.6, "return_std": 0.5,
+                                    "episodes": 10},
+                  "evaluations": [{"step": 500, "return_mean": 3.0, "return_std": 1.0,
+                                   "episodes": 10, "exploration_rate": 0.5},
+                                  {"step": 1000, "return_mean": 12.0, "return_std": 2.0,
+                                   "episodes": 10, "exploration_rate": 0.1}]}  # fmt: skip
+    (rec / "collection.json").write_text(json.dumps(collection))
+    bench = tmp_path / "results" / "benchmarks"
+    bench.mkdir(parents=True)
+    record = {"about": "Ten episodes.", "command": "python benchmarks/x.py --episodes 10",
+              "date": "2026-12-07 17:00 UTC", "machine": "a CPU, 2 cores, GPU none",
+              "bf16_flags": "none", "threads": 1, "columns": ["evaluator", "seconds"],
+              "rows": [["sequential", "8.08"], ["vectorised", "1.22"]],
+              "versions": {"unicomp_version": "0.1.0", "git_commit": "abcdef1234567890",
+                           "git_dirty": False, "torch": "2.13.0"}}  # fmt: skip
+    (bench / "x.json").write_text(json.dumps(record))
+    (tmp_path / "docs").mkdir()
+    doc = tmp_path / "docs" / "p.md"
+    doc.write_text(
+        "<!-- unicomp:collection results/m/atari/breakout -->\n<!-- /unicomp:collection -->\n"
+        "<!-- unicomp:benchmark results/benchmarks/x.json -->\n<!-- /unicomp:benchmark -->\n"
+    )
+    update_documents(tmp_path)
+    text = doc.read_text()
+    assert "`MinAtar/Breakout-v1`, dqn-replay: 1,000 transitions in 40 episodes" in text
+    assert "reference scores 0.60 (random) and 12.00 (the final agent)" in text
+    assert "| random policy | 0.60 ± 0.50 | 10 |  |" in text
+    assert "| 1,000 | 12.00 ± 2.00 | 10 | 0.1 |" in text
+    assert "| sequential | 8.08 |" in text and "| vectorised | 1.22 |" in text
+    assert "Measured with `python benchmarks/x.py --episodes 10` on 2026-12-07 17:00 UTC" in text
+    assert "(commit abcdef123456)" in text
+    assert update_documents(tmp_path, check=True) == []
+    record["rows"][1][1] = "1.30"  # the record changes (a re-run): the page must follow
+    (bench / "x.json").write_text(json.dumps(record))
+    assert update_documents(tmp_path, check=True) == [doc]
