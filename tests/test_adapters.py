@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,52 @@ def test_an_adapter_file_truncated_in_place_after_loading_does_not_touch_the_mod
     assert adapter.predict([["10101", "00111"]]) == before
     with pytest.raises(UnicompError, match="cannot read adapter"):
         load_adapter(path)
+
+
+def _edited(adapter_runs, tmp_path, header=None, tensors=None) -> Path:
+    """The bit-XOR adapter with header fields or tensors replaced (weights and hash kept)."""
+    from safetensors.torch import save_file
+
+    from unicomp.adapters import read_adapter
+
+    t, meta = read_adapter(adapter_runs["files"] / "xor.safetensors")
+    meta = {k: v for k, v in {**meta, **(header or {})}.items() if v is not None}
+    path = tmp_path / "edited.safetensors"
+    save_file({**t, **(tensors or {})}, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"header": {"metrics": "{"}}, "header field 'metrics' is not JSON"),
+        ({"header": {"freeze": None}}, "header field 'freeze' is missing"),
+        ({"header": {"readout": "middle"}}, "readout 'middle' is not one of"),
+        ({"header": {"backbone_seed": "-1"}}, "header field 'backbone_seed' is '-1'"),
+        ({"spec": {"max_len": 10_000_000}}, "spec.max_len 10,000,000 is above the 65,536"),
+        ({"spec": {"n_classes": 1_000_000_000, "d_out": 1_000_000_000}},
+         "tensor head.weight has shape (2, 32), its spec needs (1000000000, 32)"),
+        ({"spec": {"vocab_size": 4_000_000}}, "tensor embed_in.weight has shape"),
+        ({"spec": {"max_len": 0}}, "spec.max_len is 0, not a positive integer"),
+        ({"nan_head": True}, "tensor head.weight holds NaN"),
+        ({"float64": True}, "tensor head.weight is torch.float64, adapters hold float32"),
+    ],
+)  # fmt: skip
+def test_an_adapter_header_or_tensor_that_lies_is_refused_before_anything_is_built(
+    adapter_runs, tmp_path, edit, message
+):
+    from unicomp.adapters import load_adapter, read_adapter
+
+    t, meta = read_adapter(adapter_runs["files"] / "xor.safetensors")
+    header = dict(edit.get("header", {}))
+    if "spec" in edit:
+        header["spec"] = json.dumps({**json.loads(meta["spec"]), **edit["spec"]})
+    tensors = {}
+    if edit.get("nan_head"):
+        tensors["head.weight"] = torch.full_like(t["head.weight"], float("nan"))
+    if edit.get("float64"):
+        tensors["head.weight"] = t["head.weight"].double()
+    path = _edited(adapter_runs, tmp_path, header, tensors)
+    with pytest.raises(UnicompError, match=re.escape(message)) as err:
+        load_adapter(path)
+    assert "\n" not in str(err.value)

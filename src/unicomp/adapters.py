@@ -16,6 +16,7 @@ fitted to the task's length) stand in for the backbone's own during each forward
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import threading
@@ -81,7 +82,6 @@ def _load_backbone(name: str, seed: int, layers: int | None) -> nn.Module:
 def export_adapter(run: str | Path, path: str | Path) -> dict[str, Any]:
     """Write the adapter file of the finished FPT run folder ``run`` to ``path`` (atomically);
     return a summary (tensors, parameters, bytes, backbone hash)."""
-    import dataclasses
 
     from safetensors.torch import save
 
@@ -196,7 +196,91 @@ def load_adapter(path: str | Path, backbone: str | nn.Module | None = None) -> A
             f"with weights {meta['backbone_hash']}; the backbone given "
             f"({getattr(backbone, 'name', type(backbone).__name__)}) has {found}"
         )
+    check_adapter(meta, tensors, backbone, f"adapter {path}")
     return Adapter(backbone, meta, tensors, name=Path(path).stem)
+
+
+# The longest input an adapter may declare (spec.max_len): the position table fitted to it is
+# allocated when the adapter is built (65,536 rows x 768 floats is 200 MB).
+MAX_ADAPTER_TOKENS = 65_536
+_HEADER_TEXT = ("task", "input", "output", "readout", "freeze", "backbone", "backbone_hash")
+_HEADER_JSON = {"task_args": dict, "spec": dict, "metrics": dict}
+
+
+def check_adapter(
+    meta: dict[str, str], tensors: dict[str, torch.Tensor], backbone: nn.Module, where: str
+) -> None:
+    """Everything an adapter file says, checked before anything is built from it: every header
+    field there with its type; the sizes of ``spec`` against the tensors that realise them (so
+    a header cannot make the server allocate what the file does not hold); every tensor float32
+    and finite. One line naming the first thing wrong."""
+    from unicomp.models.fpt import READOUTS
+    from unicomp.tasks.base import TaskSpec
+
+    for key in _HEADER_TEXT:
+        if not isinstance(meta.get(key), str) or not meta[key]:
+            raise UnicompError(f"{where}: header field {key!r} is missing or empty")
+    parsed = {}
+    for key, kind in _HEADER_JSON.items():
+        try:
+            parsed[key] = json.loads(meta.get(key) or "")
+        except ValueError:
+            raise UnicompError(f"{where}: header field {key!r} is not JSON") from None
+        if not isinstance(parsed[key], kind):
+            raise UnicompError(f"{where}: header field {key!r} is not a JSON object")
+    if meta["readout"] not in READOUTS:
+        raise UnicompError(f"{where}: readout {meta['readout']!r} is not one of {READOUTS}")
+    for key, low in (("backbone_seed", 0), ("backbone_layers", 1)):
+        text = meta.get(key, "")
+        if key == "backbone_layers" and text == "":
+            continue
+        if not text.isdigit() or int(text) < low:
+            raise UnicompError(f"{where}: header field {key!r} is {text!r}, not an integer")
+    spec_fields = {f.name for f in dataclasses.fields(TaskSpec)}
+    unknown = sorted(set(parsed["spec"]) - spec_fields)
+    try:
+        if unknown:
+            raise TypeError(f"unknown fields {unknown}")
+        spec = TaskSpec(**parsed["spec"])
+    except TypeError as err:
+        raise UnicompError(
+            f"{where}: spec {meta['spec'][:80]} is not a task spec ({err})"
+        ) from None
+    for name in spec_fields:
+        value = getattr(spec, name)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise UnicompError(f"{where}: spec.{name} is {value!r}, not a positive integer")
+    if spec.max_len > MAX_ADAPTER_TOKENS:
+        raise UnicompError(
+            f"{where}: spec.max_len {spec.max_len:,} is above the {MAX_ADAPTER_TOKENS:,} tokens "
+            "an adapter may declare"
+        )
+    if spec.d_out % spec.n_classes or (spec.n_out_tokens or 1) > spec.max_len:
+        raise UnicompError(
+            f"{where}: spec d_out {spec.d_out}, n_classes {spec.n_classes}, n_out_tokens "
+            f"{spec.n_out_tokens} do not fit together (max_len {spec.max_len})"
+        )
+    hidden = int(backbone.hidden_size)
+    expect = {
+        "head.weight": (spec.d_out, hidden),
+        "embed_in.weight": (spec.vocab_size, hidden) if spec.vocab_size else (hidden, spec.d_in),
+    }
+    if "pos.weight" in tensors:
+        expect["pos.weight"] = (spec.max_len, hidden)
+    for name, shape in expect.items():
+        found = tuple(tensors[name].shape) if name in tensors else None
+        if found != shape:
+            raise UnicompError(
+                f"{where}: tensor {name} has shape {found}, its spec needs {shape} "
+                "(the header and the tensors disagree)"
+            )
+    for name, t in tensors.items():
+        if t.dtype != torch.float32:
+            raise UnicompError(f"{where}: tensor {name} is {t.dtype}, adapters hold float32")
+        if not torch.isfinite(t).all():
+            raise UnicompError(f"{where}: tensor {name} holds NaN or infinite values")
 
 
 class SharedBackbone(nn.Module):
