@@ -66,9 +66,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def bf16_flags() -> str:
-    from unicomp.train import cpu_bf16_flags
+def cpu_bf16_flags() -> list[str]:
+    """The flags of this CPU that multiply bf16 natively (AMX, AVX512-BF16), from
+    /proc/cpuinfo; empty where there are none or the file cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])  # fmt: skip
+    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
+
+def bf16_flags() -> str:
+    """The bf16 flags as a record states them."""
     return ", ".join(cpu_bf16_flags()) or "none (no amx_bf16, no avx512_bf16)"
 
 

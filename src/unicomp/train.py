@@ -32,6 +32,7 @@ from torch import nn
 from unicomp.config import TrainConfig
 from unicomp.errors import TrainingDivergedError, UnicompError
 from unicomp.files import atomic_write, atomic_write_text, read_curve, run_taken
+from unicomp.provenance import cpu_bf16_flags
 from unicomp.tasks.base import Batch, Task, iter_chunks
 from unicomp.tracking import Tracker, progress_bar
 
@@ -54,18 +55,6 @@ def autocast(device: torch.device, precision: str):
 
 
 _RESOLVED: dict[str, tuple[str, str]] = {}  # device -> (precision, why), decided once
-
-
-def cpu_bf16_flags() -> list[str]:
-    """The flags of this CPU that multiply bf16 natively (AMX, AVX512-BF16), from
-    /proc/cpuinfo; empty where there are none or the file cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])  # fmt: skip
-    return [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
 
 
 def tf32_capable(device: torch.device) -> bool:
