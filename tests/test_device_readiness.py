@@ -167,10 +167,11 @@ def test_the_prepared_device_check_runs_on_the_cpu(tmp_path):
 # --- host syncs --------------------------------------------------------------------------------
 class HostSyncs(TorchFunctionMode):
     """Counts the tensor calls that make the host wait for the device (on a GPU): reading a
-    value (float, int, bool, item, tolist, numpy, cpu) or a shape that depends on values
-    (nonzero, boolean-mask indexing, masked_select, unique)."""
+    value (float, int, bool, item, tolist, cpu) or a shape that depends on values (nonzero,
+    boolean-mask indexing, masked_select, unique). ``numpy()`` is not counted: it takes a host
+    tensor, so on a GPU the read is the ``cpu()`` before it."""
 
-    READS = {"__float__", "__int__", "__bool__", "__index__", "item", "tolist", "numpy", "cpu"}
+    READS = {"__float__", "__int__", "__bool__", "__index__", "item", "tolist", "cpu"}
     SHAPED = {"nonzero", "masked_select", "unique", "argwhere", "nonzero_static"}
 
     def __init__(self):
@@ -404,3 +405,32 @@ def test_image_frames_stay_uint8_until_the_model_scales_them_on_its_device():
     scaled = {**batch.x, "states": batch.x["states"].float() / 255.0}
     with torch.no_grad():
         assert torch.allclose(model(batch.x, batch.mask), model(scaled, batch.mask), atol=1e-6)
+
+
+def test_a_dt_acting_step_reads_the_device_once():
+    """Per acting step: one read, the actions handed to the environments (two when sampling:
+    the probabilities go to the host's seeded generator). Counted over steps past the
+    context, where the window rolls."""
+    pytest.importorskip("gymnasium")
+    import numpy as np
+
+    from unicomp.models.decision_transformer import build_decision_transformer
+    from unicomp.rl.evaluate import DTAgent
+
+    for discrete, sample, budget in ((False, False, 1), (True, False, 1), (True, True, 2)):
+        for window in ("exact", "rolling"):
+            model = build_decision_transformer(5, 3, discrete=discrete, max_length=4,
+                                               max_ep_len=64, hidden_size=32)  # fmt: skip
+            agent = DTAgent(model, 100.0, np.zeros(5), np.ones(5), 1000.0, window=window,
+                            sample=sample)  # fmt: skip
+            agent.reset(3)
+            obs = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
+            for _ in range(6):
+                agent.act(obs)
+                agent.observe(np.ones(3))
+            probe = HostSyncs()
+            with probe:
+                for _ in range(4):
+                    agent.act(obs)
+                    agent.observe(np.ones(3))
+            assert len(probe.calls) <= 4 * budget, (discrete, sample, window, probe.calls)
