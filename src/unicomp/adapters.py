@@ -153,13 +153,19 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return tensors, meta
 
 
-def load_adapter(path: str | Path, backbone: str | nn.Module | None = None) -> Adapter:
+def load_adapter(
+    path: str | Path,
+    backbone: str | nn.Module | None = None,
+    device: str | torch.device | None = None,
+) -> Adapter:
     """The task model of an adapter file, ready to ``predict``.
 
     ``backbone``: None loads the one the file names (its name, seed and layers); a name loads
     that one; a loaded backbone (``unicomp.load_backbone(...)``) is used by reference, so
     adapters loaded onto the same object share it. A backbone whose weights' hash differs
     from the one the adapter was trained on is refused, naming both hashes.
+    ``device``: where the adapter runs (None: where the backbone is); the shared backbone
+    moves with it, as it does with ``adapter.to(device)``.
     """
     tensors, meta = read_adapter(path)
     seed = int(meta["backbone_seed"])
@@ -174,7 +180,8 @@ def load_adapter(path: str | Path, backbone: str | nn.Module | None = None) -> A
             f"with weights {meta['backbone_hash']}; the backbone given "
             f"({getattr(backbone, 'name', type(backbone).__name__)}) has {found}"
         )
-    return Adapter(backbone, meta, tensors, name=Path(path).stem)
+    adapter = Adapter(backbone, meta, tensors, name=Path(path).stem)
+    return adapter if device is None else adapter.to(device)
 
 
 class SharedBackbone(nn.Module):
@@ -204,6 +211,12 @@ class SharedBackbone(nn.Module):
                     f"backbone's {tuple(want)}"
                 )
             self._replace(name, value)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .half(): the shared backbone moves with the model that uses it (it
+        # is no submodule, so nn.Module would leave it behind); its other users move with it
+        self.shared._apply(fn, recurse)
+        return super()._apply(fn, recurse)
 
     def _replace(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name.replace(".", ":"), value, persistent=False)
@@ -272,6 +285,11 @@ class Adapter(nn.Module):
         self.codec = codec_for(self.task, json.loads(meta["task_args"]), spec)
 
     @property
+    def device(self) -> torch.device:
+        """Where the adapter runs (its parameters and the shared backbone)."""
+        return next(self.fpt.parameters()).device
+
+    @property
     def backbone(self) -> nn.Module:
         """The shared backbone (the object itself)."""
         return self.fpt.backbone.shared
@@ -291,6 +309,8 @@ class Adapter(nn.Module):
         x, mask = self.codec.encode(list(inputs))
         if not len(x):
             return []
+        device = self.device  # the inputs go where the model is, whole
+        x, mask = x.to(device), None if mask is None else mask.to(device)
         return self.codec.decode(self.fpt(x, mask))
 
     def describe(self) -> dict[str, Any]:
