@@ -434,3 +434,39 @@ def test_a_dt_acting_step_reads_the_device_once():
                     agent.act(obs)
                     agent.observe(np.ones(3))
             assert len(probe.calls) <= 4 * budget, (discrete, sample, window, probe.calls)
+
+
+def test_compiled_sequence_batches_come_in_a_few_fixed_lengths(tiny_gpt2, monkeypatch, tmp_path):
+    """``--compile`` on a sequence task: each training batch, padded to its own longest
+    before, is padded on to one of a few bucket lengths, so torch.compile does not compile
+    again for each new batch length; the model's outputs are the same."""
+    from unicomp.experiments.fpt import build_fpt
+    from unicomp.tasks.base import length_buckets, pad_to_bucket
+    from unicomp.tasks.listops import ListOps
+    from unicomp.train import train
+
+    task = ListOps(n_train=60, n_val=12, n_test=12, min_len=10, max_len=40)
+    buckets = length_buckets(task.spec.max_len)
+    assert len(buckets) <= 8 and buckets[-1] == task.spec.max_len
+    cfg = FPTConfig(task="listops", backbone=tiny_gpt2, train=small_train(steps=6, eval_every=6,
+                    compile=True), attn_implementation="sdpa")  # fmt: skip
+    model, _ = build_fpt(cfg, task)
+    widths = []
+
+    def compile_(net, **kwargs):  # records what the compiled model is shown in training
+        def seen(module, args):
+            if module.training:
+                widths.append(args[0].shape[1])
+
+        net.register_forward_pre_hook(seen)
+        return net
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    train(model, task, cfg.train, tmp_path)
+    assert len(widths) == 6 and set(widths) <= set(buckets), widths
+    batch = task.train_batch(0, 8, 0)
+    padded = pad_to_bucket(batch, buckets)
+    assert padded.x.shape[1] in buckets and padded.x.shape[1] >= batch.x.shape[1]
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(batch.x, batch.mask), model(padded.x, padded.mask), atol=1e-5)

@@ -32,7 +32,7 @@ from torch import nn
 from unicomp.config import TrainConfig
 from unicomp.errors import TrainingDivergedError, UnicompError
 from unicomp.files import atomic_write, atomic_write_text, read_curve
-from unicomp.tasks.base import Batch, Task, iter_chunks
+from unicomp.tasks.base import Batch, Task, iter_chunks, length_buckets, pad_to_bucket
 from unicomp.tracking import Tracker, progress_bar
 
 CURVE_FIELDS = ["step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
@@ -476,10 +476,15 @@ def train(
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    buckets = None
     if cfg.compile:
-        # Training forward only: its shapes never change, so it compiles once; evaluation
-        # (a shorter last chunk) stays eager. See docs/benchmarks.md for when this pays.
+        # Training forward only; evaluation (a shorter last chunk) stays eager. Batches
+        # padded to their own longest are padded further to one of a few lengths, so the
+        # model compiles once per length rather than once per batch. See docs/benchmarks.md
+        # for when compiling pays.
         net = torch.compile(net)
+        if task.spec.n_out_tokens is None:  # (outputs read at the last positions: as they are)
+            buckets = length_buckets(task.spec.max_len)
     rows = read_curve(curve_path, state.step) if resume else []
     if resume and state.best_step > 0:  # the run folder's files, checked before training on
         if not any(r["step"] == state.best_step for r in rows):
@@ -509,6 +514,8 @@ def train(
         step_loss = 0
         for i, chunk in enumerate(iter_chunks(batch, micro)):
             chunk = chunk.to(device)
+            if buckets is not None:
+                chunk = pad_to_bucket(chunk, buckets)
             sync = contextlib.nullcontext()
             if dist.enabled and i < cfg.grad_accum - 1:
                 sync = net.no_sync()  # all-reduce gradients once, after the last micro-batch

@@ -225,6 +225,32 @@ class Task:
         return Scored(hit.sum(), hit.numel(), hit.all(1).sum(), y.shape[0])
 
 
+def length_buckets(max_len: int, n: int = 8) -> list[int]:
+    """The padded lengths a compiled model sees for variable-length batches: ``max_len`` and
+    its halvings, each rounded up to a multiple of 8, at most ``n`` of them (torch.compile
+    keeps one graph per input shape, up to 8 by default, instead of one per batch length)."""
+    lengths = {max_len}
+    for i in range(1, n):
+        lengths.add(min(max_len, -(-max(1, max_len >> i) // 8) * 8))
+    return sorted(lengths)[-n:]
+
+
+def pad_to_bucket(batch: Batch, buckets: list[int]) -> Batch:
+    """``batch`` right-padded (token 0 or zero vectors, mask 0) to the smallest bucket that
+    holds it: for batches padded to their own longest (``mask`` set, ``x`` one tensor). The
+    padding is masked, as a batch's own is, so the model computes the same outputs; a batch
+    longer than every bucket, or without padding, is returned as it is."""
+    if batch.mask is None or isinstance(batch.x, dict):
+        return batch
+    width = batch.mask.shape[1]
+    target = next((b for b in buckets if b >= width), width)
+    if target == width:
+        return batch
+    extra = target - width
+    pad_x = (0, 0, 0, extra) if batch.x.dim() == 3 else (0, extra)
+    return Batch(F.pad(batch.x, pad_x), batch.y, F.pad(batch.mask, (0, extra)), batch.target_mask)
+
+
 def iter_chunks(batch: Batch, size: int) -> Iterator[Batch]:
     for i in range(0, len(batch), size):
         yield batch[i : i + size]
