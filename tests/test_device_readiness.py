@@ -162,6 +162,9 @@ def test_the_prepared_device_check_runs_on_the_cpu(tmp_path):
     assert found["fpt_train"]["device"] == "cpu" and found["fpt_train"]["steps"] == 20
     assert found["fpt_train"]["attention"].startswith("sdpa")
     assert found["dt_eval"]["device"] == "cpu" and "return_mean" in found["dt_eval"]
+    serve = found["serve"]  # serve --device on the exported adapter, a few requests
+    assert serve["device"] == "cpu" and serve["tasks"] == ["bit-xor"]
+    assert serve["requests"] == 5 and serve["outputs"] == 1 + 2 + 3 + 4 + 5
 
 
 # --- host syncs --------------------------------------------------------------------------------
