@@ -175,7 +175,8 @@ def process_rank() -> int:
 class Dist:
     """Process-group facts for runs under ``torchrun`` (DistributedDataParallel).
 
-    Every rank draws the same global batch for a step and trains on its own slice, so a
+    Every rank trains on its own slice of the step's global batch (``Task.train_shard``: the
+    examples are picked for the whole batch, then only the rank's part is gathered), so a
     2-process run follows a 1-process run with the same global batch. Only rank 0 writes
     files; evaluation is sharded and summed across ranks.
     """
