@@ -10,7 +10,9 @@ timed, its run folder's figures collected:
 
 1. ``fpt train`` with its defaults (attention and precision ``auto``) on bit XOR, minilm-l6;
 2. ``dt collect`` (random policy, Pendulum-v1), ``dt train`` and ``dt eval --device``;
-3. with ``--torchrun`` and at least 2 GPUs: the FPT step under ``torchrun`` with 2 processes.
+3. ``fpt export-adapter`` of that FPT run, then ``serve --device`` on it: a few predict
+   requests over HTTP (the device the server reports, each request's seconds);
+4. with ``--torchrun`` and at least 2 GPUs: the FPT step under ``torchrun`` with 2 processes.
 
 Every step's exit status and its last error line are recorded: a failing step is a finding,
 not a crash of the check. The machine (CPU model and bf16 flags, GPU name and compute
@@ -23,10 +25,13 @@ import argparse
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -67,6 +72,64 @@ def step(name: str, argv: list[str], results: dict, env: dict | None = None) -> 
     return proc.returncode == 0
 
 
+def _http(url: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as answer:
+        return json.loads(answer.read())
+
+
+def serve_check(uni: list[str], backbone: str, adapters: Path, device: str, results: dict,
+                requests: int = 5, start_timeout: float = 300) -> None:  # fmt: skip
+    """``unicomp serve --device`` on the adapters of ``adapters``; ``requests`` predictions of
+    bit XOR over HTTP, each timed; the server stopped after."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [*uni, "serve", "--backbone", backbone, "--adapters", str(adapters), "--port",
+            str(port), "--device", device, "--rescan-seconds", "0"]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    found: dict = {"command": " ".join(argv), "exit": 1}
+    t = time.perf_counter()
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                if proc.poll() is not None or time.perf_counter() - t > start_timeout:
+                    log.seek(0)
+                    lines = [x for x in log.read().splitlines() if x.strip()] or ["no output"]
+                    found["error"] = lines[-1][:300]
+                    break
+                try:
+                    listed = _http(f"{url}/tasks")
+                    break
+                except (urllib.error.URLError, ConnectionError):
+                    time.sleep(0.5)
+            if "error" not in found:
+                found["start_seconds"] = round(time.perf_counter() - t, 1)
+                found["device"] = listed["backbone"].get("device")
+                found["tasks"] = [task["name"] for task in listed["tasks"]]
+                seconds, outputs = [], 0
+                for i in range(requests):
+                    inputs = [[f"{i % 32:05b}", f"{(7 * i) % 32:05b}"]] * (1 + i)
+                    r = time.perf_counter()
+                    outputs += len(_http(f"{url}/tasks/bit-xor/predict", {"inputs": inputs})
+                                   ["outputs"])  # fmt: skip
+                    seconds.append(round(time.perf_counter() - r, 4))
+                found |= {"exit": 0, "requests": requests, "outputs": outputs,
+                          "request_seconds": seconds}  # fmt: skip
+        except Exception as err:  # a failing step is a finding
+            found["error"] = f"{type(err).__name__}: {err}"[:300]
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    found["seconds"] = round(time.perf_counter() - t, 1)
+    results["serve"] = found
+
+
 def read(path: Path, keys: tuple[str, ...]) -> dict:
     m = json.loads(path.read_text())
     return {k: m.get(k) for k in keys}
@@ -94,7 +157,13 @@ def main() -> None:
                               "--no-progress", "--out", str(fpt)], results):  # fmt: skip
             results["fpt_train"] |= read(fpt / "metrics.json", (
                 "test_accuracy", "precision", "precision_reason", "attention", "device",
-                "train_seconds", "steps"))  # fmt: skip
+                "train_seconds", "steps", "data_on"))  # fmt: skip
+            adapters = tmp / "adapters"
+            adapters.mkdir()
+            adapter = adapters / "bit-xor.safetensors"
+            export = [*uni, "fpt", "export-adapter", str(fpt), "-o", str(adapter)]
+            if step("export_adapter", export, results):
+                serve_check(uni, "minilm-l6", adapters, args.device, results)
         data, dt = tmp / "pendulum", tmp / "dt"
         episodes = "8" if args.quick else "50"
         ok = step("dt_collect", [*uni, "dt", "collect", "--env", "Pendulum-v1", "--policy",

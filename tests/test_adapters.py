@@ -395,3 +395,46 @@ def test_an_adapter_header_or_tensor_that_lies_is_refused_before_anything_is_bui
     with pytest.raises(UnicompError, match=re.escape(message)) as err:
         load_adapter(path)
     assert "\n" not in str(err.value)
+
+
+def test_an_adapter_runs_where_it_is_put_with_its_shared_backbone(adapter_runs, tiny_bert):
+    """``load_adapter(..., device=)`` and ``adapter.to()`` move the shared backbone too (no
+    submodule of the adapter, it stayed on the CPU before), and ``predict`` moves its inputs
+    to the adapter's device. The meta device stands in for a GPU."""
+    import unicomp
+    from unicomp.adapters import load_adapter
+
+    inputs = ["[MAX 1 2 ]", "[SM 3 4 [MIN 5 6 ] ]"]
+    path = adapter_runs["files"] / "listops.safetensors"
+    on_cpu = load_adapter(path, device="cpu")
+    assert on_cpu.device == torch.device("cpu") and len(on_cpu.predict(inputs)) == 2
+    backbone = unicomp.load_backbone(tiny_bert)
+    adapter = load_adapter(path, backbone, device="meta")
+    meta = torch.device("meta")
+    everything = [*backbone.parameters(), *backbone.buffers(), *adapter.parameters(),
+                  *adapter.buffers()]  # fmt: skip
+    assert adapter.backbone is backbone and all(t.device == meta for t in everything)
+    seen = []
+
+    def forward(x, mask=None):
+        seen.append((x.device, mask.device))
+        return torch.zeros(len(x), adapter.fpt.spec.d_out)  # decoded on the host
+
+    adapter.fpt.forward = forward
+    adapter.predict(inputs)
+    assert seen == [(meta, meta)]
+
+
+def test_serve_puts_the_backbone_and_adapters_on_its_device(adapter_runs, tiny_bert, tmp_path):
+    pytest.importorskip("fastapi")
+    import shutil
+
+    from unicomp.serve import ServeConfig, Server
+
+    shutil.copy(adapter_runs["files"] / "xor.safetensors", tmp_path / "xor.safetensors")
+    server = Server(ServeConfig(backbone=tiny_bert, adapters=tmp_path, device="cpu"))
+    server.scan_now()
+    assert server.describe()["backbone"]["device"] == "cpu"
+    assert server.tasks["xor"].adapter.device == torch.device("cpu")
+    assert server.tasks["xor"].adapter.predict([["10101", "00111"]])
+    server.executor.shutdown()

@@ -175,13 +175,19 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return tensors, meta
 
 
-def load_adapter(path: str | Path, backbone: str | nn.Module | None = None) -> Adapter:
+def load_adapter(
+    path: str | Path,
+    backbone: str | nn.Module | None = None,
+    device: str | torch.device | None = None,
+) -> Adapter:
     """The task model of an adapter file, ready to ``predict``.
 
     ``backbone``: None loads the one the file names (its name, seed and layers); a name loads
     that one; a loaded backbone (``unicomp.load_backbone(...)``) is used by reference, so
     adapters loaded onto the same object share it. A backbone whose weights' hash differs
     from the one the adapter was trained on is refused, naming both hashes.
+    ``device``: where the adapter runs (None: where the backbone is); the shared backbone
+    moves with it, as it does with ``adapter.to(device)``.
     """
     tensors, meta = read_adapter(path)
     seed = int(meta["backbone_seed"])
@@ -197,7 +203,8 @@ def load_adapter(path: str | Path, backbone: str | nn.Module | None = None) -> A
             f"({getattr(backbone, 'name', type(backbone).__name__)}) has {found}"
         )
     check_adapter(meta, tensors, backbone, f"adapter {path}")
-    return Adapter(backbone, meta, tensors, name=Path(path).stem)
+    adapter = Adapter(backbone, meta, tensors, name=Path(path).stem)
+    return adapter if device is None else adapter.to(device)
 
 
 # The longest input an adapter may declare (spec.max_len): the position table fitted to it is
@@ -311,6 +318,12 @@ class SharedBackbone(nn.Module):
                 )
             self._replace(name, value)
 
+    def _apply(self, fn, recurse: bool = True):
+        # .to(), .cuda(), .half(): the shared backbone moves with the model that uses it (it
+        # is no submodule, so nn.Module would leave it behind); its other users move with it
+        self.shared._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
     def _replace(self, name: str, value: torch.Tensor) -> None:
         self.register_buffer(name.replace(".", ":"), value, persistent=False)
 
@@ -378,6 +391,11 @@ class Adapter(nn.Module):
         self.codec = codec_for(self.task, json.loads(meta["task_args"]), spec)
 
     @property
+    def device(self) -> torch.device:
+        """Where the adapter runs (its parameters and the shared backbone)."""
+        return next(self.fpt.parameters()).device
+
+    @property
     def backbone(self) -> nn.Module:
         """The shared backbone (the object itself)."""
         return self.fpt.backbone.shared
@@ -397,6 +415,8 @@ class Adapter(nn.Module):
         x, mask = self.codec.encode(list(inputs))
         if not len(x):
             return []
+        device = self.device  # the inputs go where the model is, whole
+        x, mask = x.to(device), None if mask is None else mask.to(device)
         return self.codec.decode(self.fpt(x, mask))
 
     def describe(self) -> dict[str, Any]:

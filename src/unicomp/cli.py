@@ -244,6 +244,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         max_body_bytes=args.max_body_bytes,
         rescan=args.rescan_seconds,
+        device=args.device,
     )
     if args.threads:
         import torch
@@ -272,6 +273,9 @@ def _add_serve_command(sub) -> None:
         "--rescan-seconds", type=float, default=2.0, help="folder scan interval (0: on request)"
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--device", default="auto", help="where the models run: auto | cpu | cuda | cuda:N [auto]"
+    )
     p.set_defaults(func=cmd_serve)
 
 

@@ -55,7 +55,7 @@ from unicomp.data import cache_dir
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write
 from unicomp.registry import FREEZE_POLICIES
-from unicomp.tasks.base import Batch, Scored, Task, TensorTask
+from unicomp.tasks.base import Batch, Scored, Task, TensorTask, shard_range
 from unicomp.train import autocast, pick_device, process_rank
 
 MODES = ("auto", "off", "memory", "disk")
@@ -152,8 +152,14 @@ class CachedFeatureTask(Task):
         self.select_by = task.select_by
         self.default_train = task.default_train
 
+    stored = ("features",)
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         return self.features["train"][self.task.train_indices(step, batch_size, seed)]
+
+    def train_shard(self, step: int, batch_size: int, seed: int, rank: int, world: int) -> Batch:
+        idx = self.task.train_indices(step, batch_size, seed)
+        return self.features["train"][idx[shard_range(batch_size, rank, world)]]
 
     def split(self, name: str) -> Batch:
         return self.features[name]

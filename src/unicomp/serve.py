@@ -63,6 +63,7 @@ class ServeConfig:
     max_batch: int = 64  # inputs per model batch (and per request)
     max_body_bytes: int = 1_000_000
     rescan: float = 2.0  # seconds between scans of the folder; 0: only on request
+    device: str = "auto"  # where the backbone and every adapter run: auto | cpu | cuda | cuda:N
 
 
 @dataclass
@@ -89,13 +90,16 @@ class Server:
     def __init__(self, cfg: ServeConfig):
         from unicomp.adapters import backbone_hash
         from unicomp.backbones.hf import load_backbone
+        from unicomp.train import pick_device
 
         if not cfg.adapters.is_dir():
             raise UnicompError(f"--adapters {cfg.adapters}: no such folder")
         self.cfg = cfg
+        self.device = pick_device(cfg.device)
         self.backbone = load_backbone(cfg.backbone, seed=cfg.seed).eval()
         self.backbone.requires_grad_(False)
-        self.hash = backbone_hash(self.backbone)
+        self.hash = backbone_hash(self.backbone)  # of the weights as loaded, before the move
+        self.backbone.to(self.device)
         self.tasks: dict[str, _Task] = {}
         self.rejected: dict[str, dict[str, Any]] = {}  # name -> {"file", "error", "state"}
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="unicomp-model")
@@ -113,7 +117,7 @@ class Server:
     def _load(self, path: Path):
         from unicomp.adapters import load_adapter
 
-        return load_adapter(path, self.backbone)
+        return load_adapter(path, self.backbone, device=self.device)
 
     def scan_now(self) -> None:
         """Synchronous scan (at start-up, before the event loop serves)."""
@@ -266,6 +270,7 @@ class Server:
                 "params": sum(p.numel() for p in self.backbone.parameters()),
                 "hash": self.hash,
                 "source": self.backbone.source,
+                "device": str(self.device),
             },
             "tasks": [t.adapter.describe() for t in self.tasks.values()],
             "rejected": {

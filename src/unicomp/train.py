@@ -33,7 +33,7 @@ from unicomp.config import TrainConfig
 from unicomp.errors import TrainingDivergedError, UnicompError
 from unicomp.files import atomic_write, atomic_write_text, read_curve, run_taken
 from unicomp.provenance import cpu_bf16_flags
-from unicomp.tasks.base import Batch, Task, iter_chunks
+from unicomp.tasks.base import Batch, Task, iter_chunks, length_buckets, pad_to_bucket
 from unicomp.tracking import Tracker, progress_bar
 
 CURVE_FIELDS = ["step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds"]
@@ -164,7 +164,8 @@ def process_rank() -> int:
 class Dist:
     """Process-group facts for runs under ``torchrun`` (DistributedDataParallel).
 
-    Every rank draws the same global batch for a step and trains on its own slice, so a
+    Every rank trains on its own slice of the step's global batch (``Task.train_shard``: the
+    examples are picked for the whole batch, then only the rank's part is gathered), so a
     2-process run follows a 1-process run with the same global batch. Only rank 0 writes
     files; evaluation is sharded and summed across ranks.
     """
@@ -188,6 +189,14 @@ class Dist:
                 td.init_process_group("gloo")
         self.is_main = self.rank == 0
 
+    @classmethod
+    def single(cls) -> Dist:
+        """One process, no group: ``sum`` only reads its values to the host."""
+        one = cls.__new__(cls)
+        one.world, one.rank, one.enabled, one.owned, one.is_main = 1, 0, False, False, True
+        one.device = torch.device("cpu")
+        return one
+
     def close(self) -> None:
         """Tear down a group we created: exiting with gloo's threads alive can abort."""
         if self.owned:
@@ -197,17 +206,10 @@ class Dist:
             td.destroy_process_group()
             self.owned = False
 
-    def shard(self, batch: Batch) -> Batch:
-        if not self.enabled:
-            return batch
-        if len(batch) % self.world:
-            raise UnicompError(
-                f"batch_size {len(batch)} is not divisible by the {self.world} processes"
-            )
-        per = len(batch) // self.world
-        return batch[self.rank * per : (self.rank + 1) * per]
-
-    def sum(self, values: list[float]) -> list[float]:
+    def sum(self, values: list[float | torch.Tensor]) -> list[float]:
+        """Each value summed over the ranks, read to the host (0-dim tensors too: the loop's
+        device-side sums are read here, at evaluation, and nowhere per step)."""
+        values = [float(v) for v in values]
         if not self.enabled:
             return values
         import torch.distributed as td
@@ -238,17 +240,17 @@ def evaluate(
     model.eval()
     if dist is not None and dist.enabled:
         split = split[dist.rank :: dist.world]
-    hits = total = seq_hits = n = 0
-    loss_sum = 0.0
+    hits = total = seq_hits = n = loss_sum = 0  # summed on the device, read once at the end
     for chunk in iter_chunks(split, cfg.eval_batch_size):
         chunk = chunk.to(device)
         with autocast(device, cfg.precision):
             logits = model(chunk.x, chunk.mask)
-        loss_sum += float(task.loss(logits, chunk.y, chunk.target_mask)) * len(chunk)
+        loss_sum = loss_sum + task.loss(logits, chunk.y, chunk.target_mask).float() * len(chunk)
         h, t, sh, sn = task.correct(logits, chunk.y, chunk.target_mask)
         hits, total, seq_hits, n = hits + h, total + t, seq_hits + sh, n + sn
-    if dist is not None:
-        loss_sum, hits, total, seq_hits, n = dist.sum([loss_sum, hits, total, seq_hits, n])
+    loss_sum, hits, total, seq_hits, n = (dist or Dist.single()).sum(
+        [loss_sum, hits, total, seq_hits, n]
+    )
     return {
         "loss": loss_sum / max(n, 1),
         "accuracy": _ratio(hits, total),
@@ -424,6 +426,7 @@ def train(
     for warning in warnings if dist.is_main else ():
         print(f"unicomp: warning: {warning}", file=sys.stderr, flush=True)
     model.to(device)
+    data_on = task.place(device)  # after the model: the memory rule counts what is left
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     ckpt_path, best_path, curve_path = (
@@ -461,10 +464,15 @@ def train(
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    buckets = None
     if cfg.compile:
-        # Training forward only: its shapes never change, so it compiles once; evaluation
-        # (a shorter last chunk) stays eager. See docs/benchmarks.md for when this pays.
+        # Training forward only; evaluation (a shorter last chunk) stays eager. Batches
+        # padded to their own longest are padded further to one of a few lengths, so the
+        # model compiles once per length rather than once per batch. See docs/benchmarks.md
+        # for when compiling pays.
         net = torch.compile(net)
+        if task.spec.n_out_tokens is None:  # (outputs read at the last positions: as they are)
+            buckets = length_buckets(task.spec.max_len)
     rows = read_curve(curve_path, state.step) if resume else []
     if resume and state.best_step > 0:  # the run folder's files, checked before training on
         if not any(r["step"] == state.best_step for r in rows):
@@ -472,7 +480,9 @@ def train(
         _load_best(best_path, device)
     val_split = task.split("val")
     tracker = Tracker(cfg.track if dist.is_main else "none", out, run_config)
-    run_loss = run_hits = run_total = 0.0
+    # Running sums since the last evaluation, kept on the device: reading them per step would
+    # make the host wait for the device (a sync) each time; they are read at evaluation.
+    run_loss = run_hits = run_total = 0
     started = time.perf_counter() - state.seconds
     bar = progress_bar(
         cfg.steps, task.name, cfg.progress and dist.is_main, initial=state.step, leave=False
@@ -487,9 +497,13 @@ def train(
         stopped_by = "patience"
     while step < cfg.steps and stopped_by == "steps":
         net.train()
-        batch = dist.shard(task.train_batch(step, cfg.batch_size, cfg.seed))
+        # this rank's part of the step's global batch, picked before it is gathered
+        batch = task.train_shard(step, cfg.batch_size, cfg.seed, dist.rank, dist.world)
+        step_loss = 0
         for i, chunk in enumerate(iter_chunks(batch, micro)):
             chunk = chunk.to(device)
+            if buckets is not None:
+                chunk = pad_to_bucket(chunk, buckets)
             sync = contextlib.nullcontext()
             if dist.enabled and i < cfg.grad_accum - 1:
                 sync = net.no_sync()  # all-reduce gradients once, after the last micro-batch
@@ -499,18 +513,20 @@ def train(
                 loss = task.loss(logits, chunk.y, chunk.target_mask)
                 (loss / cfg.grad_accum).backward()
             scored = task.correct(logits.detach(), chunk.y, chunk.target_mask)
-            run_loss += float(loss.detach()) / cfg.grad_accum / dist.world
+            step_loss = step_loss + loss.detach().float() / cfg.grad_accum
             run_hits, run_total = run_hits + scored.hits, run_total + scored.elements
-        finite = dist.sum([float(math.isfinite(run_loss))])[0] == dist.world
+        # the step's one host sync: a diverged loss stops the run at the step it diverged
+        finite = dist.sum([torch.isfinite(step_loss)])[0] == dist.world
         if not finite:
             raise TrainingDivergedError(
-                f"loss became {run_loss} at step {step}; {_kept_checkpoint(ckpt_path, state)}; "
-                "lower --lr or set --grad-clip"
+                f"loss became {float(step_loss)} at step {step}; "
+                f"{_kept_checkpoint(ckpt_path, state)}; lower --lr or set --grad-clip"
             )
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(
                 [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
             )
+        run_loss = run_loss + step_loss / dist.world
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -578,6 +594,8 @@ def train(
     # joined gloo threads waiting on a peer that had already exited (a hang seen under load)
     del net
     dist.close()
+    constant = constant_answer_accuracy(test_split)
+    task.unplace()
     best_row = next(r for r in rows if r["step"] == state.best_step)
     return {
         "test_accuracy": test["accuracy"],
@@ -586,7 +604,7 @@ def train(
         # what the verdict rules need: the figure's evaluation noise (scored elements), the
         # floor a row that did not learn sits at, and the selected weights on the train split
         "test_elements": test["elements"],
-        "test_constant_accuracy": constant_answer_accuracy(test_split),
+        "test_constant_accuracy": constant,
         "train_split_accuracy": train_acc,
         "train_split_examples": None if fixed_train is None else len(fixed_train),
         "val_accuracy": best_row["val_accuracy"],
@@ -602,6 +620,7 @@ def train(
         "precision": precision,
         "precision_reason": precision_why,
         "compiled": cfg.compile,
+        "data_on": data_on,  # where the task's stored data was: device, pinned or host
         "processes": dist.world,
         "warnings": warnings,
     }

@@ -152,6 +152,12 @@ class ConvEncoder(nn.Module):
         return self.proj(self.convs(images))
 
 
+def one_hot_actions(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """(...,) action ids -> (..., n) float one-hot, on ids' device. Not ``F.one_hot``, which
+    reads the ids' range on the host (a sync per call on a GPU)."""
+    return (ids.long()[..., None] == torch.arange(n, device=ids.device)).float()
+
+
 class KVCache:
     """Keys and values of the tokens fed so far, per layer, in buffers of shape (B, heads,
     capacity, head_dim) written in place: tokens ``start`` .. ``end - 1`` are live. New
@@ -278,6 +284,8 @@ class DecisionTransformer(nn.Module):
 
     # --- embeddings ----------------------------------------------------------------------------
     def _embed_states(self, states: torch.Tensor) -> torch.Tensor:
+        if states.dtype == torch.uint8:  # image frames come as uint8, scaled here on the device
+            states = states.float() / 255.0
         if self.config.image_shape is None:
             return self.embed_state(states)
         lead = states.shape[:-3]
@@ -473,7 +481,7 @@ class DecisionTransformer(nn.Module):
     def record_action(self, rollout: DTRollout, action: torch.Tensor) -> None:
         """The action taken at the last step: (B, act) floats, or (B,) ids if discrete."""
         if self.config.discrete and action.dim() == 1:
-            action = nn.functional.one_hot(action.long(), self.config.act_dim).float()
+            action = one_hot_actions(action, self.config.act_dim)
         rollout.actions[-1] = action.float()
         rollout.pending = True
 

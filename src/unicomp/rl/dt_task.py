@@ -39,13 +39,14 @@ import torch
 import torch.nn.functional as F
 
 from unicomp.errors import DataError
+from unicomp.models.decision_transformer import one_hot_actions
 from unicomp.rl.trajectories import (
     TrajectoryDataset,
     delay_rewards,
     read_datasets,
     select_top_percent,
 )
-from unicomp.tasks.base import Batch, Scored, Task, TaskSpec, batch_generator
+from unicomp.tasks.base import Batch, Scored, Task, TaskSpec, batch_generator, shard_range
 
 
 class _Flat:
@@ -187,28 +188,30 @@ class DTTask(Task):
         }
 
     def windows(self, split: str, starts: torch.Tensor) -> Batch:
-        """The windows that begin at flat step indices ``starts`` (B,) of ``split``."""
+        """The windows that begin at flat step indices ``starts`` (B,) of ``split``, gathered
+        where the split's tensors are (the training device once ``place``d there)."""
         t = self._tensors[split]
         K = self.context
+        starts = starts.to(t["ep_end"].device, non_blocking=True)
         end = torch.minimum(starts + K, t["ep_end"][starts])  # (B,) exclusive
-        idx = end[:, None] - K + torch.arange(K)  # (B, K), left-padded when the window is short
+        idx = end[:, None] - K + torch.arange(K, device=starts.device)  # (B, K), left-padded
         mask = idx >= starts[:, None]  # (B, K) real steps
         idx = idx.clamp(min=0)  # padded slots read any valid row, then are zeroed
 
         def take(x: torch.Tensor) -> torch.Tensor:
             v = x[idx]  # (B, K, ...)
             m = mask.reshape(*mask.shape, *([1] * (v.dim() - 2)))
-            return torch.where(m, v, torch.zeros((), dtype=v.dtype))
+            return torch.where(m, v, v.new_zeros(()))
 
         actions = take(t["actions"])  # (B, K) ids or (B, K, act); 0 at padded steps
         if self.discrete:
-            action_in = F.one_hot(actions, self.act_dim).float() * mask[..., None]
+            action_in = one_hot_actions(actions, self.act_dim) * mask[..., None]
         else:
             action_in = actions
         rtg = take(t["rtg"])[..., None]  # (B, K, 1)
-        states = take(t["states"])  # (B, K, *obs)
-        if states.dtype == torch.uint8:
-            states = states.float() / 255.0  # image frames scaled to [0, 1]
+        # (B, K, *obs); image frames stay uint8 (a quarter of float32's bytes to gather and
+        # copy): the model scales them to [0, 1] on its device
+        states = take(t["states"])
         x = {
             "returns_to_go": rtg if self.use_returns else torch.zeros_like(rtg),
             "states": states,
@@ -217,10 +220,15 @@ class DTTask(Task):
         }
         return Batch(x=x, y=actions, mask=mask.long(), target_mask=mask)
 
+    stored = ("_tensors", "_splits")
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
+        return self.train_shard(step, batch_size, seed, 0, 1)
+
+    def train_shard(self, step: int, batch_size: int, seed: int, rank: int, world: int) -> Batch:
         g = batch_generator(seed, step)
         starts = torch.randint(0, self._flat["train"].n, (batch_size,), generator=g)
-        return self.windows("train", starts)
+        return self.windows("train", starts[shard_range(batch_size, rank, world)])
 
     def split(self, name: str) -> Batch:
         """A fixed set of windows from the held-out episodes: every start step, or a seeded
@@ -241,12 +249,19 @@ class DTTask(Task):
     ) -> torch.Tensor:
         """Over the real steps (``target_mask`` (B, K); None: every step): mean squared error
         over them and the action dimensions (the official loss), or cross-entropy (discrete).
-        Selected rather than multiplied: outputs at padded steps are never looked at."""
-        real = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
-        real = real if target_mask is None else target_mask.bool()
+        Weighted sums rather than boolean-mask selection (whose shape depends on the mask's
+        values: a host sync on a GPU); outputs at padded steps are replaced, never looked at."""
+        if target_mask is None:
+            target_mask = torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
+        real = target_mask.bool()
+        count = real.sum().clamp_min(1)
         if self.discrete:
-            return F.cross_entropy(outputs[real].float(), y[real])
-        return F.mse_loss(outputs[real].float(), y[real])
+            per_step = F.cross_entropy(
+                outputs.float().flatten(0, 1), y.flatten(), reduction="none"
+            ).view(y.shape)
+        else:
+            per_step = (outputs.float() - y.float()).square().mean(-1)  # (B, K)
+        return torch.where(real, per_step, per_step.new_zeros(())).sum() / count
 
     def correct(
         self, outputs: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
@@ -257,7 +272,7 @@ class DTTask(Task):
         real = torch.ones_like(y, dtype=torch.bool) if target_mask is None else target_mask.bool()
         hit = (outputs.argmax(-1) == y) & real
         full = (hit | ~real).all(1)
-        return Scored(int(hit.sum()), int(real.sum()), int(full.sum()), y.shape[0])
+        return Scored(hit.sum(), real.sum(), full.sum(), y.shape[0])
 
     def normalization(self) -> dict:
         """What an agent needs to act as in training (see unicomp.rl.evaluate.DTAgent)."""

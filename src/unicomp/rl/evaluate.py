@@ -266,11 +266,11 @@ class DTAgent:
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
-        s = torch.as_tensor(obs, dtype=torch.float32)
-        if obs.dtype == np.uint8:
-            s = s / 255.0  # image frames, scaled as DTTask scales them
-        elif self.state_mean is not None:
-            s = (s - self.state_mean) / self.state_std
+        s = torch.as_tensor(obs)
+        if obs.dtype != np.uint8:  # image frames stay uint8: the model scales them on its device
+            s = s.float()
+            if self.state_mean is not None:
+                s = (s - self.state_mean) / self.state_std
         # Timesteps past the embedding table reuse its last row, as in training.
         t = min(self.t, self.model.config.max_ep_len - 1)
         timestep = torch.full((len(s),), t, dtype=torch.long)

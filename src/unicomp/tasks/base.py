@@ -27,6 +27,15 @@ def _map(x: Inputs, fn) -> Inputs:
     return {k: fn(v) for k, v in x.items()} if isinstance(x, dict) else fn(x)
 
 
+def _copy(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``t`` on ``device``; a host tensor bound for a GPU goes through pinned memory, copied
+    without blocking (the copy overlaps the device's work instead of stalling the host)."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @dataclass
 class Batch:
     """x: (B, T, d_in) float vector tokens, (B, T) long token ids, or a dict of such tensors
@@ -47,10 +56,10 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
-            _map(self.x, lambda t: t.to(device)),
-            self.y.to(device),
-            None if self.mask is None else self.mask.to(device),
-            None if self.target_mask is None else self.target_mask.to(device),
+            _map(self.x, lambda t: _copy(t, device)),
+            _copy(self.y, device),
+            None if self.mask is None else _copy(self.mask, device),
+            None if self.target_mask is None else _copy(self.target_mask, device),
         )
 
     def __getitem__(self, idx) -> Batch:
@@ -64,11 +73,13 @@ class Batch:
 
 
 class Scored(NamedTuple):
-    """What ``Task.correct`` counts on a batch; the loop sums it over batches."""
+    """What ``Task.correct`` counts on a batch; the loop sums it over batches. Counts that
+    depend on values are 0-dim tensors on the logits' device, never read per batch (a read is a
+    host sync on a GPU): the loop sums them there and reads the sums at evaluation."""
 
-    hits: int  # scored elements predicted right
-    elements: int  # scored elements (0: the task counts none, e.g. continuous actions)
-    exact: int  # examples with every scored element right
+    hits: int | torch.Tensor  # scored elements predicted right
+    elements: int | torch.Tensor  # scored elements (0: the task counts none, e.g. continuous)
+    exact: int | torch.Tensor  # examples with every scored element right
     examples: int
 
 
@@ -82,6 +93,58 @@ class TaskSpec:
     d_in: int | None = None  # vector tokens: values per token
     vocab_size: int | None = None  # discrete tokens: vocabulary size (padding id 0)
     n_out_tokens: int | None = None  # sequence outputs: read the last n positions; None = one
+
+
+# The memory rule for a task's stored data: on a GPU it is placed there once when it takes at
+# most this share of the memory free after the model is placed (the rest is for activations,
+# gradients and the optimizer); otherwise batches are gathered on the host and copied through
+# pinned memory without blocking (Batch.to).
+DATA_SHARE_OF_FREE_MEMORY = 0.25
+
+
+def data_placement(nbytes: int, device: torch.device) -> str:
+    """Where a task's ``nbytes`` of stored data live while training on ``device``: "device"
+    (placed there once), "pinned" (on the host; batches copied through pinned memory) or
+    "host" (the device is the CPU)."""
+    if device.type == "cpu":
+        return "host"
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return "device" if nbytes <= DATA_SHARE_OF_FREE_MEMORY * free else "pinned"
+    return "device"  # the meta device (the device tests) and other accelerators
+
+
+def _tensors(obj) -> Iterator[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, Batch):
+        yield from _tensors([obj.x, obj.y, obj.mask, obj.target_mask])
+    elif isinstance(obj, dict):
+        yield from _tensors(list(obj.values()))
+    elif isinstance(obj, list | tuple):
+        for item in obj:
+            yield from _tensors(item)
+
+
+def _moved(obj, device: torch.device):
+    """``obj`` (tensors, Batches, dicts of them) with every tensor on ``device``; anything
+    else (ragged sequences kept as arrays) as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, Batch):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _moved(v, device) for k, v in obj.items()}
+    return obj
+
+
+def shard_range(batch_size: int, rank: int, world: int) -> slice:
+    """Rank ``rank``'s part of a global batch of ``batch_size`` examples split over ``world``
+    processes (in order: rank 0 the first part)."""
+    if batch_size % world:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {world} processes")
+    per = batch_size // world
+    return slice(rank * per, (rank + 1) * per)
 
 
 def batch_generator(seed: int, step: int) -> torch.Generator:
@@ -101,8 +164,38 @@ class Task:
     select_by: str = "accuracy"
     vocab: tuple[str, ...] | None = None  # token-id tasks: each id's token (attention plots)
 
+    # Attributes that hold the task's stored tensors, which ``place`` moves to the training
+    # device (empty: the task draws or builds its data on the host each step).
+    stored: tuple[str, ...] = ()
+
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         raise NotImplementedError
+
+    def train_shard(self, step: int, batch_size: int, seed: int, rank: int, world: int) -> Batch:
+        """Rank ``rank``'s part of the global batch ``train_batch(step, batch_size, seed)``
+        (``shard_range``). Here the whole batch is drawn and cut (generated tasks draw cheap
+        examples, and must draw the same ones as a 1-process run); tasks that gather stored
+        examples pick the rank's part first and gather only it."""
+        batch = self.train_batch(step, batch_size, seed)
+        return batch if world == 1 else batch[shard_range(batch_size, rank, world)]
+
+    def place(self, device: torch.device) -> str:
+        """Put the stored data (``stored``) on ``device`` once where it fits
+        (``data_placement``), so batches are gathered there; ``unplace`` undoes it. Returns
+        where the data is: "device", "pinned" or "host"."""
+        held = {a: getattr(self, a) for a in self.stored if hasattr(self, a)}
+        nbytes = sum(t.nbytes for t in _tensors(list(held.values())))
+        where = data_placement(nbytes, device) if held else "host"
+        if where == "device":
+            self.__dict__.setdefault("_host_data", held)
+            for attr, value in held.items():
+                setattr(self, attr, _moved(value, device))
+        return where
+
+    def unplace(self) -> None:
+        """The stored data back where it was before ``place`` (the host copies, kept)."""
+        for attr, value in self.__dict__.pop("_host_data", {}).items():
+            setattr(self, attr, value)
 
     def split(self, name: str) -> Batch:
         """The whole held-out split ``val`` or ``test`` as one Batch (evaluated in chunks)."""
@@ -129,7 +222,33 @@ class Task:
     ) -> Scored:
         pred = logits.reshape(y.shape[0], -1, self.spec.n_classes).argmax(-1)
         hit = pred == y.reshape(y.shape[0], -1)
-        return Scored(int(hit.sum()), hit.numel(), int(hit.all(1).sum()), y.shape[0])
+        return Scored(hit.sum(), hit.numel(), hit.all(1).sum(), y.shape[0])
+
+
+def length_buckets(max_len: int, n: int = 8) -> list[int]:
+    """The padded lengths a compiled model sees for variable-length batches: ``max_len`` and
+    its halvings, each rounded up to a multiple of 8, at most ``n`` of them (torch.compile
+    keeps one graph per input shape, up to 8 by default, instead of one per batch length)."""
+    lengths = {max_len}
+    for i in range(1, n):
+        lengths.add(min(max_len, -(-max(1, max_len >> i) // 8) * 8))
+    return sorted(lengths)[-n:]
+
+
+def pad_to_bucket(batch: Batch, buckets: list[int]) -> Batch:
+    """``batch`` right-padded (token 0 or zero vectors, mask 0) to the smallest bucket that
+    holds it: for batches padded to their own longest (``mask`` set, ``x`` one tensor). The
+    padding is masked, as a batch's own is, so the model computes the same outputs; a batch
+    longer than every bucket, or without padding, is returned as it is."""
+    if batch.mask is None or isinstance(batch.x, dict):
+        return batch
+    width = batch.mask.shape[1]
+    target = next((b for b in buckets if b >= width), width)
+    if target == width:
+        return batch
+    extra = target - width
+    pad_x = (0, 0, 0, extra) if batch.x.dim() == 3 else (0, extra)
+    return Batch(F.pad(batch.x, pad_x), batch.y, F.pad(batch.mask, (0, extra)), batch.target_mask)
 
 
 def iter_chunks(batch: Batch, size: int) -> Iterator[Batch]:
@@ -166,6 +285,12 @@ class TensorTask(Task):
 
     data: dict[str, Batch]
 
+    @property
+    def stored(self) -> tuple[str, ...]:  # type: ignore[override]
+        # placed only where training indexes ``data`` as it is (not where a subclass builds
+        # its batches otherwise, e.g. from host-side draws)
+        return ("data",) if type(self).train_batch is TensorTask.train_batch else ()
+
     def split(self, name: str) -> Batch:
         return self.data[name]
 
@@ -181,3 +306,9 @@ class TensorTask(Task):
 
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         return self.data["train"][self.train_indices(step, batch_size, seed)]
+
+    def train_shard(self, step: int, batch_size: int, seed: int, rank: int, world: int) -> Batch:
+        if type(self).train_batch is not TensorTask.train_batch:
+            return super().train_shard(step, batch_size, seed, rank, world)
+        idx = self.train_indices(step, batch_size, seed)[shard_range(batch_size, rank, world)]
+        return self.data["train"][idx]

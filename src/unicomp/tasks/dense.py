@@ -111,7 +111,7 @@ class DigitsInpaint(TensorTask):
         hidden = torch.ones_like(y, dtype=torch.bool) if target_mask is None else target_mask
         hit = (pred == y) & hidden
         all_right = (hit | ~hidden).all(dim=1)
-        return Scored(int(hit.sum()), int(hidden.sum()), int(all_right.sum()), y.shape[0])
+        return Scored(hit.sum(), hidden.sum(), all_right.sum(), y.shape[0])
 
     def save_examples(self, model: nn.Module, path: Path) -> Path:
         return save_dense_examples(model, self, path)
