@@ -71,10 +71,15 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_gpt2, monkeypat
         return loss * float("nan") if calls["n"] > 8 else loss  # train steps 0-3 + evals fine
 
     monkeypatch.setattr(bits.BitXOR, "loss", flaky_loss)
+    import unicomp.tracking as tracking
+
+    closed = []
+    monkeypatch.setattr(tracking.Tracker, "close", lambda self: closed.append(self.kind))
     with pytest.raises(TrainingDivergedError, match="loss became nan"):
         run_fpt(cfg)
     ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
     assert ckpt["state"]["step"] in (2, 4)
+    assert closed == ["none"]  # the tracker is closed on the way out of a diverged run
 
 
 class _Evil:

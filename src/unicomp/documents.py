@@ -120,7 +120,7 @@ def _collection(c: dict) -> str:
         f"`{c['env_id']}`, {c['suite']}: {c['steps']:,} transitions in {c['episodes']:,} "
         f"episodes, data return {c['return_mean']:.2f} ± {c['return_std']:.2f} "
         f"(max {c['return_max']:g}){scale}; {seconds / 60:.1f} minutes to train "
-        f"(seed {c['seed']}).\n\n"
+        f"(seed {c['seed']}{', ' + c['machine'] if c.get('machine') else ''}).\n\n"
     )
     points = ([c["random_policy"]] if "random_policy" in c else []) + c.get("evaluations", [])
     rows = [

@@ -480,116 +480,118 @@ def train(
         _load_best(best_path, device)
     val_split = task.split("val")
     tracker = Tracker(cfg.track if dist.is_main else "none", out, run_config)
-    # Running sums since the last evaluation, kept on the device: reading them per step would
-    # make the host wait for the device (a sync) each time; they are read at evaluation.
-    run_loss = run_hits = run_total = 0
-    started = time.perf_counter() - state.seconds
-    bar = progress_bar(
-        cfg.steps, task.name, cfg.progress and dist.is_main, initial=state.step, leave=False
-    )
-    step = state.step
-    stopped_by = "steps"
-    if state.stopped_by == "target" and cfg.stop_at_target:
-        stopped_by = "target"  # killed after the checkpoint of the step it stopped at
-    elif state.stopped_by == "time_limit" and 0 < cfg.time_limit_minutes * 60 <= state.seconds:
-        stopped_by = "time_limit"  # (a resume with a longer limit trains on)
-    elif state.stopped_by == "patience" and _out_of_patience(cfg, state):
-        stopped_by = "patience"
-    while step < cfg.steps and stopped_by == "steps":
-        net.train()
-        # this rank's part of the step's global batch, picked before it is gathered
-        batch = task.train_shard(step, cfg.batch_size, cfg.seed, dist.rank, dist.world)
-        step_loss = 0
-        for i, chunk in enumerate(iter_chunks(batch, micro)):
-            chunk = chunk.to(device)
-            if buckets is not None:
-                chunk = pad_to_bucket(chunk, buckets)
-            sync = contextlib.nullcontext()
-            if dist.enabled and i < cfg.grad_accum - 1:
-                sync = net.no_sync()  # all-reduce gradients once, after the last micro-batch
-            with sync:
-                with autocast(device, cfg.precision):
-                    logits = net(chunk.x, chunk.mask)
-                loss = task.loss(logits, chunk.y, chunk.target_mask)
-                (loss / cfg.grad_accum).backward()
-            scored = task.correct(logits.detach(), chunk.y, chunk.target_mask)
-            step_loss = step_loss + loss.detach().float() / cfg.grad_accum
-            run_hits, run_total = run_hits + scored.hits, run_total + scored.elements
-        # the step's one host sync: a diverged loss stops the run at the step it diverged
-        finite = dist.sum([torch.isfinite(step_loss)])[0] == dist.world
-        if not finite:
-            raise TrainingDivergedError(
-                f"loss became {float(step_loss)} at step {step}; "
-                f"{_kept_checkpoint(ckpt_path, state)}; lower --lr or set --grad-clip"
-            )
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
-            )
-        run_loss = run_loss + step_loss / dist.world
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            if not _parameters_finite(model, dist):  # never evaluate or save bad weights
+    try:  # the tracker is closed on every way out: a diverged run, Ctrl-C, any error
+        # Running sums since the last evaluation, kept on the device: reading them per step would
+        # make the host wait for the device (a sync) each time; they are read at evaluation.
+        run_loss = run_hits = run_total = 0
+        started = time.perf_counter() - state.seconds
+        bar = progress_bar(
+            cfg.steps, task.name, cfg.progress and dist.is_main, initial=state.step, leave=False
+        )
+        step = state.step
+        stopped_by = "steps"
+        if state.stopped_by == "target" and cfg.stop_at_target:
+            stopped_by = "target"  # killed after the checkpoint of the step it stopped at
+        elif state.stopped_by == "time_limit" and 0 < cfg.time_limit_minutes * 60 <= state.seconds:
+            stopped_by = "time_limit"  # (a resume with a longer limit trains on)
+        elif state.stopped_by == "patience" and _out_of_patience(cfg, state):
+            stopped_by = "patience"
+        while step < cfg.steps and stopped_by == "steps":
+            net.train()
+            # this rank's part of the step's global batch, picked before it is gathered
+            batch = task.train_shard(step, cfg.batch_size, cfg.seed, dist.rank, dist.world)
+            step_loss = 0
+            for i, chunk in enumerate(iter_chunks(batch, micro)):
+                chunk = chunk.to(device)
+                if buckets is not None:
+                    chunk = pad_to_bucket(chunk, buckets)
+                sync = contextlib.nullcontext()
+                if dist.enabled and i < cfg.grad_accum - 1:
+                    sync = net.no_sync()  # all-reduce gradients once, after the last micro-batch
+                with sync:
+                    with autocast(device, cfg.precision):
+                        logits = net(chunk.x, chunk.mask)
+                    loss = task.loss(logits, chunk.y, chunk.target_mask)
+                    (loss / cfg.grad_accum).backward()
+                scored = task.correct(logits.detach(), chunk.y, chunk.target_mask)
+                step_loss = step_loss + loss.detach().float() / cfg.grad_accum
+                run_hits, run_total = run_hits + scored.hits, run_total + scored.elements
+            # the step's one host sync: a diverged loss stops the run at the step it diverged
+            finite = dist.sum([torch.isfinite(step_loss)])[0] == dist.world
+            if not finite:
                 raise TrainingDivergedError(
-                    f"parameters became NaN or inf at step {step}; "
+                    f"loss became {float(step_loss)} at step {step}; "
                     f"{_kept_checkpoint(ckpt_path, state)}; lower --lr or set --grad-clip"
                 )
-            val = evaluate(model, task, val_split, cfg, device, dist)
-            run_loss, run_hits, run_total = dist.sum([run_loss, run_hits, run_total])
-            since = step - (rows[-1]["step"] if rows else 0)  # steps in the running means
-            rows.append(
-                {
-                    "step": step,
-                    "train_loss": run_loss / since,
-                    "train_accuracy": _ratio(run_hits, run_total),
-                    "val_loss": val["loss"],
-                    "val_accuracy": val["accuracy"],
-                    "lr": sched.get_last_lr()[0],
-                    "seconds": time.perf_counter() - started,
-                }
-            )
-            bar.set_postfix(_postfix(rows[-1]), refresh=False)
-            tracker.log(rows[-1])
-            run_loss = run_hits = run_total = 0.0
-            score = val["accuracy"] if task.select_by == "accuracy" else -val["loss"]
-            if score > state.best_val:
-                state.best_val, state.best_step = score, step
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
+                )
+            run_loss = run_loss + step_loss / dist.world
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                if not _parameters_finite(model, dist):  # never evaluate or save bad weights
+                    raise TrainingDivergedError(
+                        f"parameters became NaN or inf at step {step}; "
+                        f"{_kept_checkpoint(ckpt_path, state)}; lower --lr or set --grad-clip"
+                    )
+                val = evaluate(model, task, val_split, cfg, device, dist)
+                run_loss, run_hits, run_total = dist.sum([run_loss, run_hits, run_total])
+                since = step - (rows[-1]["step"] if rows else 0)  # steps in the running means
+                rows.append(
+                    {
+                        "step": step,
+                        "train_loss": run_loss / since,
+                        "train_accuracy": _ratio(run_hits, run_total),
+                        "val_loss": val["loss"],
+                        "val_accuracy": val["accuracy"],
+                        "lr": sched.get_last_lr()[0],
+                        "seconds": time.perf_counter() - started,
+                    }
+                )
+                bar.set_postfix(_postfix(rows[-1]), refresh=False)
+                tracker.log(rows[-1])
+                run_loss = run_hits = run_total = 0.0
+                score = val["accuracy"] if task.select_by == "accuracy" else -val["loss"]
+                if score > state.best_val:
+                    state.best_val, state.best_step = score, step
+                    if dist.is_main:
+                        atomic_write(best_path, lambda f: f.write(save(trainable_state(model))))
+                reached = val["accuracy"] is not None and val["accuracy"] >= cfg.target_accuracy
+                if state.steps_to_target is None and reached:
+                    state.steps_to_target = step
+                state.step, state.seconds = step, time.perf_counter() - started
+                if cfg.stop_at_target and state.steps_to_target is not None:
+                    stopped_by = "target"
+                elif _out_of_patience(cfg, state):
+                    stopped_by = "patience"
+                elif cfg.time_limit_minutes > 0:
+                    out_of_time = state.seconds >= 60 * cfg.time_limit_minutes
+                    if dist.sum([float(out_of_time)])[0] > 0:  # every rank stops at the same step
+                        stopped_by = "time_limit"
+                state.stopped_by = None if stopped_by == "steps" else stopped_by
                 if dist.is_main:
-                    atomic_write(best_path, lambda f: f.write(save(trainable_state(model))))
-            reached = val["accuracy"] is not None and val["accuracy"] >= cfg.target_accuracy
-            if state.steps_to_target is None and reached:
-                state.steps_to_target = step
-            state.step, state.seconds = step, time.perf_counter() - started
-            if cfg.stop_at_target and state.steps_to_target is not None:
-                stopped_by = "target"
-            elif _out_of_patience(cfg, state):
-                stopped_by = "patience"
-            elif cfg.time_limit_minutes > 0:
-                out_of_time = state.seconds >= 60 * cfg.time_limit_minutes
-                if dist.sum([float(out_of_time)])[0] > 0:  # every rank stops at the same step
-                    stopped_by = "time_limit"
-            state.stopped_by = None if stopped_by == "steps" else stopped_by
-            if dist.is_main:
-                _write_curve(curve_path, rows)
-                _save_checkpoint(ckpt_path, model, opt, sched, state)
-    bar.close()
-    train_seconds = time.perf_counter() - started
-    dist.barrier()  # best.safetensors is complete before any rank reads it
-    load_trainable_state(model, _load_best(best_path, device))
-    test_split = task.split("test")
-    test = evaluate(model, task, test_split, cfg, device, dist)
-    fixed_train = train_split(task)
-    train_acc = (
-        evaluate(model, task, fixed_train, cfg, device, dist)["accuracy"]
-        if fixed_train is not None
-        else None
-    )
-    tracker.log({"step": step, **{f"test_{k}": v for k, v in test.items()}})
-    tracker.close()
+                    _write_curve(curve_path, rows)
+                    _save_checkpoint(ckpt_path, model, opt, sched, state)
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        dist.barrier()  # best.safetensors is complete before any rank reads it
+        load_trainable_state(model, _load_best(best_path, device))
+        test_split = task.split("test")
+        test = evaluate(model, task, test_split, cfg, device, dist)
+        fixed_train = train_split(task)
+        train_acc = (
+            evaluate(model, task, fixed_train, cfg, device, dist)["accuracy"]
+            if fixed_train is not None
+            else None
+        )
+        tracker.log({"step": step, **{f"test_{k}": v for k, v in test.items()}})
+    finally:
+        tracker.close()
     # DDP's reducer holds the process group: freed after close(), the group's destructor
     # joined gloo threads waiting on a peer that had already exited (a hang seen under load)
     del net

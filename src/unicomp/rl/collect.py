@@ -39,6 +39,7 @@ import numpy as np
 from unicomp.data.pickles import load_data_pickle
 from unicomp.errors import DataError, UnicompError
 from unicomp.files import check_free_space, temporary_folder, write_in_child
+from unicomp.provenance import machine
 from unicomp.rl.atari import atari_env_id
 from unicomp.rl.envs import check_env_id, make_env
 from unicomp.rl.evaluate import reference_scores, run_episodes
@@ -482,6 +483,7 @@ def write_collection(
         **summary,
         "return_quantiles": {f"{q:g}": float(v) for q, v in zip(quantiles, values, strict=True)},
         "seconds": round(time.perf_counter() - t0, 1),
+        "machine": machine(),
         "versions": _versions(),
     }
     if ref is not None:
