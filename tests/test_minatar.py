@@ -249,3 +249,14 @@ def test_atari_claims_without_scale_or_runs_are_missing():
     rows = {BREAKOUT: {"DT": _runs([None]), "DT K=1": _runs([1.0])}}
     ours, verdict, reason = _judge("atari-k1-worse", _evidence(rows))
     assert verdict == "missing" and "no reference scores" in reason
+
+
+def test_the_minatar_preset_is_a_cli_preset_and_lists_its_runs(tmp_path, capsys):
+    assert main(["reproduce", "--preset", "minatar", "--dry-run", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    # per game: DT, K=1 and BC at both rates on seed 0 (the other seeds follow their choice)
+    for game in ("breakout", "seaquest"):
+        for row in ("dt", "dt-k1", "bc"):
+            for lr in ("0.0003", "0.001"):
+                assert f"atari/{game}/{row}/s0/lr{lr}:" in out
+    assert "K=30" in out and "K=1" in out and "steps=1000" in out and "batch=64" in out

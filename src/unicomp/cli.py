@@ -875,9 +875,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         required=True,
-        choices=("tiny", "quick", "paper"),
+        choices=("tiny", "quick", "paper", "minatar"),
         help="tiny: seconds (tests; decides nothing); quick: 2 CPU cores (its time: "
-        "results/reproduce-quick/run.json); paper: a GPU",
+        "results/reproduce-quick/run.json); paper: a GPU; minatar: the DT's Atari claims on "
+        "MinAtar Breakout and Seaquest (hours on 2 CPU cores)",
     )
     p.add_argument(
         "--claims",
