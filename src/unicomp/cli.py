@@ -337,7 +337,8 @@ def cmd_dt_collect(args: argparse.Namespace) -> None:
     elif any(getattr(args, name) is not None for name in _TRAINING_SETTINGS):
         raise UnicompError(
             "--medium-return, --max-train-steps, --eval-every, --eval-episodes and "
-            "--learning-starts go with --from-training (--suite medium-replay or dqn-replay)"
+            "--learning-starts go with --suite medium-replay --from-training (the last three "
+            "also with --suite dqn-replay --from-training)"
         )
     elif args.suite == "dqn-replay":
         raise UnicompError(

@@ -34,9 +34,9 @@ import torch
 from torch import nn
 
 from unicomp.errors import UnicompError
-from unicomp.rl.collect import RandomPolicy, SB3Policy, check_out, write_collection
-from unicomp.rl.envs import check_env_id, make_env
+from unicomp.rl.collect import RandomPolicy, SB3Policy, write_collection
 from unicomp.rl.evaluate import run_episodes
+from unicomp.rl.sac_replay import check_at_least, training_env
 from unicomp.rl.trajectories import Episode, TrajectoryDataset
 
 AGENT_FILE = "dqn-agent.zip"
@@ -83,17 +83,6 @@ def _features_extractor():
             return self.net(observations)
 
     return MinAtarNet
-
-
-def _check_settings(steps: int, eval_every: int, eval_episodes: int, learning_starts: int) -> None:
-    for flag, value, low in (
-        ("--steps", steps, 1),
-        ("--eval-every", eval_every, 1),
-        ("--eval-episodes", eval_episodes, 1),
-        ("--learning-starts", learning_starts, 0),
-    ):
-        if value < low:
-            raise UnicompError(f"{flag} must be at least {low}, got {value}")
 
 
 class _Stream:
@@ -156,14 +145,10 @@ def train_dqn_stream(
     import gymnasium as gym
 
     out = Path(out)
-    _check_settings(steps, eval_every, eval_episodes, learning_starts)
-    check_env_id(env_id)
-    limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    env = make_env(env_id, **limit)
-    if not isinstance(env.action_space, gym.spaces.Discrete):
-        env.close()
-        raise UnicompError(f"DQN needs discrete actions; {env_id} has {env.action_space}")
-    check_out(out)
+    check_at_least(("--steps", steps, 1), ("--eval-every", eval_every, 1),
+                   ("--eval-episodes", eval_episodes, 1),
+                   ("--learning-starts", learning_starts, 0))  # fmt: skip
+    env = training_env(env_id, out, max_episode_steps, gym.spaces.Discrete, "DQN")
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # networks this small only lose time to more threads

@@ -62,14 +62,30 @@ def _check_settings(medium_return: float | None, max_train_steps: int, eval_ever
                     eval_episodes: int, learning_starts: int) -> None:  # fmt: skip
     if medium_return is not None and not math.isfinite(medium_return):
         raise UnicompError(f"--medium-return must be a finite number, got {medium_return}")
-    for flag, value, low in (
-        ("--max-train-steps", max_train_steps, 1),
-        ("--eval-every", eval_every, 1),
-        ("--eval-episodes", eval_episodes, 1),
-        ("--learning-starts", learning_starts, 0),
-    ):
+    check_at_least(("--max-train-steps", max_train_steps, 1), ("--eval-every", eval_every, 1),
+                   ("--eval-episodes", eval_episodes, 1),
+                   ("--learning-starts", learning_starts, 0))  # fmt: skip
+
+
+def check_at_least(*flags: tuple[str, int, int]) -> None:
+    """One line for the first (flag, value, lowest allowed) whose value is too low."""
+    for flag, value, low in flags:
         if value < low:
             raise UnicompError(f"{flag} must be at least {low}, got {value}")
+
+
+def training_env(env_id: str, out: Path, max_episode_steps: int | None, space, algo: str):
+    """The environment an agent learns in, checked before anything is written: a known id,
+    the action space ``algo`` needs (a gymnasium space class), an ``out`` that takes a data set."""
+    check_env_id(env_id)
+    limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    env = make_env(env_id, **limit)
+    if not isinstance(env.action_space, space):
+        env.close()
+        kind = "continuous" if space.__name__ == "Box" else "discrete"
+        raise UnicompError(f"{algo} needs {kind} actions; {env_id} has {env.action_space}")
+    check_out(out)
+    return env
 
 
 def train_until_medium(
@@ -98,12 +114,7 @@ def train_until_medium(
     if medium_return is None:
         medium_return = default_medium_return(env_id)
         source = f"a third of the expert's {3 * medium_return:g} (TQC in -v5, docs/rl-agents.md)"
-    limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    env = make_env(env_id, **limit)
-    if not isinstance(env.action_space, gym.spaces.Box):
-        env.close()
-        raise UnicompError(f"SAC needs continuous actions; {env_id} has {env.action_space}")
-    check_out(out)
+    env = training_env(env_id, out, max_episode_steps, gym.spaces.Box, "SAC")
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # networks this small only lose time to more threads
