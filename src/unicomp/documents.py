@@ -97,9 +97,9 @@ def _benchmark(b: dict) -> str:
     v = b["versions"]
     commit = (v.get("git_commit") or "unknown")[:12]
     commit += " with changes" if v.get("git_dirty") else ""
-    table = markdown_table(b["columns"], b["rows"])
+    table = markdown_table(b["columns"], b["rows"]).rstrip("\n")
     return (
-        f"{table}\n{b['about']} Measured with `{b['command']}` on {b['date']}: {b['machine']} "
+        f"{table}\n\n{b['about']} Measured with `{b['command']}` on {b['date']}: {b['machine']} "
         f"(bf16 flags: {b['bf16_flags']}), {b['threads']} torch thread(s); unicomp "
         f"{v['unicomp_version']} (commit {commit}), torch {v['torch']}.\n"
     )
