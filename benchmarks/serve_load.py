@@ -254,3 +254,7 @@ def main() -> None:
             f"{args.window_ms:g} ms."
         )
         write_record(args.out, about, ["", "figure"], rows, results=result)
+
+
+if __name__ == "__main__":
+    main()
