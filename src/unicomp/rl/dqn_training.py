@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from unicomp.errors import UnicompError
+from unicomp.models.decision_transformer import ConvEncoder
 from unicomp.rl.collect import RandomPolicy, SB3Policy, write_collection
 from unicomp.rl.evaluate import run_episodes
 from unicomp.rl.sac_replay import check_at_least, training_env
@@ -229,7 +230,8 @@ def _train(env, steps: int, eval_every: int, learning_starts: int, seed: int, ev
 
     h = MINATAR_DQN
     image = len(env.observation_space.shape) == 3
-    small = image and min(env.observation_space.shape[1:]) < 36
+    # the same rule as the DT's encoder: frames too small for the Nature-DQN convolutions
+    small = image and min(env.observation_space.shape[1:]) < ConvEncoder.NATURE_MIN_SIDE
     policy_kwargs: dict[str, Any] = {
         "optimizer_class": torch.optim.RMSprop,
         "optimizer_kwargs": {"alpha": 0.95, "eps": 0.01, "centered": True},
