@@ -2,18 +2,19 @@
 gym/), training steps/s and evaluation environment steps/s, both in one process, rounds
 interleaved (the machine is shared and noisy), printed as a table and one JSON line.
 
-    git clone https://github.com/kzl/decision-transformer /tmp/official-dt
+    git clone https://github.com/kzl/decision-transformer ../official-dt
     .venv/bin/unicomp dt collect --env Hopper-v5 --suite medium --episodes 200 \\
-        --agents /work/shared/data/sb3-agents --out /tmp/hopper-medium
+        --agents $UNICOMP_DATA/sb3-agents --out data/hopper-medium
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dt_vs_official.py \\
-        --official /tmp/official-dt --data /tmp/hopper-medium
+        --official ../official-dt --data data/hopper-medium \\
+        --out results/benchmarks/dt-vs-official.json
 
     # with d3rlpy as well (it pins gymnasium 1.0, so it gets its own venv):
-    python3 -m venv /tmp/d3rlpy-venv
-    /tmp/d3rlpy-venv/bin/pip install torch==2.13.0 d3rlpy mujoco==3.17.0 imageio
+    python3 -m venv ../d3rlpy-venv
+    ../d3rlpy-venv/bin/pip install torch==2.13.0 d3rlpy mujoco==3.17.0 imageio
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/dt_vs_official.py \\
-        --official /tmp/official-dt --data /tmp/hopper-medium \\
-        --d3rlpy-python /tmp/d3rlpy-venv/bin/python
+        --official ../official-dt --data data/hopper-medium \\
+        --d3rlpy-python ../d3rlpy-venv/bin/python
 
 The official code is imported at run time from ``--official`` (never copied here), with the
 patches it needs to run on today's libraries (``_official_compat``, ``load_official``):
@@ -80,6 +81,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _measure import write_record
 
 OFFICIAL_FILES = (
     "gym/experiment.py",
@@ -524,7 +526,10 @@ def main() -> None:
     )
     p.add_argument("--d3rlpy-python", help="python of a venv with d3rlpy: add it as a reference")
     p.add_argument("--skip-eval", action="store_true", help="time training only")
-    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument(
+        "--out",
+        help="write the record behind the docs' table here (results/benchmarks/<name>.json)",
+    )
     p.add_argument("--d3rlpy-worker", help=argparse.SUPPRESS)  # internal: data.npz to train on
     args = p.parse_args()
     args.episode_counts = [int(n) for n in args.episodes.split(",") if n]
@@ -741,7 +746,7 @@ def report(args, times, steps_of, returns, d3rlpy_runs, weights_diff, data_summa
             return platform.processor()
 
     result: dict = {
-        "machine": {
+        "setup": {
             "cpu": cpu_model(),
             "threads": args.threads,
             "torch": torch.__version__,
@@ -766,7 +771,7 @@ def report(args, times, steps_of, returns, d3rlpy_runs, weights_diff, data_summa
     )
     print("| measurement | side | median s/step | steps/s | vs official | rounds (s) |")
     print("|---|---|---|---|---|---|")
-    rows = {}
+    rows, table = {}, []
     groups = ["train"] + [f"eval{n}" for n in args.episode_counts if not args.skip_eval]
     for group in groups:
         base = None
@@ -788,10 +793,10 @@ def report(args, times, steps_of, returns, d3rlpy_runs, weights_diff, data_summa
             if name in returns:
                 rows[name]["return_mean"] = float(np.mean(returns[name]))
             label = "training steps" if group == "train" else f"evaluation, {group[4:]} episodes"
-            print(
-                f"| {label} | {side} | {s * 1000:.3f} ms | {1 / s:.1f} | {base / s:.2f}x | "
-                f"{', '.join(f'{t:.2f}' for t in times[name])} |"
-            )
+            cells = [label, side, f"{s * 1000:.3f} ms", f"{1 / s:.1f}", f"{base / s:.2f}x",
+                     ", ".join(f"{t:.2f}" for t in times[name])]  # fmt: skip
+            table.append(cells)
+            print("| " + " | ".join(cells) + " |")
         if d3rlpy_runs:
             if group == "train":
                 per_step = [d["train_s_per_step"] for d in d3rlpy_runs]
@@ -806,30 +811,31 @@ def report(args, times, steps_of, returns, d3rlpy_runs, weights_diff, data_summa
                 continue
             s = median(per_step)
             rows[f"{group} d3rlpy"] = {"s_per_step": s, "steps_per_s": 1 / s, "speedup": base / s}
-            print(
-                f"| | d3rlpy {d3rlpy_runs[0]['d3rlpy']} | {s * 1000:.3f} ms | {1 / s:.1f} | "
-                f"{base / s:.2f}x | - |"
-            )
+            cells = ["", f"d3rlpy {d3rlpy_runs[0]['d3rlpy']}", f"{s * 1000:.3f} ms", f"{1 / s:.1f}",
+                     f"{base / s:.2f}x", "-"]  # fmt: skip
+            table.append(cells)
+            print("| " + " | ".join(cells) + " |")
     result["results"] = rows
     peak = floor["matmul_peak_gflops"]
-    print(
-        f"\nArithmetic (torch's FLOP counter; fp32 matmul peak of this core {peak:.0f} GFLOP/s):"
+    notes = [
+        f"Arithmetic (torch's FLOP counter; fp32 matmul peak of this core {peak:.0f} GFLOP/s):"
         f" a training step is {floor['train_gflop_official']:.2f} GFLOP (official), "
         f"{floor['train_gflop_unicomp']:.2f} GFLOP (unicomp), at least "
         f"{floor['train_gflop_unicomp'] / peak * 1000:.0f} ms at the peak; one environment "
         f"step past K costs {floor['eval_mflop_official']:.1f} MFLOP (official), "
         f"{floor['eval_mflop_exact']:.1f} (exact), {floor['eval_mflop_rolling']:.1f} (rolling)."
-    )
+    ]
     for n in args.episode_counts:
         a, b = returns.get(f"eval{n} official"), returns.get(f"eval{n} exact")
         if a and b:
             diff = float(np.max(np.abs(np.array(a) - np.array(b))))
             result.setdefault("return_diff_official_vs_exact", {})[str(n)] = diff
-            print(
-                f"\n{n} episodes: mean return official {np.mean(a):.1f}, exact {np.mean(b):.1f}, "
+            notes.append(
+                f"{n} episodes: mean return official {np.mean(a):.1f}, exact {np.mean(b):.1f}, "
                 f"rolling {np.mean(returns[f'eval{n} rolling']):.1f}; largest per-episode "
-                f"difference official vs exact {diff:.3g}"
+                f"difference official vs exact {diff:.3g}."
             )
+    print("\n" + "\n".join(notes))
     targets = {}
     if "train unicomp" in rows:
         targets["train"] = rows["train unicomp"]["speedup"]
@@ -845,10 +851,22 @@ def report(args, times, steps_of, returns, d3rlpy_runs, weights_diff, data_summa
     for k, v in result["targets"].items():
         met = "met" if v["met"] else "NOT met"
         print(f"target {k}: {v['speedup']:.2f}x (target {v['target']}x): {met}")
-    line = json.dumps(result)
-    print(line)
+    print(json.dumps(result))
     if args.out:
-        Path(args.out).write_text(line + "\n")
+        about = (
+            f"{args.env}, data: {data_summary['episodes']} episodes, {data_summary['steps']} "
+            f"steps (mean length {data_summary['mean_length']:.0f}); K = 20, 3 layers, width "
+            f"128, 1 head, batch 64; fp32 on both sides, {args.threads} torch thread(s); "
+            f"{args.rounds} interleaved rounds of {args.train_steps} training steps and of "
+            f"each evaluation (episodes capped at {args.max_steps} steps, episode i reset with "
+            f"seed {args.seed} + i, target {args.target:g}); medians over rounds; official code "
+            f"at commit {(result['official_commit'] or 'unknown')[:7]}; the same weights on "
+            f"both sides in evaluation (largest action difference {weights_diff:.2g}). "
+            + " ".join(notes)
+        )
+        columns = ["measurement", "side", "median per step", "steps/s", "vs official",
+                   "rounds (s)"]  # fmt: skip
+        write_record(args.out, about, columns, table, **result)
 
 
 if __name__ == "__main__":

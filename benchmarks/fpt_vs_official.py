@@ -1,8 +1,9 @@
 """FPT training step: unicomp against the official code (kzl/universal-computation), side by
 side in one process, with the machine's matmul peaks and the model FLOP utilisation.
 
-    git clone https://github.com/kzl/universal-computation /path/to/universal-computation
-    .venv/bin/python benchmarks/fpt_vs_official.py --official /path/to/universal-computation
+    git clone https://github.com/kzl/universal-computation ../official-fpt
+    .venv/bin/python benchmarks/fpt_vs_official.py --official ../official-fpt \\
+        --out results/benchmarks/fpt-vs-official.json
 
 Both sides train the same architecture at the same sizes: GPT-2 base with random weights
 (the speed does not depend on the weights; the official code's ``GPT2Model.from_pretrained``
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -48,7 +48,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _measure import fpt_training_step, interleaved, matmul_peak, step_flops  # benchmarks/ helper
+from _measure import (  # benchmarks/ helper
+    fpt_training_step,
+    interleaved,
+    matmul_peak,
+    step_flops,
+    write_record,
+)
 
 BATCH, TOKENS, D_IN, CLASSES = 16, 64, 48, 10
 
@@ -193,6 +199,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bf16", action="store_true", help="also time forced bf16 autocast")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    ap.add_argument(
+        "--out",
+        help="write the record behind the docs' table here (results/benchmarks/<name>.json)",
+    )
     ap.add_argument("--only", help=argparse.SUPPRESS)  # internal: one side, for its memory
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -246,17 +256,31 @@ def main() -> None:
             f"{row['speedup_vs_official']:6.2f}x {row['gflop_per_step']:6.1f} "
             f"{row['mfu_own_dtype']:6.1%} {row['mfu_best_dtype']:8.1%} {mem}  {built[n][1]}"
         )
-    print(
-        json.dumps(
-            {
-                "machine": platform.processor() or platform.machine(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "threads": args.threads,
-                "peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
-                "settings": rows,
-            }
+    raw = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+        "settings": rows,
+    }
+    print(json.dumps(raw))
+    if args.out:
+        table = [[name, f"{r['seconds_per_step']:.3f}", f"{r['samples_per_second']:.1f}",
+                  f"{r['speedup_vs_official']:.2f}x", f"{r['gflop_per_step']:.1f}",
+                  f"{r['mfu_own_dtype']:.1%}",
+                  "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:,.0f}"]
+                 for name, r in rows.items()]  # fmt: skip
+        about = (
+            f"GPT-2 base with random weights, CIFAR-10's sizes ({TOKENS} tokens x {D_IN} "
+            f"values), batch {args.batch_size}, paper freezing, {args.threads} threads, medians "
+            f"of {args.rounds} x {args.steps} interleaved steps per setting; GFLOP counted by "
+            "torch's FlopCounterMode for one step; MFU against the matmul peak of the step's "
+            f"dtype measured in the same run (fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 "
+            f"{peaks['bf16'] / 1e9:.1f} GFLOP/s; CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}); peak MB: the maximum RSS of each "
+            "setting in its own process (build, then 3 training steps)."
         )
-    )
+        columns = ["setting", "s/step", "samples/s", "vs official", "GFLOP/step",
+                   "MFU (own dtype)", "peak MB"]  # fmt: skip
+        write_record(args.out, about, columns, table, **raw)
 
 
 if __name__ == "__main__":
