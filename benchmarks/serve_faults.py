@@ -195,10 +195,10 @@ def _load_and_faults(server: Server, folder: Path, original: bytes, negated: byt
 
     with httpx.Client() as client:  # the two whole answers, and a warm-up
         expected_original = ask(client, "main").json()["outputs"]
-        _in_place(folder / "main.safetensors", negated)
+        (folder / "main.safetensors").write_bytes(negated)
         httpx.get(f"{url}/tasks", timeout=60)  # a scan: the negated file is served
         expected_negated = ask(client, "main").json()["outputs"]
-        _in_place(folder / "main.safetensors", original)
+        (folder / "main.safetensors").write_bytes(original)
         httpx.get(f"{url}/tasks", timeout=60)
         for _ in range(20):
             ask(client, "main")

@@ -34,6 +34,7 @@ def _load_and_faults(adapter_runs, tiny_bert, tmp_path, seconds: float) -> dict:
     failed = [name for name, ok in result["checks"].items() if not ok]
     assert not failed, (failed, result["problems"], done.stdout[-2000:])
     assert done.returncode == 0, done.stderr[-3000:]
+    print(done.stdout.split("\n{", 1)[0])  # the figures (pytest -s shows them)
     return result
 
 
