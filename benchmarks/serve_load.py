@@ -55,15 +55,16 @@ def memory(pid: int) -> dict[str, float]:
 
 
 class Server:
-    """``unicomp serve`` on ``folder`` in a subprocess, until ``stop``."""
+    """``unicomp serve`` on ``folder`` in a subprocess, until ``stop``; ``flags``: more of its
+    flags (a flag given again overrides the one before)."""
 
-    def __init__(self, backbone: str, folder: Path, threads: int, window_ms: float):
+    def __init__(self, backbone: str, folder: Path, threads: int, window_ms: float, *flags: str):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable, "-m", "unicomp", "serve", "--backbone", backbone,
             "--adapters", str(folder), "--port", str(self.port), "--threads", str(threads),
-            "--batch-window-ms", str(window_ms), "--rescan-seconds", "0",
+            "--batch-window-ms", str(window_ms), "--rescan-seconds", "0", *flags,
         ]  # fmt: skip
         self.log = folder.parent / f"server-{self.port}.log"
         with open(self.log, "w") as out:

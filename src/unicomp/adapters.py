@@ -150,17 +150,21 @@ def _metrics(run: Path) -> dict[str, Any]:
 
 
 # --- load ----------------------------------------------------------------------------------------
-def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors and header metadata of an adapter file; one-line errors for anything else."""
+def read_adapter(
+    path: str | Path, data: bytes | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and header metadata of an adapter file; one-line errors for anything else.
+    ``data``: the file's bytes, where the caller has read them already (the server hashes
+    the bytes it builds from), else they are read from ``path``."""
     from safetensors.torch import load
 
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise UnicompError(f"adapter file {path} does not exist")
     try:
         # The whole file is read into memory and the tensors copied out of it: nothing stays
         # mapped from a file that a writer may truncate or rewrite in place while it is served.
-        data = path.read_bytes()
+        data = path.read_bytes() if data is None else data
         (size,) = struct.unpack("<Q", data[:8])
         meta = json.loads(data[8 : 8 + size]).get("__metadata__") or {}
         tensors = load(data)
@@ -179,6 +183,7 @@ def load_adapter(
     path: str | Path,
     backbone: str | nn.Module | None = None,
     device: str | torch.device | None = None,
+    data: bytes | None = None,
 ) -> Adapter:
     """The task model of an adapter file, ready to ``predict``.
 
@@ -188,8 +193,9 @@ def load_adapter(
     from the one the adapter was trained on is refused, naming both hashes.
     ``device``: where the adapter runs (None: where the backbone is); the shared backbone
     moves with it, as it does with ``adapter.to(device)``.
+    ``data``: the file's bytes, where the caller has read them already.
     """
-    tensors, meta = read_adapter(path)
+    tensors, meta = read_adapter(path, data)
     seed = int(meta["backbone_seed"])
     layers = int(meta["backbone_layers"]) if meta["backbone_layers"] else None
     if backbone is None or isinstance(backbone, str):
@@ -412,7 +418,12 @@ class Adapter(nn.Module):
                 f"predict takes a list of inputs, got {type(inputs).__name__}; for one input "
                 "pass [input]"
             )
-        x, mask = self.codec.encode(list(inputs))
+        return self.run(*self.codec.encode(list(inputs)))
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[Any]:
+        """Natural outputs for inputs already encoded (``codec.encode``'s ``(x, mask)``: x
+        (B, T) token ids or (B, T, d_in) features, mask (B, T) or None)."""
         if not len(x):
             return []
         device = self.device  # the inputs go where the model is, whole

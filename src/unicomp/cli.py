@@ -231,18 +231,20 @@ def cmd_fpt_export_adapter(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from unicomp.serve import ServeConfig, serve
 
-    for flag, value in (("--max-batch", args.max_batch), ("--max-body-bytes", args.max_body_bytes)):
-        if value < 1:
-            raise UnicompError(f"{flag} {value}: must be at least 1")
-    if args.batch_window_ms < 0 or args.rescan_seconds < 0:
-        raise UnicompError("--batch-window-ms and --rescan-seconds must not be negative")
-    cfg = ServeConfig(
+    if args.threads is not None and args.threads < 1:
+        raise UnicompError(f"serve: --threads must be >= 1, got {args.threads}")
+    cfg = ServeConfig(  # checks every value's range, before anything loads
         backbone=args.backbone,
         adapters=Path(args.adapters),
         seed=args.seed,
         batch_window=args.batch_window_ms / 1000,
         max_batch=args.max_batch,
+        max_inputs=args.max_inputs,
+        max_tokens=args.max_tokens,
+        max_queue=args.max_queue,
+        request_timeout=args.request_timeout,
         max_body_bytes=args.max_body_bytes,
+        max_connections=args.max_connections,
         rescan=args.rescan_seconds,
         device=args.device,
     )
@@ -254,6 +256,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def _add_serve_command(sub) -> None:
+    from dataclasses import fields
+
+    from unicomp.serve import ServeConfig
+
+    default = {f.name: f.default for f in fields(ServeConfig)}  # one source for the defaults
     p = sub.add_parser(
         "serve",
         help="serve every adapter file of a folder over HTTP from one shared backbone",
@@ -264,17 +271,58 @@ def _add_serve_command(sub) -> None:
     p.add_argument("--backbone", required=True, help="the backbone every adapter was trained on")
     p.add_argument("--adapters", required=True, help="folder of adapter files (*.safetensors)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
-    p.add_argument("--seed", type=int, default=0, help="the backbone's seed (random:/stats:)")
-    p.add_argument("--batch-window-ms", type=float, default=5.0, help="micro-batching window")
-    p.add_argument("--max-batch", type=int, default=64, help="inputs per batch and per request")
-    p.add_argument("--max-body-bytes", type=int, default=1_000_000, help="request body limit")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (1-65535)")
     p.add_argument(
-        "--rescan-seconds", type=float, default=2.0, help="folder scan interval (0: on request)"
+        "--seed", type=int, default=default["seed"], help="the backbone's seed (random:/stats:)"
+    )
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=default["batch_window"] * 1000,
+        help="micro-batching window",
+    )
+    p.add_argument(
+        "--max-batch", type=int, default=default["max_batch"], help="inputs per model batch"
+    )
+    p.add_argument("--max-inputs", type=int, help="inputs per request (default: --max-batch)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=default["max_tokens"],
+        help="input tokens per request, and padded tokens per model batch",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=default["max_queue"],
+        help="requests waiting per task; more get 503",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=default["request_timeout"],
+        help="seconds a request waits; then 503",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=default["max_body_bytes"], help="request body limit"
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=default["max_connections"],
+        help="open connections at once",
+    )
+    p.add_argument(
+        "--rescan-seconds",
+        type=float,
+        default=default["rescan"],
+        help="folder scan interval (0: on request)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument(
-        "--device", default="auto", help="where the models run: auto | cpu | cuda | cuda:N [auto]"
+        "--device",
+        default=default["device"],
+        help="where the models run: auto | cpu | cuda | cuda:N",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -178,10 +178,20 @@ class TokenCodec(Codec):
 
 
 def _listops(spec: TaskSpec, max_tokens: int | None = None, **_: Any) -> Codec:
-    from unicomp.tasks.listops import tokenize
+    from unicomp.tasks.listops import MAX_ROW_TOKENS, evaluate, tokenize
 
-    def cut(text: str) -> list[int]:  # as the task cut its data (max_tokens), if it did
-        return tokenize(text)[:max_tokens] if max_tokens else tokenize(text)
+    def cut(text: str) -> list[int]:
+        # As strict as the task's TSV reader (read_tsv): at most MAX_ROW_TOKENS symbols, and
+        # a well-formed expression; then cut as the task cut its data (max_tokens), if it did.
+        symbols = text.split()
+        if len(symbols) > MAX_ROW_TOKENS:
+            raise ValueError(f"{len(symbols)} symbols; expressions are limited to {MAX_ROW_TOKENS}")
+        ids = tokenize(text)
+        try:
+            evaluate(symbols)
+        except ValueError as err:
+            raise ValueError(f"malformed expression: {err}") from None
+        return ids[:max_tokens] if max_tokens else ids
 
     return TokenCodec(
         spec,

@@ -555,7 +555,7 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
 # --- ranges: one place checks every value before anything is built or written -----------------
 _MAX_BATCH = 1 << 20  # examples in one batch; far above any task here, far below memory errors
 _MAX_LR = 1e6
-_MAX_SEED = 2**63 - 1
+MAX_SEED = 2**63 - 1
 
 
 def _range_problems(cfg: Any) -> list[str]:
@@ -588,7 +588,7 @@ def _range_problems(cfg: Any) -> list[str]:
     at_least("grad_clip", 0, t)
     at_least("eval_every", 1, t)
     at_least("eval_batch_size", 1, t, _MAX_BATCH)
-    need(0 <= t.seed <= _MAX_SEED, "seed", f"in 0..{_MAX_SEED}", t.seed)
+    need(0 <= t.seed <= MAX_SEED, "seed", f"in 0..{MAX_SEED}", t.seed)
     fraction("target_accuracy", t, top_open=False)
     at_least("time_limit_minutes", 0, t)
     at_least("patience", 0, t)
@@ -630,7 +630,7 @@ def _range_problems(cfg: Any) -> list[str]:
         at_least("eval_episodes", 0, cfg)
         at_least("eval_envs", 1, cfg, 1 << 12)
         at_least("eval_max_steps", 0, cfg)
-        need(0 <= cfg.eval_seed <= _MAX_SEED, "eval_seed", f"in 0..{_MAX_SEED}", cfg.eval_seed)
+        need(0 <= cfg.eval_seed <= MAX_SEED, "eval_seed", f"in 0..{MAX_SEED}", cfg.eval_seed)
     return problems
 
 

@@ -7,11 +7,14 @@ many tasks are served. Endpoints:
 * ``GET /tasks``: the backbone (name, parameters, hash), each task (name, task, input and
   output spec with an example, parameter count, freeze policy, test metrics) and the files
   that were refused, with why;
-* ``POST /tasks/{name}/predict`` with ``{"inputs": [...]}`` -> ``{"task", "outputs"}``; bad
-  input is a 4xx JSON ``{"error": "..."}`` naming what was wrong (404 unknown task, 413 body
-  over the limit, 422 malformed body or an input the task does not take);
+* ``POST /tasks/{name}/predict`` with ``{"inputs": [...]}`` -> ``{"task", "outputs"}``;
 * ``GET /stats``: requests, inputs and model batches per task (micro-batching at work);
 * ``/openapi.json`` and ``/docs``: FastAPI's OpenAPI description.
+
+Every error answer is JSON ``{"error": "..."}``, one line naming what was wrong: 404 unknown
+task or endpoint, 405 wrong method, 413 a body, an input count or a token count over its limit,
+422 a malformed body or an input the task does not take, 503 (with ``Retry-After``) a task's
+queue full or no answer within the request time-out.
 
 Logs (Python logging, logger ``unicomp.serve``; ``unicomp serve`` prints them with a time
 stamp): one line at start-up (the backbone, the folder, the tasks), one per adapter file
@@ -19,16 +22,24 @@ loaded, reloaded, dropped or refused (with why), one per HTTP request (method, p
 milliseconds).
 
 Micro-batching: the requests for one task that arrive within ``batch_window`` seconds of the
-first (up to ``max_batch`` inputs) run through the model as one batch. All model work (loading
-and forward passes) runs on one worker thread, since the backbone is shared. The adapter folder
-is scanned again on ``GET /tasks``, on a request for an unknown task, and every ``rescan``
-seconds: new files are loaded, changed ones reloaded, removed ones dropped, without a restart.
+first run through the model as one batch, of at most ``max_batch`` inputs and ``max_tokens``
+padded tokens (a request that does not fit waits for the next batch; none is split). Inputs are
+checked and encoded once, on a thread, before a request joins the queue. All model work (loading
+and forward passes) runs on one worker thread, since the backbone is shared.
+
+Reload: the adapter folder is scanned again on ``GET /tasks``, on a request for an unknown task,
+and every ``rescan`` seconds. A file is read again when its identity (device, inode, size,
+mtime, ctime) changed or is too recent to trust, and rebuilt only when its bytes' SHA-256
+differs from the last read's; the new adapter is built whole before it takes the old one's
+place, batches under way finish on the adapter their requests were encoded for, and a file that
+fails leaves the adapter before it serving (and is listed under ``rejected``).
 """
 # No ``from __future__ import annotations``: FastAPI reads the route functions' annotations,
 # which name classes local to create_app.
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import sys
@@ -54,34 +65,112 @@ def _require_fastapi() -> None:
         ) from None
 
 
+_MAX_PORT = 65_535
+KEEP_ALIVE_S = 5  # an idle connection is closed after this (uvicorn's timeout_keep_alive)
+SHUTDOWN_S = 30  # on Ctrl-C, requests in flight get this long to finish
+ENDPOINTS = "endpoints: GET /tasks, POST /tasks/NAME/predict, GET /stats, GET /docs"
+# A file's identity (device, inode, size, mtime, ctime) is trusted only once its last change is
+# this much older than the read: a rewrite within one tick of a coarse file-system clock (FAT:
+# 2 s) can leave the identity as it was, so until then the file is hashed again at each scan.
+_SETTLE_NS = 2_000_000_000
+_CLOSE: Any = object()  # queued after a removed task's requests: its worker answers, then stops
+
+
 @dataclass
 class ServeConfig:
+    """The server's settings (``unicomp serve``'s flags; docs/serving.md lists them)."""
+
     backbone: str
     adapters: Path
     seed: int = 0  # the backbone's seed (random:/stats: names)
     batch_window: float = 0.005  # seconds a batch waits for more requests after its first
-    max_batch: int = 64  # inputs per model batch (and per request)
+    max_batch: int = 64  # inputs per model batch
+    max_inputs: int | None = None  # inputs per request (None: max_batch)
+    max_tokens: int = 16_384  # input tokens per request, and padded tokens per model batch
+    max_queue: int = 64  # requests per task waiting or running; more: 503 with Retry-After
+    request_timeout: float = 60.0  # seconds a request waits for its outputs; then 503
     max_body_bytes: int = 1_000_000
+    max_connections: int = 256  # open connections (uvicorn's limit_concurrency)
     rescan: float = 2.0  # seconds between scans of the folder; 0: only on request
     device: str = "auto"  # where the backbone and every adapter run: auto | cpu | cuda | cuda:N
+
+    def __post_init__(self) -> None:
+        """Every value in its range, checked before anything loads: one line naming each bad
+        one, in the command's flags."""
+        from unicomp.config import MAX_SEED
+
+        if self.max_inputs is None:
+            self.max_inputs = self.max_batch
+        checks = [
+            ("--seed", self.seed, 0 <= self.seed <= MAX_SEED, f"in 0..{MAX_SEED}"),
+            ("--batch-window-ms", self.batch_window * 1000, 0 <= self.batch_window <= 60,
+             "in 0..60000"),
+            ("--max-batch", self.max_batch, self.max_batch >= 1, ">= 1"),
+            ("--max-inputs", self.max_inputs, 1 <= self.max_inputs <= self.max_batch,
+             f"in 1..--max-batch ({self.max_batch})"),
+            ("--max-tokens", self.max_tokens, self.max_tokens >= 1, ">= 1"),
+            ("--max-queue", self.max_queue, self.max_queue >= 1, ">= 1"),
+            ("--request-timeout", self.request_timeout, 0 < self.request_timeout < 1e6,
+             "> 0 (seconds)"),
+            ("--max-body-bytes", self.max_body_bytes, self.max_body_bytes >= 1, ">= 1"),
+            ("--max-connections", self.max_connections, self.max_connections >= 1, ">= 1"),
+            ("--rescan-seconds", self.rescan, 0 <= self.rescan < 1e6, ">= 0"),
+        ]  # fmt: skip
+        bad = [f"{flag} must be {want}, got {value}" for flag, value, ok, want in checks if not ok]
+        if bad:
+            raise UnicompError("serve: " + "; ".join(bad))
+
+
+@dataclass
+class _Request:
+    """One accepted request: its inputs encoded for ``adapter``, which its batch runs on."""
+
+    adapter: Any
+    x: Any  # (n, T) token ids or (n, T, d_in) features
+    mask: Any  # (n, T) or None
+    future: asyncio.Future
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
 
 
 @dataclass
 class _Task:
+    """One served task: its adapter (replaced whole when its file changes: a batch keeps the
+    adapter its requests were encoded for), what ``GET /tasks`` says of it (computed once, at
+    load), its queue of requests and its counters."""
+
     adapter: Any
-    state: tuple[int, int]  # (mtime_ns, size) of the file when loaded
+    info: dict[str, Any]
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     worker: asyncio.Task | None = None
+    waiting: int = 0  # requests accepted and not yet answered
+    closed: bool = False  # its file is gone: the queued requests are answered, then no more
     requests: int = 0
     inputs: int = 0
     batches: int = 0
     largest_batch: int = 0
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """An adapter file as the server last read it."""
+
+    key: tuple[int, ...]  # (device, inode, size, mtime_ns, ctime_ns), taken before the read
+    digest: str  # SHA-256 of the bytes read
+    read_ns: int  # wall clock just before the read
+
+    def settled(self, key: tuple[int, ...]) -> bool:
+        """Whether the file is surely the one read: the same identity, last changed well
+        before the read (else the bytes are hashed again)."""
+        return key == self.key and max(key[3], key[4]) < self.read_ns - _SETTLE_NS
+
+
 class HTTPError(Exception):
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
         super().__init__(message)
-        self.status = status
+        self.status, self.retry_after = status, retry_after
 
 
 class Server:
@@ -98,78 +187,116 @@ class Server:
         self.device = pick_device(cfg.device)
         self.backbone = load_backbone(cfg.backbone, seed=cfg.seed).eval()
         self.backbone.requires_grad_(False)
-        self.hash = backbone_hash(self.backbone)  # of the weights as loaded, before the move
+        # Said once, now: during a forward pass an adapter's tensors stand in for some of the
+        # backbone's (functional_call), so its parameters are not to be read then.
+        self.backbone_info = {
+            "name": cfg.backbone,
+            "params": sum(p.numel() for p in self.backbone.parameters()),
+            "hash": backbone_hash(self.backbone),  # of the weights as loaded, before the move
+            "source": self.backbone.source,
+            "device": str(self.device),
+        }
+        self.hash = self.backbone_info["hash"]
         self.backbone.to(self.device)
         self.tasks: dict[str, _Task] = {}
-        self.rejected: dict[str, dict[str, Any]] = {}  # name -> {"file", "error", "state"}
+        self.rejected: dict[str, dict[str, str]] = {}  # name -> {"file", "error"}
+        self.seen: dict[str, _Seen] = {}  # every file read, served or refused
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="unicomp-model")
         self._scan_lock = asyncio.Lock()
 
     # --- the adapter folder ------------------------------------------------------------------
-    def _files(self) -> dict[str, tuple[Path, tuple[int, int]]]:
+    # A scan stats every file (on the event loop: cheap); a file that is new, or whose identity
+    # changed or is not yet settled, is read and hashed on the model thread; where the bytes
+    # differ from those last read it is built there, in full, and only then put in place of
+    # the adapter before it (on the event loop, between batches). A file that fails is listed
+    # under ``rejected`` and the adapter before it, if any, keeps serving.
+    def _changed(self) -> list[tuple[str, Path, tuple[int, ...]]]:
+        """Drop the tasks whose file is gone; the files to read again."""
         found = {}
         for path in sorted(self.cfg.adapters.glob("*.safetensors")):
             with contextlib.suppress(OSError):  # removed meanwhile
                 st = path.stat()
-                found[path.stem] = (path, (st.st_mtime_ns, st.st_size))
-        return found
+                key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                found[path.stem] = (path, key)
+        for name in [n for n in self.seen if n not in found]:
+            del self.seen[name]
+            self.rejected.pop(name, None)
+            task = self.tasks.pop(name, None)
+            if task is not None:
+                task.closed = True
+                task.queue.put_nowait(_CLOSE)
+                log.info("dropped task %s: its file is gone", name)
+        return [
+            (name, path, key)
+            for name, (path, key) in found.items()
+            if name not in self.seen or not self.seen[name].settled(key)
+        ]
 
-    def _load(self, path: Path):
+    def _read(self, files: list[tuple[str, Path, tuple[int, ...]]]) -> list[tuple]:
+        """On the model thread: each file's bytes hashed, and built where they are new."""
         from unicomp.adapters import load_adapter
 
-        return load_adapter(path, self.backbone, device=self.device)
+        done = []
+        for name, path, key in files:
+            read_ns = time.time_ns()
+            try:
+                data = path.read_bytes()
+            except OSError as err:  # removed meanwhile, or not a file: the next scan says
+                seen = _Seen(key, "", read_ns)
+                done.append((name, path, seen, None, f"cannot read adapter {path} ({err})"))
+                continue
+            seen = _Seen(key, hashlib.sha256(data).hexdigest(), read_ns)
+            before = self.seen.get(name)
+            if before is not None and before.digest == seen.digest:
+                done.append((name, path, seen, None, None))  # touched, not changed
+                continue
+            try:
+                adapter = load_adapter(path, self.backbone, device=self.device, data=data)
+                done.append((name, path, seen, (adapter, adapter.describe()), None))
+            except UnicompError as err:
+                done.append((name, path, seen, None, str(err)))
+            except Exception as err:  # any surprise: refused, the server keeps serving
+                done.append((name, path, seen, None, f"{type(err).__name__}: {err}"))
+        return done
 
-    def scan_now(self) -> None:
-        """Synchronous scan (at start-up, before the event loop serves)."""
-        for name, (path, state) in self._files().items():
-            self._loaded(name, path, state, *self._try_load(path))
-
-    def _try_load(self, path: Path) -> tuple[Any, str | None]:
-        try:
-            return self._load(path), None
-        except UnicompError as err:
-            return None, str(err)
-        except Exception as err:  # a file being written, or any surprise: refuse, keep serving
-            return None, f"{type(err).__name__}: {err}"
-
-    def _loaded(self, name: str, path: Path, state, adapter, error: str | None) -> None:
-        old = self.tasks.pop(name, None)
-        if old is not None and old.worker is not None:
-            old.worker.cancel()
-        self.rejected.pop(name, None)
-        if adapter is None:
-            self.rejected[name] = {"file": path.name, "error": error, "state": state}
-            log.warning("refused %s (task %s): %s", path.name, name, error)
-        else:
-            self.tasks[name] = _Task(adapter, state)
+    def _install(self, done: list[tuple]) -> None:
+        """On the event loop: the adapters built put in place, the refusals noted."""
+        for name, path, seen, built, error in done:
+            self.seen[name] = seen
+            task = self.tasks.get(name)
+            if error is not None:
+                self.rejected[name] = {"file": path.name, "error": error}
+                kept = "; the adapter loaded before keeps serving" if task else ""
+                log.warning("refused %s (task %s): %s%s", path.name, name, error, kept)
+                continue
+            if built is None:
+                continue
+            self.rejected.pop(name, None)
+            adapter, info = built
+            if task is None:
+                self.tasks[name] = _Task(adapter, info)
+            else:
+                task.adapter, task.info = adapter, info
             log.info(
                 "%s task %s from %s (%s, %d parameters of its own)",
-                "reloaded" if old is not None else "loaded",
+                "loaded" if task is None else "reloaded",
                 name,
                 path.name,
                 adapter.task,
                 adapter.params,
             )
 
+    def scan_now(self) -> None:
+        """Synchronous scan (at start-up, before the event loop serves)."""
+        self._install(self._read(self._changed()))
+
     async def scan(self) -> None:
         """Load new and changed adapter files, drop removed ones."""
         async with self._scan_lock:
-            files = self._files()
-            for name in [n for n in self.tasks if n not in files]:
-                task = self.tasks.pop(name)
-                if task.worker is not None:
-                    task.worker.cancel()
-                log.info("dropped task %s: its file is gone", name)
-            for name in [n for n in self.rejected if n not in files]:
-                del self.rejected[name]
-            loop = asyncio.get_running_loop()
-            for name, (path, state) in files.items():
-                known = self.tasks.get(name) or self.rejected.get(name)
-                current = known.state if isinstance(known, _Task) else (known or {}).get("state")
-                if current == state:
-                    continue
-                adapter, error = await loop.run_in_executor(self.executor, self._try_load, path)
-                self._loaded(name, path, state, adapter, error)
+            files = self._changed()
+            if files:
+                loop = asyncio.get_running_loop()
+                self._install(await loop.run_in_executor(self.executor, self._read, files))
 
     async def rescan_forever(self) -> None:
         while True:
@@ -179,8 +306,7 @@ class Server:
 
     # --- predictions ---------------------------------------------------------------------------
     async def predict(self, name: str, inputs: list[Any]) -> list[Any]:
-        from unicomp.codecs import InputError
-
+        cfg = self.cfg
         if name not in self.tasks:
             await self.scan()
         task = self.tasks.get(name)
@@ -195,87 +321,126 @@ class Server:
             )
         if not inputs:
             raise HTTPError(422, "inputs: expected a non-empty list of inputs")
-        if len(inputs) > self.cfg.max_batch:
+        if len(inputs) > cfg.max_inputs:
             raise HTTPError(
-                422, f"inputs: {len(inputs)} inputs; at most {self.cfg.max_batch} per request"
+                413, f"inputs: {len(inputs)} inputs; at most {cfg.max_inputs} per request"
             )
-        try:  # checked here, so that one bad request never fails the batch it would join
-            task.adapter.codec.encode(inputs)
+        if task.waiting >= cfg.max_queue:
+            raise HTTPError(
+                503,
+                f"task {name!r} has {task.waiting} requests waiting, its limit; retry shortly",
+                retry_after=1,
+            )
+        task.waiting += 1
+        try:
+            adapter = task.adapter  # the one these inputs are checked and encoded for
+            x, mask = await self._encode(adapter, inputs)
+            tokens = int(mask.sum()) if mask is not None else x.shape[0] * x.shape[1]
+            if tokens > cfg.max_tokens:
+                raise HTTPError(
+                    413, f"inputs: {tokens} tokens in all; at most {cfg.max_tokens} per request"
+                )
+            if task.closed:
+                raise HTTPError(404, f"task {name!r}: its file was removed")
+            future = asyncio.get_running_loop().create_future()
+            task.queue.put_nowait(_Request(adapter, x, mask, future))
+            task.requests += 1
+            task.inputs += len(inputs)
+            if task.worker is None or task.worker.done():
+                task.worker = asyncio.create_task(self._batches(task))
+            try:  # on time-out the future is cancelled: a batch not yet run leaves it out
+                return await asyncio.wait_for(future, cfg.request_timeout)
+            except TimeoutError:
+                raise HTTPError(
+                    503,
+                    f"task {name!r}: no answer within {cfg.request_timeout:g} s (the model is "
+                    "busy); retry later",
+                    retry_after=max(1, round(cfg.request_timeout)),
+                ) from None
+        finally:
+            task.waiting -= 1
+
+    async def _encode(self, adapter, inputs: list[Any]):
+        """The inputs checked and encoded once, on a thread (not the event loop's); a bad one
+        fails its own request alone."""
+        from unicomp.codecs import InputError
+
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, adapter.codec.encode, inputs)
         except InputError as err:
             raise HTTPError(422, str(err)) from None
         except Exception as err:  # a shape no check foresaw: still the request's fault
             raise HTTPError(
-                422, f"inputs: not {task.adapter.task} inputs ({type(err).__name__}: {err})"
-            ) from None
-        task.requests += 1
-        task.inputs += len(inputs)
-        future = asyncio.get_running_loop().create_future()
-        await task.queue.put((inputs, future))
-        if task.worker is None:
-            task.worker = asyncio.create_task(self._batches(task))
-        try:
-            return await future
-        except asyncio.CancelledError:
-            raise HTTPError(
-                503, f"task {name!r} was reloaded or removed meanwhile; retry"
+                422, f"inputs: not {adapter.task} inputs ({type(err).__name__}: {err})"
             ) from None
 
+    def _fits(self, batch: list[_Request], item: _Request) -> bool:
+        """Whether ``item`` may join ``batch``: the same adapter, at most ``max_batch`` inputs
+        and ``max_tokens`` padded tokens in all."""
+        n = sum(r.n for r in batch) + item.n
+        width = max(r.x.shape[1] for r in (*batch, item))
+        return (
+            item.adapter is batch[0].adapter
+            and n <= self.cfg.max_batch
+            and n * width <= self.cfg.max_tokens
+        )
+
     async def _batches(self, task: _Task) -> None:
-        """One task's worker: gather requests for ``batch_window`` seconds (or ``max_batch``
-        inputs), run them as one batch, hand each request its outputs."""
+        """One task's worker: gather requests for ``batch_window`` seconds while they fit
+        (``_fits``), run them as one batch, hand each request its outputs. A request that
+        does not fit waits for the next batch; none is split."""
         loop = asyncio.get_running_loop()
-        pending: list[tuple[list, asyncio.Future]] = []
-        try:
-            while True:
-                pending = [await task.queue.get()]
-                size = len(pending[0][0])
-                deadline = loop.time() + self.cfg.batch_window
-                while size < self.cfg.max_batch:
-                    timeout = deadline - loop.time()
-                    if timeout <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(task.queue.get(), timeout)
-                    except TimeoutError:
-                        break
-                    pending.append(item)
-                    size += len(item[0])
-                batch = [x for inputs, _ in pending for x in inputs]
-                task.batches += 1
-                task.largest_batch = max(task.largest_batch, len(batch))
+        held: _Request | None = None
+        while True:
+            first = held if held is not None else await task.queue.get()
+            held = None
+            if first is _CLOSE:
+                return
+            if first.future.done():  # its client stopped waiting
+                continue
+            batch = [first]
+            deadline = loop.time() + self.cfg.batch_window
+            while sum(r.n for r in batch) < self.cfg.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
                 try:
-                    outputs = await loop.run_in_executor(self.executor, task.adapter.predict, batch)
-                except Exception as err:  # noqa: BLE001 (reported to each request)
-                    for _, future in pending:
-                        if not future.done():
-                            future.set_exception(HTTPError(500, f"{type(err).__name__}: {err}"))
+                    item = await asyncio.wait_for(task.queue.get(), timeout)
+                except TimeoutError:
+                    break
+                if item is not _CLOSE and item.future.done():
                     continue
-                start = 0
-                for inputs, future in pending:
-                    if not future.done():
-                        future.set_result(outputs[start : start + len(inputs)])
-                    start += len(inputs)
-        finally:  # cancelled (task reloaded or removed): the waiting requests learn it
-            for _, future in pending:
-                if not future.done():
-                    future.cancel()
-            while not task.queue.empty():
-                _, future = task.queue.get_nowait()
-                future.cancel()
+                if item is _CLOSE or not self._fits(batch, item):
+                    held = item
+                    break
+                batch.append(item)
+            await self._run(task, batch)
+
+    async def _run(self, task: _Task, batch: list[_Request]) -> None:
+        x, mask = _stack(batch)
+        task.batches += 1
+        task.largest_batch = max(task.largest_batch, len(x))
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self.executor, batch[0].adapter.run, x, mask)
+        except Exception as err:  # noqa: BLE001 (reported to each request)
+            log.exception("task %s: a batch of %d inputs failed", batch[0].adapter.name, len(x))
+            for r in batch:
+                if not r.future.done():
+                    r.future.set_exception(HTTPError(500, f"{type(err).__name__}: {err}"))
+            return
+        start = 0
+        for r in batch:
+            if not r.future.done():
+                r.future.set_result(outputs[start : start + r.n])
+            start += r.n
 
     def describe(self) -> dict[str, Any]:
         return {
-            "backbone": {
-                "name": self.cfg.backbone,
-                "params": sum(p.numel() for p in self.backbone.parameters()),
-                "hash": self.hash,
-                "source": self.backbone.source,
-                "device": str(self.device),
-            },
-            "tasks": [t.adapter.describe() for t in self.tasks.values()],
-            "rejected": {
-                n: {"file": r["file"], "error": r["error"]} for n, r in self.rejected.items()
-            },
+            "backbone": self.backbone_info,
+            "tasks": [t.info for t in self.tasks.values()],
+            "rejected": dict(self.rejected),
         }
 
     def stats(self) -> dict[str, Any]:
@@ -285,9 +450,26 @@ class Server:
                 "inputs": t.inputs,
                 "batches": t.batches,
                 "largest_batch": t.largest_batch,
+                "waiting": t.waiting,
             }
             for name, t in self.tasks.items()
         }
+
+
+def _stack(batch: list[_Request]):
+    """One model batch from requests encoded apart: token rows (2-D) right-padded with id 0
+    and mask 0 to the longest, as the codec pads the rows of one request."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(r.x.shape[1] for r in batch)
+
+    def pad(t):
+        return F.pad(t, (0, width - t.shape[1])) if t.dim() == 2 else t
+
+    x = torch.cat([pad(r.x) for r in batch])  # (B, T) or (B, T, d_in)
+    mask = None if batch[0].mask is None else torch.cat([pad(r.mask) for r in batch])
+    return x, mask
 
 
 class _RequestLog:
@@ -316,9 +498,9 @@ class _RequestLog:
 
 
 class _BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is
-    parsed (by its Content-Length, or while it streams in without one: the application then
-    sees an empty body and its answer is replaced by the 413)."""
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before the
+    application sees any of it (by its Content-Length, or, without one (chunked), as soon as
+    the bytes received pass the limit); a body within it is read whole, then handed on."""
 
     def __init__(self, app, limit: int):
         self.app, self.limit = app, limit
@@ -328,39 +510,40 @@ class _BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await self._refuse(send, int(length))
-        seen, over, answered = 0, False, False
-
-        async def limited():
-            nonlocal seen, over
+            return await _answer(send, 413, self._over(int(length)))
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request" and not over:
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    over = True
-                    return {"type": "http.request", "body": b"", "more_body": False}
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.limit:
+                return await _answer(send, 413, self._over(seen))
+            if not message.get("more_body", False):
+                break
+        body, handed = b"".join(chunks), False
 
-        async def guarded(message):
-            nonlocal answered
-            if not over:
-                return await send(message)
-            if not answered:
-                answered = True
-                await self._refuse(send, seen)
+        async def replay():
+            nonlocal handed
+            if handed:
+                return await receive()  # after the body: the disconnect, when it comes
+            handed = True
+            return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, limited, guarded)
+        await self.app(scope, replay, send)
 
-    async def _refuse(self, send, size: int) -> None:
-        body = json.dumps(
-            {"error": f"request body of {size}+ bytes exceeds the limit of {self.limit} bytes"}
-        ).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    def _over(self, size: int) -> str:
+        return f"request body of {size}+ bytes exceeds the limit of {self.limit} bytes"
+
+
+async def _answer(send, status: int, error: str, headers: dict[str, str] | None = None) -> None:
+    """An error answer sent straight on the ASGI channel, in the one shape: {"error": ...}."""
+    body = json.dumps({"error": error}).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    head += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 def create_app(cfg: ServeConfig):
@@ -370,6 +553,7 @@ def create_app(cfg: ServeConfig):
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, Field
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     server = Server(cfg)
     server.scan_now()
@@ -387,6 +571,9 @@ def create_app(cfg: ServeConfig):
         yield
         if rescans is not None:
             rescans.cancel()
+        for task in server.tasks.values():
+            if task.worker is not None:
+                task.worker.cancel()
         server.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -405,9 +592,29 @@ def create_app(cfg: ServeConfig):
         task: str
         outputs: list[Any]
 
+    # One shape for every error answer: {"error": "one line"} (FastAPI's own are {"detail"}).
     @app.exception_handler(HTTPError)
     async def _http_error(_request: Request, err: HTTPError):
-        return JSONResponse({"error": str(err)}, status_code=err.status)
+        headers = {"Retry-After": str(err.retry_after)} if err.retry_after else None
+        return JSONResponse({"error": str(err)}, status_code=err.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing(request: Request, err: StarletteHTTPException):
+        where = f"{request.method} {request.url.path}"
+        if err.status_code == 404:
+            message = f"{where}: no such endpoint; {ENDPOINTS}"
+        elif err.status_code == 405:
+            allowed = (err.headers or {}).get("Allow", "")
+            message = f"{where}: method not allowed (allowed: {allowed}); {ENDPOINTS}"
+        else:
+            message = f"{where}: {err.detail}"
+        return JSONResponse({"error": message}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, err: Exception):  # a bug: logged with its trace
+        return JSONResponse(
+            {"error": f"internal error: {type(err).__name__}: {err}"}, status_code=500
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, err: RequestValidationError):
@@ -438,7 +645,7 @@ def create_app(cfg: ServeConfig):
 
     @app.get("/stats")
     async def stats() -> dict[str, Any]:
-        """Per task: requests, inputs, model batches, the largest batch."""
+        """Per task: requests, inputs, model batches, the largest batch, requests waiting."""
         return server.stats()
 
     app.add_middleware(_BodyLimit, limit=cfg.max_body_bytes)
@@ -448,6 +655,8 @@ def create_app(cfg: ServeConfig):
 
 def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load everything, then serve until interrupted."""
+    if not 1 <= port <= _MAX_PORT:  # before anything loads
+        raise UnicompError(f"serve: --port must be in 1..{_MAX_PORT}, got {port}")
     _require_fastapi()
     import uvicorn
 
@@ -460,5 +669,13 @@ def serve(cfg: ServeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     app = create_app(cfg)
     log.info("serving http://%s:%d/tasks, /docs", host, port)
     started = time.perf_counter()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        limit_concurrency=cfg.max_connections,  # beyond: uvicorn's own 503, in plain text
+        timeout_keep_alive=KEEP_ALIVE_S,
+        timeout_graceful_shutdown=SHUTDOWN_S,
+    )
     log.info("stopped after %.0f s", time.perf_counter() - started)
