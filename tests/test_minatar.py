@@ -260,3 +260,80 @@ def test_the_minatar_preset_is_a_cli_preset_and_lists_its_runs(tmp_path, capsys)
             for lr in ("0.0003", "0.001"):
                 assert f"atari/{game}/{row}/s0/lr{lr}:" in out
     assert "K=30" in out and "K=1" in out and "steps=1000" in out and "batch=64" in out
+
+
+def test_dt_vs_bc_reads_cql_where_it_ran():
+    # precise figures (episode std 5): "about as good" can be shown
+    dt, bc = _runs([60, 61, 59], std=5, **FULL), _runs([20, 22, 18], **FULL)
+    rows = {BREAKOUT: {"DT": dt, "BC": bc, "CQL": _runs([61, 60, 60], std=5, **FULL)}}
+    ours, verdict, reason = _judge("atari-dt-vs-bc", _evidence(rows))
+    assert verdict == "holds", reason
+    assert "Breakout CQL 60.3" in ours and "CQL not run" not in ours
+    # CQL far above the DT: the "comparable" part fails, the BC part holds
+    rows[BREAKOUT]["CQL"] = _runs([95, 97, 93], **FULL)
+    ours, verdict, reason = _judge("atari-dt-vs-bc", _evidence(rows))
+    assert (
+        verdict == "partly"
+        and "about as good as CQL (within 5 points, noise counted): no" in reason
+    )
+    # CQL at the random policy's score did not train: nothing measured against it
+    rows[BREAKOUT]["CQL"] = _runs([0.5, -0.5, 0.0], std=5, **FULL)
+    ours, verdict, reason = _judge("atari-dt-vs-bc", _evidence(rows))
+    assert verdict == "not measured" and "Breakout CQL did not train" in reason
+    # CQL in one game only: at most partly, and the reason names the game without it
+    rows[BREAKOUT]["CQL"] = _runs([61, 60, 60], std=5, **FULL)
+    rows[SEAQUEST] = {"DT": dt, "BC": bc}
+    ours, verdict, reason = _judge("atari-dt-vs-bc", _evidence(rows))
+    assert verdict == "partly" and "Seaquest-v1 CQL: not run or failed" in reason
+
+
+def test_cql_records_join_the_evidence_and_must_match_the_preset(tmp_path):
+    from unicomp.reproduce import _cql_folder, _cql_records, preset
+
+    a = preset("minatar", tmp_path)["atari"]
+    assert _cql_records(tmp_path, a) == {}
+    folder = _cql_folder(tmp_path, BREAKOUT, 1)
+    folder.mkdir(parents=True)
+    record = {"steps": a["cql"]["steps"], "env": BREAKOUT, "normalized_score_mean": 40.0}
+    (folder / "metrics.json").write_text(json.dumps(record))
+    runs = _cql_records(tmp_path, a)
+    assert list(runs) == [BREAKOUT] and runs[BREAKOUT][0]["run"] == str(folder)
+    (folder / "metrics.json").write_text(json.dumps({**record, "steps": 5}))
+    with pytest.raises(UnicompError, match="a CQL run of 5 steps"):
+        _cql_records(tmp_path, a)
+
+
+def test_d3rlpy_export_keeps_frames_as_bytes(tmp_path):
+    """MinAtar's frames reach d3rlpy as uint8 (C, H, W), for its pixel scaler and encoder."""
+    from unicomp.experiments.external import flat_arrays
+    from unicomp.rl.trajectories import Episode, TrajectoryDataset
+
+    rng = np.random.default_rng(0)
+    eps = []
+    for n in (3, 4):
+        frames = (rng.random((n + 1, 4, 10, 10)) < 0.2).astype(np.uint8) * 255
+        eps.append(Episode(frames, rng.integers(0, 3, n), np.ones(n, np.float32),
+                           np.eye(n, dtype=bool)[-1], np.zeros(n, bool)))  # fmt: skip
+    arrays = flat_arrays(TrajectoryDataset(eps, env_id=BREAKOUT))
+    assert arrays["observations"].dtype == np.uint8
+    assert arrays["observations"].shape == (7, 4, 10, 10)
+
+
+@pytest.mark.slow
+def test_discrete_cql_trains_on_minatar_frames_through_dt_external(tmp_path):
+    """The three stages of `dt external` on frames: bytes exported, d3rlpy's DiscreteCQL with
+    its frame settings and MinAtar's small encoder, scored by our evaluator."""
+    from unicomp.experiments.external import D3RLPY_PYTHON
+
+    if not D3RLPY_PYTHON.exists():
+        pytest.skip(f"no {D3RLPY_PYTHON} (see docs/rl-experiments.md, CQL and IQL)")
+    data, out = tmp_path / "random", tmp_path / "cql"
+    assert main([*COLLECT, "--policy", "random", "--episodes", "4", "--out", str(data)]) == 0
+    run = ["dt", "external", "--algo", "cql", "--data", str(data), "--out", str(out)]
+    run += ["--steps", "20", "--eval-episodes", "2", "--eval-max-steps", "30", "--eval-envs", "2"]
+    assert main(run) == 0
+    assert np.load(out / "data.npz")["observations"].dtype == np.uint8
+    log = json.loads((out / "d3rlpy_log.json").read_text())
+    assert log["settings"].startswith("d3rlpy's 1%-DQN-Replay") and log["batch_size"] == 32
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["algo"] == "cql" and metrics["episodes"] == 2 and metrics["lr"] == 5e-5

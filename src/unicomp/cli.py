@@ -796,7 +796,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else None
     result = reproduce(
         args.preset, out, args.claims, args.jobs, dry_run=args.dry_run,
-        report_only=args.report_only,
+        report_only=args.report_only, d3rlpy_python=args.d3rlpy_python,
     )  # fmt: skip
     if args.dry_run:
         print(result["dry_run"])
@@ -937,6 +937,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the runs and the report [runs/reproduce-<preset>]")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at a time")
     p.add_argument("--dry-run", action="store_true", help="list the runs, train nothing")
+    p.add_argument(
+        "--d3rlpy-python",
+        help="python of a d3rlpy venv (see `dt external`): the minatar preset then also trains "
+        "d3rlpy's DiscreteCQL per game and seed; without it CQL is not run, and the claims say so",
+    )
     p.add_argument(
         "--report-only",
         action="store_true",

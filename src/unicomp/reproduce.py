@@ -231,6 +231,7 @@ def preset(name: str, out: Path) -> dict:
             "atari": {"games": ["MinAtar/Breakout-v1", "MinAtar/Seaquest-v1"],
                       "seeds": [0, 1, 2], "lrs": [3e-4, 1e-3], "runs": _atari_runs(),
                       "dqn": {"steps": 500_000, "eval_every": 50_000, "eval_episodes": 10},
+                      "cql": {"steps": 100_000},
                       "settings": {**_MINATAR_DT,
                                    "train": {"steps": 1000, "batch_size": 64, "lr": 6e-4,
                                              "weight_decay": 0.1, "warmup_steps": 100,
@@ -389,6 +390,58 @@ def _collect_minatar(out: Path, a: dict, jobs: int, say) -> dict[str, dict]:
     return records
 
 
+def _cql_folder(out: Path, game: str, seed: int) -> Path:
+    return out / "atari" / game_slug(game) / "cql" / f"s{seed}"
+
+
+def _run_cql(out: Path, a: dict, python: str | Path, jobs: int, say) -> None:
+    """d3rlpy's DiscreteCQL (``unicomp dt external``, its settings for frames) per game and
+    seed on the game's data, evaluated as the DT rows are; a finished run is kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from unicomp.experiments.external import run_external
+
+    s = a["settings"]
+    todo = [(game, seed) for game in a["games"] for seed in a["seeds"]
+            if not (_cql_folder(out, game, seed) / "metrics.json").is_file()]  # fmt: skip
+
+    def one(game: str, seed: int) -> None:
+        folder = _cql_folder(out, game, seed)
+        say(f"{folder}: d3rlpy DiscreteCQL, {a['cql']['steps']:,} steps")
+        try:
+            run_external("cql", str(out / "atari" / game_slug(game)), folder, env=game,
+                         steps=a["cql"]["steps"], seed=seed, eval_episodes=s["eval_episodes"],
+                         eval_envs=s["eval_envs"], eval_max_steps=s["eval_max_steps"],
+                         python=python)  # fmt: skip
+            say(f"{folder}: done")
+        except UnicompError as err:
+            say(f"{folder}: FAILED: {err}")
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is a process of its own
+        list(pool.map(lambda job: one(*job), todo))
+
+
+def _cql_records(out: Path, a: dict) -> dict[str, list[dict]]:
+    """The finished CQL runs by game (as :func:`_evidence` takes runs); a record made with
+    other settings than the preset's is an error, as for the DT runs."""
+    if "cql" not in a:
+        return {}
+    records: dict[str, list[dict]] = {}
+    for game in a["games"]:
+        for seed in a["seeds"]:
+            path = _cql_folder(out, game, seed) / "metrics.json"
+            if not path.is_file():
+                continue
+            m = json.loads(path.read_text())
+            if m.get("steps") != a["cql"]["steps"] or m.get("env") != game:
+                raise UnicompError(
+                    f"{path}: a CQL run of {m.get('steps')} steps in {m.get('env')}, the preset "
+                    f"asks {a['cql']['steps']} in {game}; re-run it or restore the record"
+                )
+            records.setdefault(game, []).append({**m, "run": str(path.parent)})
+    return records
+
+
 def _silent(*_args) -> None:
     pass
 
@@ -486,6 +539,7 @@ def reproduce(
     jobs: int = 2,
     dry_run: bool = False,
     report_only: bool = False,
+    d3rlpy_python: str | Path | None = None,
     say=print,
 ) -> dict:
     """Run (or skip) every experiment the chosen claims need, then write the report.
@@ -493,7 +547,11 @@ def reproduce(
     ``report_only``: train nothing; the report, its tables and verdicts come from the run
     records already in ``out`` (config.yaml, metrics.json, curve.csv of each run, and
     ``run.json``: when, where and how long the runs were made). A run without a record is
-    reported as missing."""
+    reported as missing.
+
+    ``d3rlpy_python``: the python of a d3rlpy venv (``unicomp dt external``); with it the
+    MinAtar games also train d3rlpy's DiscreteCQL on each game's data, one run per seed.
+    Without it CQL is not run and the claims that read it say so."""
     if jobs < 1:
         raise UnicompError(f"--jobs must be >= 1, got {jobs}")
     chosen = select_claims(claims)
@@ -553,10 +611,15 @@ def reproduce(
             more = [c for c in _atari_cells(out, spec["atari"]) if c.key not in known]
             _run_jobs(more, out / "logs", jobs, threads, say)
             cells += more
+            if d3rlpy_python is not None:
+                _run_cql(out, spec["atari"], d3rlpy_python, jobs, say)
+            elif "cql" in spec["atari"]:
+                say("CQL not run on MinAtar: pass --d3rlpy-python (a d3rlpy venv's python)")
         _write_run_record(name, spec, out, time.time() - t0, suites, cells)
     chosen_cells = pick_jobs(cells)
-    figures = _figures(out, suites, results, chosen_cells, collection, spec)
-    ev = _evidence(results, chosen_cells, collection, spec)
+    cql = _cql_records(out, spec["atari"]) if "atari" in groups else {}
+    figures = _figures(out, suites, results, chosen_cells, collection, spec, cql)
+    ev = _evidence(results, chosen_cells, collection, spec, cql)
     decides = spec.get("decides", True)
     rows = []
     for claim in chosen:
@@ -628,7 +691,9 @@ def _metrics(cell: Cell) -> dict | None:
     )
 
 
-def _evidence(results: dict, cells: list[Cell], collection: dict | None, spec: dict) -> Evidence:
+def _evidence(
+    results: dict, cells: list[Cell], collection: dict | None, spec: dict, cql: dict
+) -> Evidence:
     by_group: dict[str, dict[str, list[dict]]] = {"dt": {}, "perceiver": {}}
     atari: dict[str, dict[str, list[dict]]] = {}
     for cell in cells:
@@ -639,6 +704,8 @@ def _evidence(results: dict, cells: list[Cell], collection: dict | None, spec: d
             game = cell.table.partition("atari:")[2]
             table = atari.setdefault(game, {}) if game else by_group[cell.table]
             table.setdefault(cell.row, []).append(run)
+    for game, runs in cql.items():
+        atari.setdefault(game, {})["CQL"] = runs
     rows = {g: {r["label"]: r for r in results[g]["rows"]} if g in results else {}
             for g in ("fpt", "size")}  # fmt: skip
     data_success = None
@@ -669,7 +736,9 @@ def _rel(path: str | Path, out: Path) -> str:
     return str(path.relative_to(out)) if path.is_relative_to(out) else str(path)
 
 
-def _figures(out: Path, suites: dict, results: dict, cells: list[Cell], collection, spec) -> dict:
+def _figures(
+    out: Path, suites: dict, results: dict, cells: list[Cell], collection, spec, cql: dict
+) -> dict:
     """Every figure of the report: {key: {title, file, runs, command}} (paths relative to
     ``out``); FPT plots come from ablate, the rest are drawn here from the run folders."""
     figs: dict[str, dict] = {}
@@ -712,7 +781,7 @@ def _figures(out: Path, suites: dict, results: dict, cells: list[Cell], collecti
         figs.update(_perceiver_figures(out, pc))
     at = [c for c in cells if c.table.startswith("atari:") and _metrics(c)]
     if at:
-        figs.update(_atari_figures(out, at))
+        figs.update(_atari_figures(out, at, cql))
     return {k: v for k, v in figs.items() if (out / v["file"]).is_file()}
 
 
@@ -770,18 +839,23 @@ def _dt_figures(out: Path, cells: list[Cell], collection) -> dict:
     return figs
 
 
-def _atari_figures(out: Path, cells: list[Cell]) -> dict:
-    """Normalised score by row, one group of bars per game (mean ± std over seeds)."""
+def _atari_figures(out: Path, cells: list[Cell], cql: dict) -> dict:
+    """Normalised score by row (and CQL's where it ran), one group of bars per game (mean ±
+    std over seeds)."""
     plt = pyplot()
     games = list(dict.fromkeys(c.table.partition(":")[2] for c in cells))
-    rows = list(dict.fromkeys(c.row for c in cells))
+    rows = list(dict.fromkeys(c.row for c in cells)) + (["CQL"] if cql else [])
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(rows)
     for j, row in enumerate(rows):
         means, stds = [], []
         for game in games:
-            scores = [_metrics(c).get("normalized_score_mean") for c in cells
-                      if c.row == row and c.table == f"atari:{game}"]  # fmt: skip
+            runs = (
+                cql.get(game, [])
+                if row == "CQL"
+                else [_metrics(c) for c in cells if c.row == row and c.table == f"atari:{game}"]
+            )
+            scores = [m.get("normalized_score_mean") for m in runs]
             scores = [v for v in scores if v is not None]
             means.append(statistics.fmean(scores) if scores else 0.0)
             stds.append(mean_std(scores, single=0.0)[1] if scores else 0.0)
@@ -799,7 +873,8 @@ def _atari_figures(out: Path, cells: list[Cell]) -> dict:
         "atari-bars": {
             "title": "MinAtar: normalised score by algorithm (mean ± std over seeds)",
             "file": "figures/atari-bars.png",
-            "runs": [_rel(c.cfg.out, out) for c in cells],
+            "runs": [_rel(c.cfg.out, out) for c in cells]
+            + [_rel(r["run"], out) for runs in cql.values() for r in runs],
             "command": _train_command(cells[0], "dt") + " (each run likewise)",
         }
     }

@@ -10,8 +10,10 @@ d3rlpy 2.8 pins gymnasium 1.0 (we run 1.4), so it trains in its own virtual envi
    actions, rewards, terminals (the environment ended the episode), timeouts (the episode was
    cut);
 2. train (the d3rlpy venv, ``scripts/d3rlpy_train.py``, :func:`train_d3rlpy`): d3rlpy's CQL
-   (continuous, or DiscreteCQL for discrete actions) or IQL with its default settings for
-   ``steps`` gradient steps; the greedy policy saved as TorchScript (OUT/policy.pt; d3rlpy
+   (continuous, or DiscreteCQL for discrete actions) or IQL with its default settings (for
+   frames, DiscreteCQL with the settings of d3rlpy's reproduction on 1% of DQN Replay and,
+   for MinAtar's small frames, MinAtar's network: see the script) for ``steps`` gradient
+   steps; the greedy policy saved as TorchScript (OUT/policy.pt; d3rlpy
    puts its observation/action scalers inside), d3rlpy's loss log in OUT/d3rlpy_log.json;
 3. evaluate (here, :func:`score_run`): the TorchScript policy acts through
    unicomp.rl.evaluate.run_episodes, the same vectorised, seeded evaluator as ``unicomp dt
@@ -19,9 +21,9 @@ d3rlpy 2.8 pins gymnasium 1.0 (we run 1.4), so it trains in its own virtual envi
    set, and OUT/metrics.json gets a DT run's score keys (unicomp.experiments.dt.primary_scores:
    return_mean, normalized_score_mean, ..., plus train_steps).
 
-Departures: d3rlpy's default hyperparameters, not the CQL paper's per-task ones (the DT paper
-copied its CQL numbers from the CQL paper); no held-out episodes (d3rlpy trains on all); the
-last weights are scored (no checkpoint selection).
+Departures: for vector observations d3rlpy's default hyperparameters, not the CQL paper's
+per-task ones (the DT paper copied its CQL numbers from the CQL paper); no held-out episodes
+(d3rlpy trains on all); the last weights are scored (no checkpoint selection).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def default_out(algo: str, data: str, seed: int) -> Path:
 
 # --- stage 1: export ------------------------------------------------------------------------
 def flat_arrays(dataset: TrajectoryDataset) -> dict[str, np.ndarray]:
-    """The data set as D4RL-style flat arrays (what d3rlpy's MDPDataset reads); every
+    """The data set as D4RL-style flat arrays (what d3rlpy's MDPDataset reads; frames stay
+    uint8, for d3rlpy's pixel scaler, other observations become float32); every
     episode ends with a terminal or a timeout, or d3rlpy would join it to the next, and never
     with both (d3rlpy refuses that): a step that terminated at the time limit counts as
     terminal, the stronger fact for value learning."""
@@ -66,8 +69,10 @@ def flat_arrays(dataset: TrajectoryDataset) -> dict[str, np.ndarray]:
     timeouts[ends] = np.maximum(timeouts[ends], 1.0 - terminals[ends])
     timeouts *= 1.0 - terminals
     actions = np.concatenate([e.actions for e in eps])
+    states = np.concatenate([e.states for e in eps])
+    frames = states.ndim == 4 and states.dtype == np.uint8  # (C, H, W) pixels stay bytes
     return {
-        "observations": np.concatenate([e.states for e in eps]).astype(np.float32),
+        "observations": states if frames else states.astype(np.float32),
         "actions": actions if dataset.discrete else actions.astype(np.float32),
         "rewards": np.concatenate([e.rewards for e in eps]).astype(np.float32),
         "terminals": terminals,
@@ -187,6 +192,9 @@ def score_run(
         "delayed_reward": exported["delayed_reward"],
         "reference_scores": reference,
         "d3rlpy": trained["d3rlpy"],
+        "d3rlpy_settings": trained.get("settings"),
+        "batch_size": trained.get("batch_size"),
+        "lr": trained.get("learning_rate"),
         "eval": [evaluation],
         **primary_scores([evaluation]),
     }
