@@ -87,7 +87,7 @@ class FPTConfig:
         None,
         "where a task that is not built in is defined, module:attribute; recorded by runs of "
         "tasks registered from Python or by entry point, so a re-run from config.yaml imports "
-        "it again",
+        "it again; null: a built-in task",
     )
     backbone: str = _f(
         "minilm-l6",
@@ -141,7 +141,7 @@ class PerceiverConfig:
         None,
         "where a task that is not built in is defined, module:attribute; recorded by runs of "
         "tasks registered from Python or by entry point, so a re-run from config.yaml imports "
-        "it again",
+        "it again; null: a built-in task",
     )
     model: str = _f(
         "perceiver-io",
