@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from tests.conftest import run_cli
 from unicomp.tasks.base import Batch, Codec, InputError, TaskSpec, TensorTask
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 
 def _fast(backbone: str) -> list[str]:
@@ -421,3 +424,37 @@ def test_an_adapter_of_a_task_without_an_input_form_warns_on_export(
     assert "'sign-no-form' declares no natural input form" in err and "input_form()" in err
     with pytest.raises(UnicompError, match="no natural input form"):
         load_adapter(tmp_path / "a.safetensors")
+
+
+# --- the README's section, as written ---------------------------------------------------------
+def readme_own_data_blocks() -> list[tuple[str, str]]:
+    """The ```python and ```bash blocks of the README's "## Your own data", in order."""
+    text = README.read_text()
+    start = text.index("\n## Your own data\n")
+    end = text.index("\n## ", start + 1)
+    return re.findall(r"```(python|bash)\n(.*?)```", text[start:end], re.S)
+
+
+def test_the_readme_own_data_section_runs_as_written_twice(tmp_path, monkeypatch, capsys):
+    """Its blocks in order, in an empty folder (the Python ones in this process, each
+    ``unicomp`` line through the CLI's main), then all again over the first round's runs."""
+    from unicomp.cli import main
+
+    blocks = readme_own_data_blocks()
+    assert [lang for lang, _ in blocks] == ["python", "bash", "python"], blocks
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        for lang, code in blocks:
+            if lang == "python":
+                exec(compile(code, "README.md", "exec"), {})
+                continue
+            for line in code.strip().splitlines():
+                args = shlex.split(line)
+                assert args[0] == "unicomp", line
+                assert main(args[1:]) == 0, (line, capsys.readouterr().err)
+    out = capsys.readouterr().out
+    assert "a list of 6 lists of 3 numbers" in out and re.search(r"\['(up|down)', '", out), out
+    houses = json.loads((tmp_path / "runs" / "houses" / "metrics.json").read_text())
+    again = json.loads((tmp_path / "runs" / "houses-again" / "metrics.json").read_text())
+    assert houses["problem"] == "regression" and houses["test_loss"] == again["test_loss"]
+    assert set(houses["data_sha256"]) == {"data/houses.csv"}
