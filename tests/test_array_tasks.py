@@ -306,6 +306,24 @@ def test_the_shorthand_and_the_path_argument_are_one_setting(tmp_path):
     with pytest.raises(UnicompError, match=r"expected array:<path>"):
         expand_task("array:", {})
 
+    # on the command line, over a config file: the flag wins, as flags do
+    from unicomp.cli import build_parser
+    from unicomp.config import FPTConfig, resolve
+    from unicomp.experiments.common import task_defaults
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"task": "array", "task_args": {"path": "a.npz"}}))
+
+    def resolved(*flags: str) -> FPTConfig:
+        args = build_parser().parse_args(["fpt", "train", "--config", str(config), *flags])
+        return resolve(FPTConfig, args, task_defaults)
+
+    assert resolved().task_args == {"path": "a.npz"}
+    cfg = resolved("--task", "array:b.npz")
+    assert (cfg.task, cfg.task_args) == ("array", {"path": "b.npz"})
+    with pytest.raises(UnicompError, match="give it once"):
+        resolved("--task", "array:b.npz", "--task-arg", "path=c.npz")
+
 
 # --- a task registered from Python: a re-run from config.yaml, an input form ------------------
 class SignCodec(Codec):

@@ -569,9 +569,20 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
     if not isinstance(task, str):
         raise UnicompError(f"{where}: task must be str, got {task!r}")
     if "task_source" in {f.name for f in dataclasses.fields(cls)}:
-        from unicomp.registry import ensure_task, expand_task
+        from unicomp.registry import TASK_SHORTHANDS, ensure_task, expand_task
 
-        task, task_args = expand_task(task, data.get("task_args") or {})
+        task_args = dict(data.get("task_args") or {})
+        shorthand = TASK_SHORTHANDS.get(task.partition(":")[0]) if ":" in task else None
+        if (
+            shorthand
+            and getattr(args, "task", None)
+            and not any(
+                item.partition("=")[0] == shorthand
+                for item in getattr(args, "task_args", None) or []
+            )
+        ):  # --task array:NEW over a --config's path: the flag wins, as flags do
+            task_args.pop(shorthand, None)
+        task, task_args = expand_task(task, task_args)
         if task != data.get("task", cls().task):
             data["task"], data["task_args"] = task, task_args
         ensure_task(task, data.get("task_source"), where)
