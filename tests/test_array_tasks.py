@@ -245,6 +245,8 @@ def _bad_files(tmp: Path) -> list[tuple[str, list[str], str]]:
     npz("tiny.npz", "the test split would be empty", ["--task-arg", "test_fraction=0.01"],
         x=x, y=y)  # fmt: skip
     npz("one-class.npz", "classification needs two classes", x=x, y=np.zeros(10, int))
+    many = np.zeros((1200, 1))
+    npz("prices.npz", "classes or values? say --task-arg problem=", x=many, y=np.arange(1200))
     (tmp / "words.csv").write_text("a,colour,t\n1,red,0\n2,blue,1\n")
     cases.append((str(tmp / "words.csv"), ["--task-arg", "target=t"], "column 'colour' is not"))
     cases.append((str(tmp / "words.csv"), [], "name its target column with --task-arg target="))
@@ -453,15 +455,16 @@ def readme_own_data_blocks() -> list[tuple[str, str]]:
     return re.findall(r"```(python|bash)\n(.*?)```", text[start:end], re.S)
 
 
-def test_the_readme_own_data_section_runs_as_written_twice(tmp_path, monkeypatch, capsys):
-    """Its blocks in order, in an empty folder (the Python ones in this process, each
-    ``unicomp`` line through the CLI's main), then all again over the first round's runs."""
+def _run_readme_section(folder: Path, capsys, rounds: int, extra: list[str]) -> str:
+    """The section's blocks in order, in ``folder`` (the Python ones in this process, each
+    ``unicomp`` line through the CLI's main, ``extra`` flags added to ``fpt train`` lines),
+    ``rounds`` times over the same folder; what they printed."""
     from unicomp.cli import main
 
     blocks = readme_own_data_blocks()
     assert [lang for lang, _ in blocks] == ["python", "bash", "python"], blocks
-    monkeypatch.chdir(tmp_path)
-    for _ in range(2):
+    printed = []
+    for _ in range(rounds):
         for lang, code in blocks:
             if lang == "python":
                 exec(compile(code, "README.md", "exec"), {})
@@ -469,10 +472,27 @@ def test_the_readme_own_data_section_runs_as_written_twice(tmp_path, monkeypatch
             for line in code.strip().splitlines():
                 args = shlex.split(line)
                 assert args[0] == "unicomp", line
+                args += extra if args[1:3] == ["fpt", "train"] else []
                 assert main(args[1:]) == 0, (line, capsys.readouterr().err)
-    out = capsys.readouterr().out
+        printed.append(capsys.readouterr().out)
+    out = "".join(printed)
     assert "a list of 6 lists of 3 numbers" in out and re.search(r"\['(up|down)', '", out), out
-    houses = json.loads((tmp_path / "runs" / "houses" / "metrics.json").read_text())
-    again = json.loads((tmp_path / "runs" / "houses-again" / "metrics.json").read_text())
+    houses = json.loads((folder / "runs" / "houses" / "metrics.json").read_text())
+    again = json.loads((folder / "runs" / "houses-again" / "metrics.json").read_text())
     assert houses["problem"] == "regression" and houses["test_loss"] == again["test_loss"]
     assert set(houses["data_sha256"]) == {"data/houses.csv"}
+    assert houses["input_columns"] == ["area", "rooms"]
+    return out
+
+
+def test_the_readme_own_data_section_runs(tmp_path, monkeypatch, tiny_bert, capsys):
+    """The README's commands on a tiny backbone and budget (flags added after them win)."""
+    monkeypatch.chdir(tmp_path)
+    _run_readme_section(tmp_path, capsys, 1, _fast(tiny_bert))
+
+
+@pytest.mark.slow
+def test_the_readme_own_data_section_runs_as_written_twice(tmp_path, monkeypatch, capsys):
+    """As written (minilm-l6, 100 steps), twice: the second round over the first's runs."""
+    monkeypatch.chdir(tmp_path)
+    _run_readme_section(tmp_path, capsys, 2, [])

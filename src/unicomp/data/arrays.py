@@ -262,7 +262,7 @@ def _examples(x: np.ndarray, y: np.ndarray, where: str, x_name: str, y_name: str
 
 
 def _finite(a: np.ndarray, where: str, name: str) -> None:
-    if a.dtype.kind != "f":
+    if a.dtype.kind != "f" or a.size == 0:
         return
     bad = ~np.isfinite(a.reshape(len(a), -1)).all(1)
     if bad.any():

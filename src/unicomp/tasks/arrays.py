@@ -16,7 +16,9 @@ in exported adapters, so served predictions use the run's own numbers.
 
 Targets: integers, booleans or strings are classes (strings and integers keep their values as
 the class names; class ids follow their sorted order); floats are regression (``problem=``
-``classification`` or ``regression`` overrides the guess), one value (N) or several (N x k),
+``classification`` or ``regression`` overrides the guess; more than 100 distinct integers
+averaging fewer than 10 examples each are refused as ambiguous, so that prices or counts do
+not become hundreds of classes unasked), one value (N) or several (N x k),
 standardised with the training split's mean and std. The regression loss is the mean squared
 error of the standardised targets (``test_loss``); metrics.json adds ``test_rmse`` and
 ``val_rmse`` in the targets' own units where there is one value per example.
@@ -40,6 +42,9 @@ from unicomp.errors import DataError
 from unicomp.tasks.base import Batch, Codec, Scored, TaskSpec, TensorTask, describe_item, fail
 
 PROBLEMS = ("auto", "classification", "regression")
+# Integer targets are classes, unless there are more than this many distinct ones averaging
+# fewer than 10 examples each (prices, counts): refused as ambiguous, problem= decides.
+AMBIGUOUS_CLASSES = 100
 _TINY_STD = 1e-12  # below this an entry counts as constant: std 1 (no division by ~0)
 
 
@@ -218,15 +223,23 @@ class ArrayTask(TensorTask):
         strings = bool(kinds & set("US"))
         if problem == "regression" and strings:
             raise DataError(f"{self.path}: problem=regression, but the targets are strings")
+        if strings and kinds - set("US"):
+            raise DataError(f"{self.path}: targets are strings in one split, numbers in another")
         if problem == "auto":
             problem = "regression" if kinds == {"f"} else "classification"
+            every = np.concatenate([e.y.reshape(len(e.y), -1) for e in splits.values()])
+            distinct = len(np.unique(every))
+            if kinds <= set("iu") and distinct > AMBIGUOUS_CLASSES and distinct * 10 > len(every):
+                raise DataError(
+                    f"{self.path}: the targets are {distinct} distinct integers among "
+                    f"{len(every)} examples: classes or values? say --task-arg "
+                    "problem=classification or problem=regression"
+                )
         if problem == "classification" and splits["train"].y.ndim != 1:
             raise DataError(
                 f"{self.path}: targets of shape {list(splits['train'].y.shape)}: classes are one "
                 "per example (N); for several values per example use problem=regression"
             )
-        if strings and kinds - set("US"):
-            raise DataError(f"{self.path}: targets are strings in one split, numbers in another")
         return problem
 
     def _classes(self, splits: dict[str, Examples]) -> dict[str, torch.Tensor]:
