@@ -181,7 +181,8 @@ def test_csv_regression_with_seeded_splits_reruns_from_its_config(tmp_path, tiny
     assert np.allclose(got, expected, rtol=1e-5, atol=1e-3)
 
 
-def test_npy_pair_of_series_and_integer_classes(tmp_path, tiny_bert, capsys):
+def test_npy_pair_of_series_and_integer_classes(tmp_path, tiny_bert, capsys, monkeypatch):
+    monkeypatch.setenv("UNICOMP_CACHE", str(tmp_path / "cache"))  # output-only: features cached
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1, (40, 8))  # N x T: 8 tokens of one value
     y = (x[:, :4].sum(1) > 0).astype(np.int64) * 3 + 4  # classes 4 and 7
@@ -189,7 +190,9 @@ def test_npy_pair_of_series_and_integer_classes(tmp_path, tiny_bert, capsys):
     np.save(tmp_path / "labels.npy", y)
     args = ["--task", f"array:{tmp_path / 'series.npy'}"]
     args += ["--task-arg", f"target={tmp_path / 'labels.npy'}"]
+    args += ["--freeze", "output-only"]  # the head alone, on the frozen network's features
     metrics = _train(capsys, tmp_path / "run", *args, *_fast(tiny_bert))
+    assert metrics["feature_cache"].startswith("computed"), metrics["feature_cache"]
     assert metrics["classes"] == [4, 7] and metrics["input_tokens"] == [8, 1]
     files = {str(tmp_path / "series.npy"), str(tmp_path / "labels.npy")}
     assert set(metrics["data_sha256"]) == files
