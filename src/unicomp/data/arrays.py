@@ -70,7 +70,11 @@ def read_arrays(path: str | Path, target: str | None = None, features: Any = Non
     the targets' array name, ``.npy`` file or table column; ``features``: a table's input
     columns (a list or a comma-separated string; None: every column but the target)."""
     path = Path(path)
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except (OSError, ValueError) as err:  # a name too long, a NUL byte
+        raise DataError(f"{str(path)[:80]!r}: cannot read it ({_first_line(err)})") from None
+    if not exists:
         raise DataError(f"{path} does not exist (expected a .npz, .npy, .csv or .parquet file, "
                         "or a folder of train/val/test files)")  # fmt: skip
     if path.is_dir():
