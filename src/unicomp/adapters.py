@@ -86,7 +86,7 @@ def export_adapter(run: str | Path, path: str | Path) -> dict[str, Any]:
     from safetensors.torch import save
 
     from unicomp import __version__
-    from unicomp.codecs import CODECS, codec_for
+    from unicomp.codecs import input_form
     from unicomp.experiments.fpt import rebuild_fpt_run
     from unicomp.files import atomic_write
 
@@ -102,7 +102,8 @@ def export_adapter(run: str | Path, path: str | Path) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     backbone = _load_backbone(cfg.backbone, cfg.train.seed, cfg.backbone_layers)
     spec = built.task.spec
-    io = codec_for(cfg.task, cfg.task_args, spec).describe() if cfg.task in CODECS else {}
+    codec, codec_record = input_form(built.task, cfg.task, cfg.task_args)
+    io = codec.describe() if codec is not None else {}
     metrics = _metrics(Path(run))
     meta = {
         "format": FORMAT,
@@ -125,6 +126,10 @@ def export_adapter(run: str | Path, path: str | Path) -> dict[str, Any]:
         "metrics": json.dumps(metrics),
         "unicomp_version": __version__,
     }
+    if codec_record:  # a form the task declared: rebuilt from its class and state when loaded
+        meta["codec"] = json.dumps(codec_record)
+    if cfg.task_source:
+        meta["task_source"] = cfg.task_source
     data = save(tensors, metadata=meta)
     atomic_write(path, lambda f: f.write(data))
     return {
@@ -137,6 +142,14 @@ def export_adapter(run: str | Path, path: str | Path) -> dict[str, Any]:
         "backbone": cfg.backbone,
         "backbone_params": sum(p.numel() for p in backbone.parameters()),
         "backbone_hash": meta["backbone_hash"],
+        "input": io.get("input"),
+        "warning": None
+        if codec is not None
+        else (
+            f"task {cfg.task!r} declares no natural input form, so load_adapter(...).predict "
+            "and unicomp serve refuse this adapter; give the task class an input_form() "
+            "(README: Extending)"
+        ),
     }
 
 
@@ -368,7 +381,7 @@ class Adapter(nn.Module):
     def __init__(
         self, backbone: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], name: str
     ):
-        from unicomp.codecs import codec_for
+        from unicomp.codecs import codec_from_header
         from unicomp.models.fpt import FPT
         from unicomp.tasks.base import TaskSpec
 
@@ -394,7 +407,7 @@ class Adapter(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self.params = sum(t.numel() for t in tensors.values())
-        self.codec = codec_for(self.task, json.loads(meta["task_args"]), spec)
+        self.codec = codec_from_header(meta, spec, f"adapter {name}")
 
     @property
     def device(self) -> torch.device:

@@ -96,6 +96,12 @@ TASKS.register("cifar10-lra", "unicomp.tasks.images:CIFAR10LRA", "CIFAR-10, LRA:
 TASKS.register("digits-inpaint", "unicomp.tasks.dense:DigitsInpaint", "8x8 digit inpainting")
 TASKS.register("listops", "unicomp.tasks.listops:ListOps", "ListOps (LRA): nested MIN/MAX/MED/SM")
 TASKS.register("remote-homology", "unicomp.tasks.proteins:RemoteHomology", "protein -> SCOP fold")
+TASKS.register(
+    "array",
+    "unicomp.tasks.arrays:ArrayTask",
+    "your own data: array:PATH, a .npz, .npy (+ target=FILE), .csv/.parquet (+ target=COLUMN) "
+    "or a folder of train/val/test files; classification or regression",
+)
 
 # --- freeze policies: the parameter groups that train (see unicomp.freezing for the groups) ----
 _paper = frozenset({"input", "output", "pos", "norm"})

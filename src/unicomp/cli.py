@@ -163,7 +163,9 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
         "train_seconds",
         "backbone_source",
     )
-    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+    if metrics.get("test_accuracy") is None:  # regression: the loss, and the error in units
+        keys = (*keys, "test_loss", "test_rmse")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
     print(f"run folder: {cfg.out}")
 
 
@@ -225,7 +227,10 @@ example:
 def cmd_fpt_export_adapter(args: argparse.Namespace) -> None:
     from unicomp.adapters import export_adapter
 
-    print(json.dumps(export_adapter(args.run, args.output), indent=2))
+    summary = export_adapter(args.run, args.output)
+    if summary.get("warning"):
+        print(f"unicomp: warning: {summary['warning']}", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -353,7 +358,9 @@ def cmd_perceiver_train(args: argparse.Namespace) -> None:
         "train_seconds",
         "model_source",
     )
-    print(json.dumps({k: metrics[k] for k in keys}, indent=2))
+    if metrics.get("test_accuracy") is None:  # regression: the loss, and the error in units
+        keys = (*keys, "test_loss", "test_rmse")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
     print(f"run folder: {cfg.out}")
 
 

@@ -6,51 +6,27 @@ model's ``(x, mask)`` exactly as the task's own data pipeline does (tests check 
 the tasks' splits); ``decode(logits)`` turns the model's logits into natural outputs. A bad
 item raises :class:`InputError` naming the item and what was wrong. Encoding needs no data
 set: the codec is built from the task's arguments and the size spec stored with an adapter.
+
+Where a task's form comes from (:func:`input_form`): the task's own declaration
+(``Task.input_form``, the contract in ``unicomp.tasks.base``, which any task, built in or a
+plugin, may use; an adapter file then records the codec's class and state), else the table
+``CODECS`` of built-in forms below, keyed by task name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from unicomp.errors import UnicompError
-from unicomp.tasks.base import TaskSpec
 
+# The contract (Codec, InputError) lives with the tasks, which declare their forms with it.
+from unicomp.tasks.base import Codec, InputError, Task, TaskSpec
+from unicomp.tasks.base import describe_item as _describe
+from unicomp.tasks.base import fail as _fail
 
-class InputError(UnicompError, ValueError):
-    """One input is not what the task takes; the message names which and why."""
-
-
-def _fail(i: int, what: str) -> InputError:
-    return InputError(f"input {i}: {what}")
-
-
-def _describe(item: Any) -> str:
-    text = repr(item)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-@dataclass
-class Codec:
-    """Base: ``input``/``output`` describe one item in words; ``example`` is a valid input."""
-
-    spec: TaskSpec
-    input: str = ""
-    output: str = ""
-    example: Any = None
-
-    def encode(self, items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        raise NotImplementedError
-
-    def decode(self, logits: torch.Tensor) -> list[Any]:
-        """Class ids per predicted element: (B,) for classification, (B, N) for sequences."""
-        return logits.reshape(logits.shape[0], -1, self.spec.n_classes).argmax(-1).tolist()
-
-    def describe(self) -> dict[str, Any]:
-        return {"input": self.input, "output": self.output, "example": self.example}
+__all__ = ["Codec", "InputError", "CODECS", "codec_for", "input_form", "codec_from_header"]
 
 
 def _bits(i: int, text: Any, n: int, allowed: str = "01") -> list[int]:
@@ -242,13 +218,80 @@ CODECS = {
 
 
 def codec_for(task: str, task_args: dict[str, Any], spec: TaskSpec) -> Codec:
-    """The codec of ``task`` run with ``task_args`` (the task's defaults fill the rest)."""
+    """The built-in codec of ``task`` run with ``task_args`` (the task's defaults fill the rest)."""
     from unicomp.experiments.common import task_arguments
     from unicomp.registry import TASKS
 
     if task not in CODECS:
         raise UnicompError(
-            f"task {task!r} has no natural input form yet; tasks with one: {', '.join(CODECS)}"
+            f"task {task!r} has no natural input form (its task class declares none with "
+            f"input_form()); built-in tasks with one: {', '.join(CODECS)}"
         )
     args = {**task_arguments(TASKS.entry(task).load()), **task_args}
     return CODECS[task](spec, **args)
+
+
+def input_form(task: Task, name: str, task_args: dict[str, Any]) -> tuple[Codec | None, dict]:
+    """The natural input form of ``task`` (built as task ``name`` with ``task_args``): its own
+    declaration (``task.input_form()``), else the built-in table; ``(None, {})`` where it has
+    none. The dict is what an adapter file records to rebuild the codec without the task
+    (``{"class": "module:Class", "state": {...}}`` for a declared one; ``{}``: rebuilt from
+    the task's name and arguments)."""
+    declared = task.input_form()
+    if declared is not None:
+        cls = type(declared)
+        record = {"class": f"{cls.__module__}:{cls.__qualname__}", "state": declared.state()}
+        _rebuild(record, task.spec, f"task {name!r}")  # it must rebuild from what is recorded
+        return declared, record
+    if name in CODECS:
+        return codec_for(name, task_args, task.spec), {}
+    return None, {}
+
+
+def _rebuild(record: Any, spec: TaskSpec, where: str) -> Codec:
+    """A codec from its record (``input_form``'s dict): its class imported by module path (it
+    must be a :class:`Codec`), called with the spec and the recorded state."""
+    import importlib
+    import json
+
+    if not (
+        isinstance(record, dict)
+        and isinstance(record.get("class"), str)
+        and isinstance(record.get("state"), dict)
+    ):
+        raise UnicompError(f'{where}: codec record is not {{"class": str, "state": {{...}}}}')
+    target = record["class"]
+    module, _, qualname = target.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception as err:
+        raise UnicompError(
+            f"{where}: its input form {target} cannot be imported ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); install or put on PYTHONPATH "
+            "the module that defines it"
+        ) from None
+    if not (isinstance(obj, type) and issubclass(obj, Codec)):
+        raise UnicompError(f"{where}: its input form {target} is not a unicomp Codec class")
+    try:
+        return obj(spec, **json.loads(json.dumps(record["state"])))
+    except (TypeError, ValueError) as err:
+        raise UnicompError(
+            f"{where}: its input form {target} does not rebuild from its state() "
+            f"({type(err).__name__}: {err})"
+        ) from None
+
+
+def codec_from_header(meta: dict[str, str], spec: TaskSpec, where: str) -> Codec:
+    """The codec of an adapter file (its header ``meta``): the recorded class and state where
+    the task declared its form, else the built-in codec of its task and arguments."""
+    import json
+
+    if meta.get("codec"):
+        try:
+            record = json.loads(meta["codec"])
+        except ValueError:
+            raise UnicompError(f"{where}: header field 'codec' is not JSON") from None
+        return _rebuild(record, spec, where)
+    return codec_for(meta["task"], json.loads(meta["task_args"]), spec)

@@ -78,7 +78,17 @@ class TrainConfig:
 class FPTConfig:
     """A Frozen Pretrained Transformer run."""
 
-    task: str = _f("bit-xor", "task name (unicomp list)")
+    task: str = _f(
+        "bit-xor",
+        "task name (unicomp list), or array:PATH for your own .npz/.npy/.csv/.parquet file or "
+        "folder (README: your own data)",
+    )
+    task_source: str | None = _f(
+        None,
+        "where a task that is not built in is defined, module:attribute; recorded by runs of "
+        "tasks registered from Python or by entry point, so a re-run from config.yaml imports "
+        "it again; null: a built-in task",
+    )
     backbone: str = _f(
         "minilm-l6",
         "backbone name, random:<name>, stats:<name>, lstm[:<layers>x<width>], run:<run folder>, "
@@ -122,7 +132,17 @@ class FPTConfig:
 class PerceiverConfig:
     """A Perceiver IO (or plain Perceiver) run; see unicomp.models.perceiver_io."""
 
-    task: str = _f("bit-xor", "task name (unicomp list)")
+    task: str = _f(
+        "bit-xor",
+        "task name (unicomp list), or array:PATH for your own .npz/.npy/.csv/.parquet file or "
+        "folder (README: your own data)",
+    )
+    task_source: str | None = _f(
+        None,
+        "where a task that is not built in is defined, module:attribute; recorded by runs of "
+        "tasks registered from Python or by entry point, so a re-run from config.yaml imports "
+        "it again; null: a built-in task",
+    )
     model: str = _f(
         "perceiver-io",
         "perceiver-io: query decoder | perceiver: mean of the latents -> linear head",
@@ -548,6 +568,24 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
     task = data.get("task", cls().task)
     if not isinstance(task, str):
         raise UnicompError(f"{where}: task must be str, got {task!r}")
+    if "task_source" in {f.name for f in dataclasses.fields(cls)}:
+        from unicomp.registry import TASK_SHORTHANDS, ensure_task, expand_task
+
+        task_args = dict(data.get("task_args") or {})
+        shorthand = TASK_SHORTHANDS.get(task.partition(":")[0]) if ":" in task else None
+        if (
+            shorthand
+            and getattr(args, "task", None)
+            and not any(
+                item.partition("=")[0] == shorthand
+                for item in getattr(args, "task_args", None) or []
+            )
+        ):  # --task array:NEW over a --config's path: the flag wins, as flags do
+            task_args.pop(shorthand, None)
+        task, task_args = expand_task(task, task_args)
+        if task != data.get("task", cls().task):
+            data["task"], data["task_args"] = task, task_args
+        ensure_task(task, data.get("task_source"), where)
     data["train"] = train_settings(task_defaults(task), train)
     return check_config(from_dict(cls, data, where), where)
 

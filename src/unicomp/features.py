@@ -170,6 +170,9 @@ class CachedFeatureTask(Task):
     def split_sizes(self) -> dict[str, int]:
         return self.task.split_sizes()
 
+    def record(self, result: dict) -> dict:
+        return self.task.record(result)
+
     def loss(
         self, logits: torch.Tensor, y: torch.Tensor, target_mask: torch.Tensor | None = None
     ) -> torch.Tensor:

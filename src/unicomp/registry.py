@@ -12,7 +12,12 @@ package's pyproject.toml::
     parity = "mypackage.tasks:Parity"
 
 or, from Python, :func:`register_task`. Both are read after the catalogue, on the first lookup;
-a name that is already a task is an error.
+a name that is already a task is an error. A run of such a task records where it came from
+(``task_source``, "module:attribute", in its config.yaml), so that a re-run from that file in
+another process imports the module again (:func:`ensure_task`).
+
+A task name may carry its main argument: ``array:data.npz`` is the task ``array`` with
+``path=data.npz`` (``TASK_SHORTHANDS``; :func:`expand_task`).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class Entry:
     target: Any  # "package.module:attribute", imported on first use, or the object itself
     help: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # where the entry came from: "catalog" (built in), "entry point", "python" (register_task)
+    origin: str = "catalog"
 
     def load(self) -> Any:
         return load_target(self.target) if isinstance(self.target, str) else self.target
@@ -82,7 +89,9 @@ def _register_entry_points() -> None:
         elif point.name in found:
             other = f"{found[point.name].where} ({found[point.name].help})"
         else:
-            found[point.name] = Entry(point.name, point.value, f"from package {package}")
+            found[point.name] = Entry(
+                point.name, point.value, f"from package {package}", origin="entry point"
+            )
             continue
         raise UnicompError(
             f"task {point.name!r}: {TASK_ENTRY_POINTS} entry point {point.value} (from package "
@@ -99,12 +108,14 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, target: Any, help: str = "", **kwargs: Any) -> None:
+    def register(
+        self, name: str, target: Any, help: str = "", origin: str = "catalog", **kwargs: Any
+    ) -> None:
         if name in self._entries:
             raise UnicompError(
                 f"{self.kind} {name!r} is already registered ({self._entries[name].where})"
             )
-        self._entries[name] = Entry(name, target, help, kwargs)
+        self._entries[name] = Entry(name, target, help, kwargs, origin)
 
     def names(self) -> list[str]:
         _load_catalog()
@@ -136,7 +147,74 @@ def register_task(name: str, cls_or_target: type | str, help: str = "") -> None:
     """Add a task under ``name``: a :class:`unicomp.tasks.base.Task` subclass, or its
     "module:Class" (imported on first use). After the built-in tasks and the entry points
     (read first), so a name that is already a task is an error naming it. A class object
-    lives in this process only; for ``unicomp`` on the command line (and re-running a saved
-    config.yaml), declare a ``unicomp.tasks`` entry point instead."""
+    lives in this process only, but a run of it records where it is defined (``task_source``
+    in config.yaml: the class's "module:Class"), so ``unicomp fpt train --config`` on that
+    file imports the module again; the class must then be importable (not defined in
+    ``__main__``). For ``unicomp --task NAME`` on the command line, declare a ``unicomp.tasks``
+    entry point (or pass ``--task-source module:Class``)."""
     _load_catalog()
-    TASKS.register(name, cls_or_target, help)
+    TASKS.register(name, cls_or_target, help, origin="python")
+
+
+# --- tasks named with their argument, and tasks found again from a run's config ------------------
+# "<task>:<value>" is the task <task> with the argument <key>=<value>.
+TASK_SHORTHANDS = {"array": "path"}
+
+
+def expand_task(name: str, task_args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``("array:data.npz", {})`` -> ``("array", {"path": "data.npz"})``; other names as they
+    are. The argument given both ways is an error."""
+    prefix, sep, value = name.partition(":")
+    if not sep or prefix not in TASK_SHORTHANDS:
+        return name, task_args
+    key = TASK_SHORTHANDS[prefix]
+    if not value:
+        raise UnicompError(f"task {name!r}: expected {prefix}:<{key}>, e.g. {prefix}:data.npz")
+    if key in task_args and str(task_args[key]) != value:
+        raise UnicompError(
+            f"task {name!r} names {key} {value!r}, and --task-arg {key}={task_args[key]!r} "
+            "another: give it once"
+        )
+    return prefix, {key: value, **{k: v for k, v in task_args.items() if k != key}}
+
+
+def task_source(name: str) -> str | None:
+    """Where task ``name`` is defined, for a run's config (``task_source``): "module:attribute"
+    for a task registered from Python or by an entry point; None for a built-in task, which
+    every unicomp finds by name."""
+    entry = TASKS.entry(name)
+    return None if entry.origin == "catalog" else entry.where
+
+
+def ensure_task(name: str, source: str | None, where: str = "config") -> None:
+    """Make task ``name`` known where a config names it with its ``source`` ("module:Class",
+    recorded by its run): nothing if it is known (built in, an entry point, registered in this
+    process); else import the module (which may register it itself) and, if that did not,
+    register the attribute under ``name``. One line naming the module where that fails."""
+    if not isinstance(source, str) or not source or name in TASKS:
+        return
+    module, _, qualname = source.partition(":")
+    hint = "put it on PYTHONPATH, or install the package that provides it"
+    if module == "__main__":
+        hint = "it was defined in a script; move it into a module that can be imported"
+    try:
+        obj: Any = importlib.import_module(module)
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise UnicompError(
+            f"{where}: task {name!r} comes from {source} (task_source), but module {module!r} "
+            f"cannot be imported ({type(err).__name__}: {first}); {hint}"
+        ) from None
+    if name in TASKS:  # importing it registered the task
+        return
+    try:
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise UnicompError(
+            f"{where}: task {name!r} comes from {source} (task_source), but module {module!r} "
+            f"has no {qualname!r}; {hint}"
+        ) from None
+    if not isinstance(obj, type):
+        raise UnicompError(f"{where}: task {name!r}: {source} (task_source) is not a class")
+    TASKS.register(name, obj, f"from {source}", origin="python")

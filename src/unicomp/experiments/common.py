@@ -26,7 +26,7 @@ from unicomp.config import (
 from unicomp.errors import RunFolderError, UnicompError, WeightsNotFoundError
 from unicomp.files import atomic_write_json, claim_run_folder
 from unicomp.provenance import provenance
-from unicomp.registry import TASKS
+from unicomp.registry import TASKS, ensure_task, expand_task, task_source
 from unicomp.tasks.base import Task
 from unicomp.train import pick_device, process_rank, train
 
@@ -45,6 +45,16 @@ def task_arguments(cls: type) -> dict[str, Any]:
         for p in inspect.signature(cls).parameters.values()
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
+
+
+def settle_task(cfg: Any, where: str = "config") -> None:
+    """``cfg.task`` as a run records it: a shorthand expanded (``array:PATH`` -> task
+    ``array``, ``path=PATH``), the task made known from ``cfg.task_source`` where it is not
+    (a config of a task registered elsewhere), and ``cfg.task_source`` set to where the task
+    is defined (None for built-in tasks), so that the run's config.yaml finds it again."""
+    cfg.task, cfg.task_args = expand_task(cfg.task, dict(cfg.task_args))
+    ensure_task(cfg.task, cfg.task_source, where)
+    cfg.task_source = task_source(cfg.task)
 
 
 def build_task(name: str, args: dict) -> Task:
@@ -115,6 +125,7 @@ def train_and_record(
             **summary,
             "data_source": task.data_source,
             "split_sizes": task.split_sizes(),
+            **task.record(result),  # the task's own: checksums, statistics, ...
             "wall_seconds": round(time.perf_counter() - t0, 2),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),

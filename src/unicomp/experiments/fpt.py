@@ -18,12 +18,13 @@ from unicomp.experiments.common import (
     _load_checked,
     _read_best,
     build_task,
+    settle_task,
     train_and_record,
 )
 from unicomp.freezing import apply_freeze_policy, count_parameters
 from unicomp.models.fpt import FPT
 from unicomp.provenance import provenance
-from unicomp.registry import FREEZE_POLICIES
+from unicomp.registry import FREEZE_POLICIES, ensure_task
 from unicomp.tasks.base import Task
 from unicomp.train import autocast, pick_device, resolve_precision
 
@@ -100,6 +101,7 @@ def run_fpt(cfg: FPTConfig, resume: bool = False, overwrite: bool = False) -> di
     ``feature_cache`` (what was used, or why not) and ``feature_seconds``."""
     from unicomp import features as fc
 
+    settle_task(cfg)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     cfg.out = str(out)
     chosen_at_start = cfg.attn_implementation in ATTENTION_CHOSEN_AT_START
@@ -132,7 +134,7 @@ def run_fpt(cfg: FPTConfig, resume: bool = False, overwrite: bool = False) -> di
 _RUN_FIELDS_HANDLED = frozenset(
     {
         "task", "backbone", "freeze", "readout", "backbone_dropout", "attn_implementation",
-        "task_args", "out", "feature_cache", "train", "backbone_layers",
+        "task_args", "out", "feature_cache", "train", "backbone_layers", "task_source",
     }
 )  # fmt: skip
 
@@ -168,6 +170,7 @@ def _run_config(folder: Path, where: str) -> FPTConfig:
             f"{where}{folder} is not an FPT run{kind}: its config.yaml has no backbone and freeze"
         )
     cfg = from_dict(FPTConfig, data, f"config file {config_path}")
+    ensure_task(cfg.task, cfg.task_source, f"{where}{config_path}")
     defaults = to_dict(FPTConfig())
     unknown = sorted(k for k in data if k not in _RUN_FIELDS_HANDLED and data[k] != defaults.get(k))
     if unknown:  # a setting added to FPTConfig that may change the model: refuse, not guess

@@ -17,10 +17,12 @@ from unicomp.experiments.common import (
     _load_checked,
     _read_best,
     build_task,
+    settle_task,
     task_defaults,
     train_and_record,
 )
 from unicomp.freezing import count_parameters
+from unicomp.registry import ensure_task
 from unicomp.tasks.base import Task
 
 # Training defaults for Perceiver runs where the task's own (tuned for FPT) do not suit; they
@@ -107,6 +109,7 @@ def load_perceiver_run(folder: str | Path) -> tuple[nn.Module, Task, PerceiverCo
     if "num_latents" not in data:
         raise UnicompError(f"{folder} is not a Perceiver run: its config.yaml has no num_latents")
     cfg = from_dict(PerceiverConfig, data, f"config file {config_path}")
+    ensure_task(cfg.task, cfg.task_source, f"config file {config_path}")
     state = _read_best(folder)
     _best_step(folder, "", finished=True)  # a finished run: metrics.json is there
     task = build_task(cfg.task, cfg.task_args)
@@ -126,6 +129,7 @@ def run_perceiver(cfg: PerceiverConfig, resume: bool = False, overwrite: bool = 
     """Train a Perceiver (IO) on a task (``resume``, ``overwrite``: as ``run_fpt``); writes the
     same run folder as ``run_fpt``, plus
     ``examples.png`` for tasks that draw their outputs (dense tasks)."""
+    settle_task(cfg)
     out = Path(cfg.out) if cfg.out else default_perceiver_out(cfg)
     cfg.out = str(out)
     task = build_task(cfg.task, cfg.task_args)

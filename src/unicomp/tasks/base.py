@@ -8,17 +8,23 @@ A task is data + the shape of its inputs and outputs + its metric. Two kinds of 
   (seed, step).
 
 Validation and test splits are fixed, held-out tensors evaluated in full.
+
+A task may also declare its natural input form (``Task.input_form``: a ``Codec`` that encodes
+natural inputs, e.g. a list of numbers per token, as the task's pipeline does), which
+``load_adapter(...).predict`` and ``unicomp serve`` use.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from unicomp.errors import UnicompError
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
 
@@ -93,6 +99,49 @@ class TaskSpec:
     d_in: int | None = None  # vector tokens: values per token
     vocab_size: int | None = None  # discrete tokens: vocabulary size (padding id 0)
     n_out_tokens: int | None = None  # sequence outputs: read the last n positions; None = one
+
+
+# --- a task's natural input form (Task.input_form) -------------------------------------------
+class InputError(UnicompError, ValueError):
+    """One input is not what the task takes; the message names which and why."""
+
+
+def fail(i: int, what: str) -> InputError:
+    return InputError(f"input {i}: {what}")
+
+
+def describe_item(item: Any) -> str:
+    text = repr(item)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+@dataclass
+class Codec:
+    """Base: ``input``/``output`` describe one item in words; ``example`` is a valid input."""
+
+    spec: TaskSpec
+    input: str = ""
+    output: str = ""
+    example: Any = None
+
+    def encode(self, items: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``items`` -> ``(x, mask)``: x (B, T, d_in) float or (B, T) token ids; mask (B, T)
+        or None (no padding). A bad item raises :class:`InputError` naming it."""
+        raise NotImplementedError
+
+    def decode(self, logits: torch.Tensor) -> list[Any]:
+        """Class ids per predicted element: (B,) for classification, (B, N) for sequences."""
+        return logits.reshape(logits.shape[0], -1, self.spec.n_classes).argmax(-1).tolist()
+
+    def describe(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output, "example": self.example}
+
+    def state(self) -> dict[str, Any]:
+        """JSON-able keyword arguments that rebuild this codec as ``type(self)(spec,
+        **state)`` without the task or its data (what an adapter file records of a codec a
+        task declared with ``Task.input_form``). A codec that needs more than ``spec``
+        overrides it."""
+        return {}
 
 
 # The memory rule for a task's stored data: on a GPU it is placed there once when it takes at
@@ -209,6 +258,45 @@ class Task:
         weights are scored on for the train-test gap), or None where training draws fresh
         examples or cuts them anew each step (nothing fixed to overfit)."""
         return None
+
+    def input_form(self) -> Codec | None:
+        """The task's natural input form, for ``load_adapter(...).predict`` and ``unicomp
+        serve``: a :class:`Codec` that encodes natural inputs exactly as this task's data
+        pipeline does, rebuilt from its ``state()`` without the data (an adapter file records
+        the codec's class and state). None: the task declares none here (the built-in tasks'
+        forms are also in the table ``unicomp.codecs.CODECS``); an adapter of a task with no
+        form exports, with a warning, but is not served. For example::
+
+            class EightNumbers(Codec):
+                def __init__(self, spec, mean: float, std: float):
+                    super().__init__(spec, input="a list of 8 numbers",
+                                     output="the class id", example=[0.0] * 8)
+                    self.mean, self.std = mean, std
+
+                def state(self):  # JSON; EightNumbers(spec, **state) rebuilds it
+                    return {"mean": self.mean, "std": self.std}
+
+                def encode(self, items):
+                    for i, item in enumerate(items):
+                        if not (isinstance(item, list) and len(item) == 8):
+                            raise InputError(f"input {i}: expected a list of 8 numbers")
+                    x = (torch.tensor(items, dtype=torch.float64) - self.mean) / self.std
+                    return x.float().reshape(len(items), 8, 1), None  # (B, T, d_in), mask
+
+            class MyTask(TensorTask):
+                ...
+                def input_form(self):
+                    return EightNumbers(self.spec, self.mean, self.std)
+
+        ``Codec.decode`` answers, per input, a list of class ids (argmax, one per predicted
+        element); override it for other outputs (one class name, a value)."""
+        return None
+
+    def record(self, result: dict[str, Any]) -> dict[str, Any]:
+        """What a run records in metrics.json about this task beyond ``data_source`` and
+        ``split_sizes`` (checksums of the files read, statistics, how splits were made,
+        metrics in the data's own units), given the training loop's ``result``."""
+        return {}
 
     # --- metric: cross-entropy and accuracy over every predicted element -----------------
     # ``target_mask``: the batch's (Batch.target_mask); tasks that set none receive None.
