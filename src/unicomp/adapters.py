@@ -412,12 +412,8 @@ class Adapter(nn.Module):
                 f"predict takes a list of inputs, got {type(inputs).__name__}; for one input "
                 "pass [input]"
             )
-        x, mask = self.codec.encode(list(inputs))
-        if not len(x):
-            return []
-        device = self.device  # the inputs go where the model is, whole
-        x, mask = x.to(device), None if mask is None else mask.to(device)
-        return self.codec.decode(self.fpt(x, mask))
+        # the inputs go where the model is, whole
+        return self.codec.predict(self.fpt, list(inputs), self.device)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /tasks`` lists: the task, its input/output spec, sizes, provenance."""

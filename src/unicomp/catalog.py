@@ -96,6 +96,16 @@ TASKS.register("cifar10-lra", "unicomp.tasks.images:CIFAR10LRA", "CIFAR-10, LRA:
 TASKS.register("digits-inpaint", "unicomp.tasks.dense:DigitsInpaint", "8x8 digit inpainting")
 TASKS.register("listops", "unicomp.tasks.listops:ListOps", "ListOps (LRA): nested MIN/MAX/MED/SM")
 TASKS.register("remote-homology", "unicomp.tasks.proteins:RemoteHomology", "protein -> SCOP fold")
+TASKS.register(
+    "ucr",
+    "unicomp.tasks.timeseries:UCRClassification",
+    "UCR/UEA series -> class (name=GunPoint: aeon's copy; path=FOLDER: an archive's .ts files)",
+)
+TASKS.register(
+    "forecast",
+    "unicomp.tasks.timeseries:Forecast",
+    "look-back window -> next steps (path=FILE.csv, ETT-style; or name=Airline, aeon's copy)",
+)
 
 # --- freeze policies: the parameter groups that train (see unicomp.freezing for the groups) ----
 _paper = frozenset({"input", "output", "pos", "norm"})

@@ -210,6 +210,11 @@ class Task:
         examples or cuts them anew each step (nothing fixed to overfit)."""
         return None
 
+    def test_metrics(self, model, batch_size: int = 256) -> dict[str, float]:
+        """Scores beyond the loop's loss and accuracy, of ``model`` (its best weights, where it
+        is) on the test split, added to metrics.json: e.g. a forecast's MSE and MAE. None here."""
+        return {}
+
     # --- metric: cross-entropy and accuracy over every predicted element -----------------
     # ``target_mask``: the batch's (Batch.target_mask); tasks that set none receive None.
     def loss(
