@@ -379,8 +379,23 @@ def bundled_classification() -> list[str]:
     return sorted(
         d.name
         for d in root.iterdir()
-        if (d / f"{d.name}_TRAIN.ts").is_file() and (d / f"{d.name}_TEST.ts").is_file()
+        if _labelled(d / f"{d.name}_TRAIN.ts") and (d / f"{d.name}_TEST.ts").is_file()
     )
+
+
+def _labelled(path: Path) -> bool:
+    """Whether ``path`` is a .ts file of a classification problem (its header says
+    ``@classLabel true``; aeon also ships regression problems)."""
+    if not path.is_file():
+        return False
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            words = line.lower().split()
+            if words[:1] == ["@data"]:
+                return False
+            if words[:2] == ["@classlabel", "true"]:
+                return True
+    return False
 
 
 def bundled_archive(name: str) -> tuple[Path, Path]:
