@@ -379,7 +379,9 @@ def bundled_classification() -> list[str]:
     return sorted(
         d.name
         for d in root.iterdir()
-        if _labelled(d / f"{d.name}_TRAIN.ts") and (d / f"{d.name}_TEST.ts").is_file()
+        if d.name != "UnitTest"  # aeon's own test data
+        and _labelled(d / f"{d.name}_TRAIN.ts")
+        and (d / f"{d.name}_TEST.ts").is_file()
     )
 
 
@@ -524,25 +526,23 @@ class BundledSeries:
     horizon: int
     patch: int
     stride: int
+    columns: tuple[str, ...] = ()  # the channels (default: every column after the first)
 
 
 BUNDLED_SERIES: dict[str, BundledSeries] = {
-    "Airline": BundledSeries(
-        "monthly airline passengers 1949-1960 (Box & Jenkins)", 12, 24, 12, 4, 2
-    ),
-    "Lynx": BundledSeries("yearly Canadian lynx trappings 1821-1934", 10, 20, 8, 4, 2),
-    "ShampooSales": BundledSeries("monthly shampoo sales over 3 years", 12, 12, 3, 3, 3),
+    "Airline": BundledSeries("monthly airline passengers 1949-1960, 144 rows", 12, 24, 12, 4, 2),
+    "Lynx": BundledSeries("yearly Canadian lynx trappings 1821-1934, 114 rows", 10, 20, 8, 4, 2),
+    "ShampooSales": BundledSeries("monthly shampoo sales, 36 rows", 12, 12, 3, 3, 3),
     "Uschange": BundledSeries(
-        "quarterly US consumption, income, production, savings, unemployment changes",
+        "quarterly US changes 1970-2016, 187 rows x 5 channels",
         4,
         16,
         8,
         4,
         2,
+        ("Consumption", "Income", "Production", "Savings", "Unemployment"),
     ),
-    "solar": BundledSeries(
-        "half-hourly GB national solar estimates (Sheffield Solar PV_Live)", 48, 96, 48, 16, 8
-    ),
+    "solar": BundledSeries("half-hourly GB solar generation, 289 rows", 48, 48, 24, 8, 4),
 }
 
 
@@ -566,4 +566,5 @@ def bundled_series(name: str, columns: list[str] | None = None) -> tuple[SeriesT
             f"{name!r} is not bundled with aeon {aeon_version()} ({path} is missing); pass "
             "--task-arg path=FILE.csv"
         )
-    return read_series_csv(path, columns), BUNDLED_SERIES[name].season
+    series = BUNDLED_SERIES[name]
+    return read_series_csv(path, columns or list(series.columns) or None), series.season
