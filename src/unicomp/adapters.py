@@ -431,17 +431,20 @@ class Adapter(nn.Module):
                 f"predict takes a list of inputs, got {type(inputs).__name__}; for one input "
                 "pass [input]"
             )
-        return self.run(*self.codec.encode(list(inputs)))
+        return self.run(*self.codec.encode_context(list(inputs)))
 
     @torch.inference_mode()
-    def run(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[Any]:
-        """Natural outputs for inputs already encoded (``codec.encode``'s ``(x, mask)``: x
-        (B, T) token ids or (B, T, d_in) features, mask (B, T) or None)."""
+    def run(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, context: list[Any] | None = None
+    ) -> list[Any]:
+        """Natural outputs for inputs already encoded (``codec.encode_context``'s ``(x, mask,
+        context)``: x (B, T) token ids or (B, T, d_in) features, mask (B, T) or None, context
+        one entry per input or None)."""
         if not len(x):
             return []
         device = self.device  # the inputs go where the model is, whole
         x, mask = x.to(device), None if mask is None else mask.to(device)
-        return self.codec.decode(self.fpt(x, mask))
+        return self.codec.finish(self.fpt(x, mask), context)
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /tasks`` lists: the task, its input/output spec, sizes, provenance."""

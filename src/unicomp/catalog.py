@@ -102,6 +102,16 @@ TASKS.register(
     "your own data: array:PATH, a .npz, .npy (+ target=FILE), .csv/.parquet (+ target=COLUMN) "
     "or a folder of train/val/test files; classification or regression",
 )
+TASKS.register(
+    "ucr",
+    "unicomp.tasks.timeseries:UCRClassification",
+    "UCR/UEA series -> class (name=GunPoint: aeon's copy; path=FOLDER: an archive's .ts files)",
+)
+TASKS.register(
+    "forecast",
+    "unicomp.tasks.timeseries:Forecast",
+    "look-back window -> next steps (path=FILE.csv, ETT-style; or name=Airline, aeon's copy)",
+)
 
 # --- freeze policies: the parameter groups that train (see unicomp.freezing for the groups) ----
 _paper = frozenset({"input", "output", "pos", "norm"})

@@ -1,6 +1,6 @@
 """Command line: ``unicomp list | demo | fpt train | fpt ablate | fpt attention | fpt
 export-adapter | perceiver train | perceiver search-latents | dt collect | dt train | dt eval |
-dt compare | serve``.
+dt compare | ts baseline | ts list | serve``.
 
 Errors a user can act on (unknown names, missing weights, bad files) print as one line
 ``unicomp: error: ...`` and exit with status 2.
@@ -791,6 +791,94 @@ def _add_dt_commands(sub) -> None:
     p.set_defaults(func=cmd_dt_compare)
 
 
+def cmd_ts_baseline(args: argparse.Namespace) -> None:
+    from unicomp.config import _parse_value
+    from unicomp.experiments.timeseries import run_baseline
+
+    task_args = {}
+    for item in args.task_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UnicompError(f"--task-arg {item!r}: expected KEY=VALUE")
+        task_args[key] = _parse_value(value)
+    metrics = run_baseline(
+        args.task,
+        task_args,
+        args.method,
+        args.out,
+        seed=args.seed,
+        season=args.season,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        device=args.device,
+        overwrite=args.overwrite,
+        progress=args.progress,
+    )
+    keys = ("task", "method", "test_accuracy", "test_mse", "test_mae", "season", "wall_seconds")
+    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
+    print(f"run folder: {metrics['out']}")
+
+
+def cmd_ts_list(args: argparse.Namespace) -> None:
+    from unicomp.data import timeseries as ts
+    from unicomp.errors import DataError
+
+    try:
+        names = ts.bundled_classification()
+        series = ts.bundled_forecasting()
+    except DataError as err:
+        raise UnicompError(str(err)) from None
+    print(
+        f"classification problems aeon {ts.aeon_version()} ships (--task ucr --task-arg name=NAME):"
+    )
+    for name in names:
+        print(f"  {name}")
+    print("forecasting series it ships (--task forecast --task-arg name=NAME):")
+    for name, s in ts.BUNDLED_SERIES.items():
+        if name in series:
+            print(
+                f"  {name:<14} {s.description}; lookback {s.lookback}, horizon {s.horizon}, "
+                f"patch {s.patch}, stride {s.stride}, season {s.season}"
+            )
+    print(
+        "your own: --task ucr --task-arg path=FOLDER (<name>_TRAIN.ts and _TEST.ts), or "
+        "--task forecast --task-arg path=FILE.csv (a date column, then channels)"
+    )
+
+
+def _add_ts_commands(sub) -> None:
+    ts = sub.add_parser("ts", help="time series: baselines and bundled data sets").add_subparsers(
+        dest="sub", required=True
+    )
+    p = ts.add_parser(
+        "baseline",
+        help="the field's baselines on a ucr or forecast task (MiniRocket, ROCKET, 1-NN DTW; "
+        "naive, seasonal-naive, DLinear); writes a run folder",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--task", required=True, choices=("ucr", "forecast"), help="the task")
+    p.add_argument("--task-arg", action="append", metavar="KEY=VALUE", help="as fpt train's")
+    p.add_argument(
+        "--method",
+        required=True,
+        choices=("minirocket", "rocket", "1nn-dtw", "naive", "seasonal-naive", "dlinear"),
+        help="ucr: minirocket, rocket, 1nn-dtw; forecast: naive, seasonal-naive, dlinear",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the method's seed [0]")
+    p.add_argument("--season", type=int, help="seasonal-naive: season in steps [the series']")
+    p.add_argument("--steps", type=int, help="dlinear: optimizer steps [the task's default]")
+    p.add_argument("--lr", type=float, help="dlinear: learning rate [the task's default]")
+    p.add_argument("--batch-size", type=int, help="dlinear: batch size [the task's default]")
+    p.add_argument("--device", default="auto", help="dlinear: auto | cpu | cuda | cuda:N [auto]")
+    p.add_argument("--out", help="run folder [runs/ts-baselines/<data>-<method>-s<seed>]")
+    p.add_argument("--overwrite", action="store_true", help="replace a run in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.set_defaults(func=cmd_ts_baseline)
+    p = ts.add_parser("list", help="the classification sets and forecasting series aeon ships")
+    p.set_defaults(func=cmd_ts_list)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from unicomp.demo import run_demo
 
@@ -1047,6 +1135,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_perceiver_search, resume=False)
     _add_dt_commands(sub)
+    _add_ts_commands(sub)
     _add_serve_command(sub)
     parser.epilog = _commands_epilog(parser)
     return parser

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 from unicomp.errors import UnicompError
@@ -206,6 +207,121 @@ def _images(task: str) -> Any:
     return build
 
 
+class SeriesCodec(Codec):
+    """A UCR/UEA series: a list of numbers (one channel) or a list of lists, one per channel,
+    of any length the model's tokens hold; z-normalised and patched as the task's data."""
+
+    def __init__(
+        self, spec: TaskSpec, patch: int = 8, stride: int = 4, normalize: str = "instance", **_: Any
+    ):
+        self.channels = spec.d_in // patch
+        kind = (
+            "a list of numbers"
+            if self.channels == 1
+            else f"a list of {self.channels} lists of numbers (one per channel)"
+        )
+        super().__init__(
+            spec,
+            input=f"a series: {kind}, each of the same length",
+            output=f"its class: the index (0-{spec.n_classes - 1}) in the order of the "
+            "training file's @classLabel line",
+            example=[[0.0, 1.0, 0.0, -1.0] * 4] * self.channels
+            if self.channels > 1
+            else [0.0, 1.0, 0.0, -1.0] * 4,
+        )
+        self.patch, self.stride, self.normalize = patch, stride, normalize
+
+    def encode(self, items):
+        from unicomp.tasks.timeseries import classification_tokens, n_patches
+
+        series = []
+        for i, item in enumerate(items):
+            rows = [item] if self.channels == 1 and _numbers(item) else item
+            if (
+                not isinstance(rows, list | tuple)
+                or len(rows) != self.channels
+                or not all(_numbers(r) for r in rows)
+            ):
+                raise _fail(i, f"expected {self.input.split(': ', 1)[1]}, got {_describe(item)}")
+            if len({len(r) for r in rows}) != 1 or not rows[0]:
+                raise _fail(i, "every channel needs the same number of values, at least one")
+            array = np.array(rows, dtype=np.float32)  # (C, T)
+            if not np.isfinite(array).all():
+                raise _fail(i, "values must be finite numbers")
+            if n_patches(array.shape[1], self.patch, self.stride) > self.spec.max_len:
+                raise _fail(
+                    i,
+                    f"{array.shape[1]} steps; this model takes at most {self.spec.max_len} patches",
+                )
+            series.append(array)
+        if not series:
+            return torch.zeros((0, 1, self.spec.d_in)), None
+        width = max(n_patches(s.shape[1], self.patch, self.stride) for s in series)
+        return classification_tokens(series, self.patch, self.stride, self.normalize, width)
+
+    def decode(self, logits):
+        return [c[0] for c in super().decode(logits)]
+
+
+class ForecastCodec(Codec):
+    """A look-back window of numbers -> the forecast of the next steps, in the input's units
+    (the window normalised by its own mean and std, the output de-normalised, as in training)."""
+
+    def __init__(self, spec: TaskSpec, **args: Any):
+        from unicomp.tasks.timeseries import forecast_settings
+
+        s = forecast_settings(args)
+        self.lookback, self.horizon, self.patch, self.stride = (
+            s["lookback"],
+            s["horizon"],
+            s["patch"],
+            s["stride"],
+        )
+        super().__init__(
+            spec,
+            input=f"the last {self.lookback} values of a series: a list of numbers",
+            output=f"the next {self.horizon} values: a list of numbers",
+            example=[float(i % 12) for i in range(self.lookback)],
+        )
+
+    def _windows(self, items) -> torch.Tensor:
+        rows = []
+        for i, item in enumerate(items):
+            if not _numbers(item) or len(item) != self.lookback:
+                raise _fail(i, f"expected a list of {self.lookback} numbers, got {_describe(item)}")
+            row = torch.tensor(item, dtype=torch.float32)
+            if not bool(torch.isfinite(row).all()):
+                raise _fail(i, "values must be finite numbers")
+            rows.append(row)
+        return torch.stack(rows) if rows else torch.zeros((0, self.lookback))
+
+    def encode(self, items):
+        return self.encode_context(items)[:2]
+
+    def encode_context(self, items):
+        """The windows normalised by their own mean and std (as in training); those are the
+        context that ``finish`` de-normalises each forecast with."""
+        from unicomp.tasks.timeseries import patch_tokens, revin
+
+        normed, mean, std = revin(self._windows(items))
+        x = patch_tokens(normed[:, :, None], self.patch, self.stride)
+        return x, None, list(zip(mean.tolist(), std.tolist(), strict=True))
+
+    def finish(self, logits, context):
+        mean, std = (torch.tensor(v, dtype=torch.float32) for v in zip(*context, strict=True))
+        out = logits.float().cpu()  # (B, horizon), normalised units
+        return (out * std[:, None] + mean[:, None]).tolist()
+
+    def decode(self, logits):
+        raise NotImplementedError("a forecast needs its window's mean and std: use finish()")
+
+
+def _numbers(item: Any) -> bool:
+    return isinstance(item, list | tuple) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in item
+    )
+
+
 CODECS = {
     "bit-xor": BitXORCodec,
     "bit-memory": BitMemoryCodec,
@@ -214,6 +330,8 @@ CODECS = {
     "cifar10-lra": _images("cifar10-lra"),
     "listops": _listops,
     "remote-homology": _proteins,
+    "ucr": SeriesCodec,
+    "forecast": ForecastCodec,
 }
 
 

@@ -128,6 +128,7 @@ class _Request:
     adapter: Any
     x: Any  # (n, T) token ids or (n, T, d_in) features
     mask: Any  # (n, T) or None
+    context: Any  # one entry per input for the codec's finish, or None
     future: asyncio.Future
 
     @property
@@ -334,7 +335,7 @@ class Server:
         task.waiting += 1
         try:
             adapter = task.adapter  # the one these inputs are checked and encoded for
-            x, mask = await self._encode(adapter, inputs)
+            x, mask, context = await self._encode(adapter, inputs)
             tokens = int(mask.sum()) if mask is not None else x.shape[0] * x.shape[1]
             if tokens > cfg.max_tokens:
                 raise HTTPError(
@@ -343,7 +344,7 @@ class Server:
             if task.closed:
                 raise HTTPError(404, f"task {name!r}: its file was removed")
             future = asyncio.get_running_loop().create_future()
-            task.queue.put_nowait(_Request(adapter, x, mask, future))
+            task.queue.put_nowait(_Request(adapter, x, mask, context, future))
             task.requests += 1
             task.inputs += len(inputs)
             if task.worker is None or task.worker.done():
@@ -367,7 +368,7 @@ class Server:
 
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(None, adapter.codec.encode, inputs)
+            return await loop.run_in_executor(None, adapter.codec.encode_context, inputs)
         except InputError as err:
             raise HTTPError(422, str(err)) from None
         except Exception as err:  # a shape no check foresaw: still the request's fault
@@ -419,11 +420,14 @@ class Server:
 
     async def _run(self, task: _Task, batch: list[_Request]) -> None:
         x, mask = _stack(batch)
+        context = None if batch[0].context is None else [c for r in batch for c in r.context]
         task.batches += 1
         task.largest_batch = max(task.largest_batch, len(x))
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self.executor, batch[0].adapter.run, x, mask)
+            outputs = await loop.run_in_executor(
+                self.executor, batch[0].adapter.run, x, mask, context
+            )
         except Exception as err:  # noqa: BLE001 (reported to each request)
             log.exception("task %s: a batch of %d inputs failed", batch[0].adapter.name, len(x))
             for r in batch:

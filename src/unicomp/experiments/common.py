@@ -118,6 +118,8 @@ def train_and_record(
             save_yaml(cfg, out / "config.yaml", comments=[used])
         t0 = time.perf_counter()
         result = train(model, task, cfg.train, out, resume=resume, run_config=to_dict(cfg))
+        if is_main:  # the task's own test scores, with the best weights train() left loaded
+            result.update(task.test_metrics(model, cfg.train.eval_batch_size))
         metrics = {
             **header,
             "seed": cfg.train.seed,

@@ -24,7 +24,7 @@ from unicomp.experiments.common import (
 from unicomp.freezing import apply_freeze_policy, count_parameters
 from unicomp.models.fpt import FPT
 from unicomp.provenance import provenance
-from unicomp.registry import FREEZE_POLICIES, ensure_task
+from unicomp.registry import FREEZE_POLICIES, TASKS, ensure_task
 from unicomp.tasks.base import Task
 from unicomp.train import autocast, pick_device, resolve_precision
 
@@ -90,7 +90,11 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
 
 def default_out(cfg: FPTConfig) -> Path:
     backbone = cfg.backbone.replace("/", "_").replace(":", "-")
-    return Path("runs") / f"{cfg.task}-{backbone}-{cfg.freeze}-s{cfg.train.seed}"
+    # a task whose data set is an argument names it (``ucr-GunPoint``), so runs on two data
+    # sets do not claim one folder
+    label = getattr(TASKS.entry(cfg.task).load(), "run_label", None)
+    task = label(cfg.task_args) if label else cfg.task
+    return Path("runs") / f"{task}-{backbone}-{cfg.freeze}-s{cfg.train.seed}"
 
 
 def run_fpt(cfg: FPTConfig, resume: bool = False, overwrite: bool = False) -> dict:

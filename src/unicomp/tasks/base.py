@@ -133,6 +133,20 @@ class Codec:
         """Class ids per predicted element: (B,) for classification, (B, N) for sequences."""
         return logits.reshape(logits.shape[0], -1, self.spec.n_classes).argmax(-1).tolist()
 
+    def encode_context(
+        self, items: Sequence[Any]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, list[Any] | None]:
+        """``encode`` plus what :meth:`finish` needs of each item to put its output back in
+        natural form (a list, one entry per item), or None where it needs nothing (the
+        default): e.g. a forecast window's own mean and std."""
+        x, mask = self.encode(items)
+        return x, mask, None
+
+    def finish(self, logits: torch.Tensor, context: list[Any] | None) -> list[Any]:
+        """Natural outputs from the model's output for items encoded by
+        :meth:`encode_context` (``context``: its third value, rows in the same order)."""
+        return self.decode(logits)
+
     def describe(self) -> dict[str, Any]:
         return {"input": self.input, "output": self.output, "example": self.example}
 
@@ -296,6 +310,11 @@ class Task:
         """What a run records in metrics.json about this task beyond ``data_source`` and
         ``split_sizes`` (checksums of the files read, statistics, how splits were made,
         metrics in the data's own units), given the training loop's ``result``."""
+        return {}
+
+    def test_metrics(self, model, batch_size: int = 256) -> dict[str, float]:
+        """Scores beyond the loop's loss and accuracy, of ``model`` (its best weights, where it
+        is) on the test split, added to metrics.json: e.g. a forecast's MSE and MAE. None here."""
         return {}
 
     # --- metric: cross-entropy and accuracy over every predicted element -----------------
