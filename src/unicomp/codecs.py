@@ -103,20 +103,12 @@ class ImageCodec(Codec):
         self.shape, self.tokens, self.classes = shape, tokens, classes
 
     def encode(self, items):
-        images = []
-        for i, item in enumerate(items):
-            try:
-                image = torch.as_tensor(item, dtype=torch.float32)
-            except (TypeError, ValueError, RuntimeError):
-                raise _fail(i, f"expected an array of numbers of shape {self.shape}") from None
-            if tuple(image.shape) != self.shape:
-                raise _fail(i, f"expected shape {list(self.shape)}, got {list(image.shape)}")
-            if not bool(torch.isfinite(image).all()) or image.min() < 0 or image.max() > 255:
-                raise _fail(i, "pixel values must lie in 0-255")
-            images.append(image)
-        if not images:
+        from unicomp.tasks.images import check_images
+
+        images = check_images(items, self.shape)
+        if not len(images):
             return torch.zeros((0, self.spec.max_len, self.spec.d_in)), None
-        return self.tokens(torch.stack(images)), None
+        return self.tokens(images), None
 
     def decode(self, logits):
         labels = super().decode(logits)
