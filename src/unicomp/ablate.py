@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -312,9 +313,37 @@ def _start(cell: Cell, plan: str, logs: Path, threads: int) -> subprocess.Popen:
     log = open(logs / f"{cell.file_stem}.log", "a")  # noqa: SIM115 (closed by run_cells)
     log.write(f"$ {' '.join(argv)}\n")
     log.flush()
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_stop_with(os.getpid())
+    )
     proc.log = log  # type: ignore[attr-defined]
     return proc
+
+
+def _stop_with(parent: int) -> Callable[[], None] | None:
+    """Where the OS allows it (Linux), a ``preexec_fn`` that makes the cell's process get
+    SIGKILL when ``parent``, the ablate that started it, dies. A killed ablate's cells used to
+    train on, holding their folders' locks, so that the re-run found them "in use"; now they
+    stop with it, and the re-run resumes them from their checkpoints (a SIGKILLed run resumes
+    exactly). Elsewhere None: cells outlive a killed parent, as before."""
+    import ctypes
+    import ctypes.util
+    import signal
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+
+    def stop_with_parent() -> None:  # runs in the child, between fork and exec
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the call: no signal will come
+            os._exit(1)
+
+    return stop_with_parent
 
 
 def _read_metrics(cell: Cell) -> dict:

@@ -9,12 +9,15 @@ Errors a user can act on (unknown names, missing weights, bad files) print as on
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
 import unicomp
 from unicomp.config import (
+    MAX_STEPS,
     SEVERAL_DATA,
     FPTConfig,
     HelpFormatter,
@@ -180,8 +183,8 @@ def cmd_fpt_ablate(args: argparse.Namespace) -> None:
 
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise UnicompError("--jobs and --threads must be >= 1")
-    if args.steps is not None and args.steps < 1:
-        raise UnicompError(f"--steps must be >= 1, got {args.steps}")
+    if args.steps is not None and not 1 <= args.steps <= MAX_STEPS:
+        raise UnicompError(f"--steps must be in 1..{MAX_STEPS}, got {args.steps}")
     suite = load_suite(args.suite, Path(args.out), _int_list(args.seeds), args.protocol, args.steps)
     if args.dry_run:
         print(describe(suite))
@@ -558,6 +561,8 @@ def cmd_dt_eval(args: argparse.Namespace) -> None:
 
     from unicomp.experiments.dt import evaluate_run
 
+    if args.threads is not None and args.threads < 1:
+        raise UnicompError(f"dt eval: --threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     result = evaluate_run(
@@ -1141,6 +1146,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# System errors about a path the user named or the machine it is on (a name too long, no
+# permission, a read-only or full file system, a file where a folder belongs): one line, like
+# UnicompError, wherever they surface. Others (a file missing that unicomp itself wrote, an
+# I/O error) keep their traceback: they may be bugs.
+_USER_OS_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENAMETOOLONG", "EACCES", "EPERM", "EROFS", "ENOSPC", "EDQUOT", "ENOTDIR", "EISDIR",
+        "EFBIG", "ELOOP",
+    )
+    if hasattr(errno, name)
+)  # fmt: skip
+
+
+def _os_error_line(err: OSError) -> str | None:
+    """``unicomp: error: PATH: reason`` for an OSError in _USER_OS_ERRORS that names a path."""
+    if err.errno not in _USER_OS_ERRORS or err.filename is None:
+        return None
+    path = os.fsdecode(err.filename)
+    shown = path if len(path) <= 120 else f"{path[:60]}...{path[-40:]} ({len(path)} characters)"
+    return f"unicomp: error: {shown}: {err.strerror}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1148,6 +1176,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UnicompError as err:  # said in the command's flags where it differs from Python
         print(f"unicomp: error: {getattr(err, 'cli', err)}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        line = _os_error_line(err)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; resume with --resume --out <run folder>" if hasattr(args, "resume") else ""

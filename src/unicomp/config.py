@@ -327,10 +327,66 @@ def save_yaml(cfg: Any, path: Path, comments: list[str] | tuple[str, ...] = ()) 
     atomic_write_text(path, text + "".join(f"# {line}\n" for line in comments))
 
 
+# Deeper than any config; a YAML nested thousands deep would exhaust Python's recursion
+# (PyYAML's composer recurses per level) and end in a RecursionError traceback.
+MAX_YAML_DEPTH = 100
+
+
+class StrictYAMLLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses what it would silently resolve or crash on: a key
+    given twice in one mapping (SafeLoader keeps the last) and nesting deeper than
+    ``MAX_YAML_DEPTH``. Both are ``yaml.YAMLError``s naming the line."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self._depth >= MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"nested more than {MAX_YAML_DEPTH} levels deep (line {mark.line + 1})",
+                mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}  # key -> the line it was first given on
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    given = key in lines
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    continue
+                if given:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} given twice (lines {lines[key]} and {line}); keep one",
+                        key_node.start_mark,
+                    )
+                lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as data: safe tags only, no duplicate keys, bounded nesting
+    (:class:`StrictYAMLLoader`)."""
+    return yaml.load(text, Loader=StrictYAMLLoader)  # noqa: S506 (a SafeLoader)
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except FileNotFoundError:
         raise UnicompError(f"config file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as err:  # a folder, unreadable, not UTF-8 text
@@ -348,7 +404,7 @@ def _flag(name: str) -> str:
 
 
 def _parse_value(text: str) -> Any:
-    return yaml_number(yaml.safe_load(text))  # numbers (1e-3 too), booleans, null
+    return yaml_number(parse_yaml(text))  # numbers (1e-3 too), booleans, null
 
 
 _Number = TypeVar("_Number", int, float)
@@ -593,6 +649,10 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
 # --- ranges: one place checks every value before anything is built or written -----------------
 _MAX_BATCH = 1 << 20  # examples in one batch; far above any task here, far below memory errors
 _MAX_LR = 1e6
+# Optimizer steps: 10^9 is past any run here (the DT paper's longest is 10^5; the FPT paper's
+# 10^5 too) and keeps a typo such as 1e26 from being a run that never ends.
+MAX_STEPS = 10**9
+MAX_EVAL_EPISODES = 10**6  # per target return; each is at least one environment step
 MAX_SEED = 2**63 - 1
 
 
@@ -617,14 +677,14 @@ def _range_problems(cfg: Any) -> list[str]:
         need(ok, name, "in [0, 1)" if top_open else "in [0, 1]", value)
 
     t = cfg.train if hasattr(cfg, "train") else cfg
-    at_least("steps", 1, t)
+    at_least("steps", 1, t, MAX_STEPS)
     at_least("batch_size", 1, t, _MAX_BATCH)
     at_least("grad_accum", 1, t, _MAX_BATCH)
     need(t.lr > 0 and t.lr < _MAX_LR, "lr", f"> 0 and < {_MAX_LR:g}", t.lr)
     at_least("weight_decay", 0, t)
-    at_least("warmup_steps", 0, t)
+    at_least("warmup_steps", 0, t, MAX_STEPS)
     at_least("grad_clip", 0, t)
-    at_least("eval_every", 1, t)
+    at_least("eval_every", 1, t, MAX_STEPS)
     at_least("eval_batch_size", 1, t, _MAX_BATCH)
     need(0 <= t.seed <= MAX_SEED, "seed", f"in 0..{MAX_SEED}", t.seed)
     fraction("target_accuracy", t, top_open=False)
@@ -665,9 +725,9 @@ def _range_problems(cfg: Any) -> list[str]:
         if cfg.val_fraction + cfg.test_fraction >= 1:
             problems.append("val_fraction + test_fraction must be < 1")
         need(0 < cfg.top_percent <= 100, "top_percent", "in (0, 100]", cfg.top_percent)
-        at_least("eval_episodes", 0, cfg)
+        at_least("eval_episodes", 0, cfg, MAX_EVAL_EPISODES)
         at_least("eval_envs", 1, cfg, 1 << 12)
-        at_least("eval_max_steps", 0, cfg)
+        at_least("eval_max_steps", 0, cfg, MAX_STEPS)
         need(0 <= cfg.eval_seed <= MAX_SEED, "eval_seed", f"in 0..{MAX_SEED}", cfg.eval_seed)
     return problems
 

@@ -36,7 +36,10 @@ def atomic_write(
         sweep_temporaries(path.parent, None if own_folder else path.name)
         fd, tmp = _locked_temporary(path.parent, path.name, tempfile.mkstemp)
     except OSError as err:
-        raise UnicompError(f"could not write {path}: {err.strerror or err}") from err
+        why = err.strerror or str(err)
+        if isinstance(err, FileExistsError) and not os.path.isdir(path.parent):
+            why = f"{path.parent} is a file, not a folder"  # (mkdir says "File exists")
+        raise UnicompError(f"could not write {path}: {why}") from err
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
@@ -313,12 +316,13 @@ def claim_run_folder(
         return
     if resume and not (out / "checkpoint.pt").is_file():
         raise UnicompError(f"nothing to resume: {out / 'checkpoint.pt'} does not exist")
-    created = not out.exists()
+    created = False
     try:
+        created = not out.exists()  # (raises for a name the file system refuses: too long)
         out.mkdir(parents=True, exist_ok=True)
         fd = _take_lock(out)
     except OSError as err:  # --out names a file, or a folder we may not create or write
-        if created and out.is_dir():
+        if created and os.path.isdir(out):
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise UnicompError(

@@ -143,10 +143,8 @@ def load_runs(folders: list[str]) -> list[dict]:
         path = Path(folder) / "metrics.json"
         if not path.exists():
             continue  # unfinished or not a run folder
-        try:
-            metrics = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise UnicompError(f"{path} is not valid JSON: {err}") from None
+        metrics = _read_json(path)
+        _check_table_fields(metrics, path)
         runs.append({**metrics, "run": str(folder), "settings": run_settings(folder)})
     if not runs:
         raise UnicompError(f"no finished runs (metrics.json) in {', '.join(folders)}")
@@ -215,12 +213,32 @@ def seeds_table(runs: list[dict]) -> str:
 
 
 def _read_json(path: Path) -> dict:
+    """A run's JSON record (metrics.json, eval.json): a mapping, else a one-line error."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise UnicompError(f"{path} does not exist: not a finished run folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UnicompError(f"{path}: not readable JSON ({err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise UnicompError(f"{path}: not readable JSON ({why})") from None
+    if not isinstance(data, dict):
+        raise UnicompError(
+            f"{path}: expected a JSON object (a run's record), got a {type(data).__name__}"
+        )
+    return data
+
+
+def _check_table_fields(metrics: dict, path: Path) -> None:
+    """The values the report tables read: text or numbers (a list or an object where one
+    belongs was a TypeError inside the table), scores numbers."""
+    scores = {key for key, _ in SCORES}
+    for key in (*COLUMNS, *DT_COLUMNS, *scores, "model", "num_latents"):
+        value = metrics.get(key)
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is None or (numeric if key in scores else numeric or isinstance(value, str)):
+            continue
+        wanted = "a number" if key in scores else "text or a number"
+        raise UnicompError(f"{path}: {key} must be {wanted}, got {json.dumps(value)[:60]}")
 
 
 # --- comparison table ---------------------------------------------------------------------------

@@ -66,12 +66,50 @@ def build_task(name: str, args: dict) -> Task:
         raise UnicompError(
             f"task {name!r}: bad --task-arg {', '.join(map(str, unknown))}; valid keys: {keys}"
         )
+    _check_task_sizes(name, cls, valid, args)
     try:
         return cls(**args)
     except TypeError as err:
         raise UnicompError(f"task {name!r}: bad --task-arg: {err}") from None
     except ValueError as err:
         raise UnicompError(f"task {name!r}: {err}") from None
+
+
+def _check_task_sizes(name: str, cls: type, defaults: dict, args: dict) -> None:
+    """Refuse task arguments outside their bounds (the task's ``arg_limits``, else 0..
+    MAX_TASK_INT; seeds 0..2^63-1) and arguments whose sizes multiply past MAX_TASK_NUMBERS
+    stored numbers, before the task allocates anything (bit memory with n_bits=10^8 tried to
+    allocate 1 TB; n_bits=-50 gave torch's error for a negative dimension)."""
+    from unicomp.config import MAX_SEED
+    from unicomp.tasks.base import MAX_TASK_INT, MAX_TASK_NUMBERS
+
+    limits = getattr(cls, "arg_limits", {})
+    for key, value in args.items():
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not (
+            key in limits or isinstance(defaults.get(key), int) or isinstance(value, int)
+        ):
+            continue  # floats of float arguments (fractions, probabilities), text, paths
+        default = (0, MAX_SEED) if key.endswith("seed") else (0, MAX_TASK_INT)
+        low, high = limits.get(key, default)
+        if not low <= value <= high:
+            raise UnicompError(
+                f"task {name!r}: --task-arg {key}={value!r} is outside {low}..{high}"
+            )
+    stored_numbers = getattr(cls, "stored_numbers", None)
+    if stored_numbers is None:
+        return
+    every = {k: v for k, v in defaults.items() if v != "required"} | args
+    try:
+        numbers = stored_numbers(every)
+    except (TypeError, ValueError):  # a value of the wrong kind: the constructor says which
+        return
+    if numbers > MAX_TASK_NUMBERS:
+        sizes = ", ".join(f"{k}={v}" for k, v in every.items() if isinstance(v, int))
+        raise UnicompError(
+            f"task {name!r}: {sizes} would store {numbers:.3g} numbers; the limit is "
+            f"{MAX_TASK_NUMBERS:.3g} (make the largest --task-arg smaller)"
+        )
 
 
 def check_run_call(resume: bool, overwrite: bool) -> None:

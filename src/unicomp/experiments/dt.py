@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from unicomp.config import DTConfig, comma_numbers, from_dict, load_yaml
 from unicomp.errors import UnicompError
-from unicomp.experiments.common import _is_main, train_and_record
+from unicomp.experiments.common import _is_main, _read_best, train_and_record
 from unicomp.files import atomic_write_json
 from unicomp.freezing import count_parameters
 from unicomp.models.decision_transformer import build_decision_transformer
@@ -341,8 +340,28 @@ def load_dt_run(run: str | Path) -> tuple[nn.Module, DTConfig, dict]:
     best = run / "best.safetensors"
     if not best.exists():
         raise UnicompError(f"{best} does not exist: the run saved no weights")
-    load_trainable_state(model, load_file(best))
+    load_trainable_state(model, _read_best(run))  # a damaged file: one line naming it
     return model.eval(), cfg, metrics
+
+
+def _eval_problems(episodes: int, seed: int | None, n_envs: int, max_steps: int | None) -> str:
+    """``evaluate_run``'s settings outside their range, named as dt eval's flags ('' if none):
+    checked before the run is loaded (0 episodes gave a numpy traceback after loading, a
+    negative time limit an endless episode)."""
+    from unicomp.config import MAX_EVAL_EPISODES, MAX_SEED, MAX_STEPS
+
+    limits = [
+        ("--eval-episodes", episodes, 1, MAX_EVAL_EPISODES),
+        ("--eval-seed", seed, 0, MAX_SEED),
+        ("--eval-envs", n_envs, 1, 1 << 12),
+        ("--eval-max-steps", max_steps, 0, MAX_STEPS),
+    ]
+    return "; ".join(
+        f"{flag} must be an integer in {low}..{high}, got {value!r}"
+        for flag, value, low, high in limits
+        if value is not None
+        and not (isinstance(value, int) and not isinstance(value, bool) and low <= value <= high)
+    )
 
 
 def evaluate_run(
@@ -363,6 +382,9 @@ def evaluate_run(
     (default ``run/eval.json``) and returns its content. ``device``: where the model acts
     (auto: a GPU where there is one); the environments step on the CPU."""
 
+    problems = _eval_problems(episodes, seed, n_envs, max_steps)
+    if problems:
+        raise UnicompError(f"dt eval: {problems}")
     model, cfg, metrics = load_dt_run(run)
     model.to(pick_device(device))
     env_id = metrics.get("env") or cfg.env

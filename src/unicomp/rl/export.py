@@ -197,7 +197,11 @@ def export_dt_run(run: str | Path, out: str | Path) -> dict[str, Any]:
 
     run, out = Path(run), Path(out)
     _refuse_other_runs(run)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    try:
+        taken = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    except OSError as err:  # a name too long, a parent that is a file or unreadable
+        raise UnicompError(f"cannot write {out}: {err.strerror or err}") from None
+    if taken:
         raise UnicompError(f"{out} exists and is not an empty folder; choose another -o")
     model, cfg, metrics = load_dt_run(run)
     _refuse_unless_exportable(model, run)
@@ -232,6 +236,11 @@ def export_dt_run(run: str | Path, out: str | Path) -> dict[str, Any]:
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)
+    except OSError as err:  # a read-only or full file system, a parent that is a file
+        why = err.strerror or str(err)
+        if isinstance(err, FileExistsError | NotADirectoryError) and not out.parent.is_dir():
+            why = f"{out.parent} is not a folder"
+        raise UnicompError(f"cannot write {out}: {why}; nothing was written") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {

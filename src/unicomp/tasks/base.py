@@ -164,6 +164,13 @@ class Codec:
 # pinned memory without blocking (Batch.to).
 DATA_SHARE_OF_FREE_MEMORY = 0.25
 
+# Task arguments from flags (--task-arg) are bounded before the task allocates anything: an
+# integer argument is at most MAX_TASK_INT unless the task's ``arg_limits`` says otherwise, and
+# what the arguments make the constructor store at most MAX_TASK_NUMBERS numbers (2^28: 2 GiB
+# of int64; bit memory at the paper's sizes stores 7.5 million).
+MAX_TASK_INT = 10**7
+MAX_TASK_NUMBERS = 2**28
+
 
 def data_placement(nbytes: int, device: torch.device) -> str:
     """Where a task's ``nbytes`` of stored data live while training on ``device``: "device"
@@ -230,6 +237,18 @@ class Task:
     # Attributes that hold the task's stored tensors, which ``place`` moves to the training
     # device (empty: the task draws or builds its data on the host each step).
     stored: tuple[str, ...] = ()
+
+    # Bounds of integer constructor arguments, checked before the task is built (by
+    # ``experiments.common.build_task``): {name: (lowest, highest)}. Integer arguments not
+    # listed are sizes or counts in 0..MAX_TASK_INT (seeds: 0..2^63-1).
+    arg_limits: dict[str, tuple[int, int]] = {}
+
+    @classmethod
+    def stored_numbers(cls, args: dict) -> int:
+        """How many numbers the constructor allocates for ``args`` (every argument, defaults
+        filled in), so that sizes whose product is too large are refused before anything is
+        allocated; 0: not known (a data set's size is known only once read)."""
+        return 0
 
     def train_batch(self, step: int, batch_size: int, seed: int) -> Batch:
         raise NotImplementedError

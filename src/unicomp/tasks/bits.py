@@ -29,6 +29,18 @@ class BitMemory(Task):
 
     name = "bit-memory"
     default_train = {"steps": 3000, "lr": 1e-3, "batch_size": 32, "eval_every": 250}
+    arg_limits = {
+        "n_strings": (1, 1000),
+        "n_bits": (1, 100_000),
+        "bits_per_token": (1, 100_000),
+        "n_val": (1, 1_000_000),
+        "n_test": (1, 1_000_000),
+    }
+
+    @classmethod
+    def stored_numbers(cls, args: dict) -> int:
+        # the held-out strings and their inputs, (n_val + n_test) x (n_strings + 1) x n_bits
+        return 2 * (args["n_val"] + args["n_test"]) * (args["n_strings"] + 1) * args["n_bits"]
 
     def __init__(
         self,
@@ -90,6 +102,8 @@ class BitXOR(Task):
 
     name = "bit-xor"
     default_train = {"steps": 1500, "lr": 3e-3, "batch_size": 32, "eval_every": 50}
+    # all 4^n_bits pairs are enumerated; held-out pairs at least one each
+    arg_limits = {"n_bits": (1, 10), "val_pairs": (1, 4**10), "test_pairs": (1, 4**10)}
 
     def __init__(self, n_bits: int = 5, val_pairs: int = 128, test_pairs: int = 256):
         if n_bits > 10:
