@@ -74,21 +74,24 @@ class TrainConfig:
     )
 
 
+# The task fields of the FPT and Perceiver configs (the same meaning in both).
+TASK_HELP = (
+    "task name (unicomp list), or array:PATH for your own .npz/.npy/.csv/.parquet file or "
+    "folder (README: your own data)"
+)
+TASK_SOURCE_HELP = (
+    "where a task that is not built in is defined, module:attribute; recorded by runs of "
+    "tasks registered from Python or by entry point, so a re-run from config.yaml imports it "
+    "again; null: a built-in task"
+)
+
+
 @dataclass
 class FPTConfig:
     """A Frozen Pretrained Transformer run."""
 
-    task: str = _f(
-        "bit-xor",
-        "task name (unicomp list), or array:PATH for your own .npz/.npy/.csv/.parquet file or "
-        "folder (README: your own data)",
-    )
-    task_source: str | None = _f(
-        None,
-        "where a task that is not built in is defined, module:attribute; recorded by runs of "
-        "tasks registered from Python or by entry point, so a re-run from config.yaml imports "
-        "it again; null: a built-in task",
-    )
+    task: str = _f("bit-xor", TASK_HELP)
+    task_source: str | None = _f(None, TASK_SOURCE_HELP)
     backbone: str = _f(
         "minilm-l6",
         "backbone name, random:<name>, stats:<name>, lstm[:<layers>x<width>], run:<run folder>, "
@@ -132,17 +135,8 @@ class FPTConfig:
 class PerceiverConfig:
     """A Perceiver IO (or plain Perceiver) run; see unicomp.models.perceiver_io."""
 
-    task: str = _f(
-        "bit-xor",
-        "task name (unicomp list), or array:PATH for your own .npz/.npy/.csv/.parquet file or "
-        "folder (README: your own data)",
-    )
-    task_source: str | None = _f(
-        None,
-        "where a task that is not built in is defined, module:attribute; recorded by runs of "
-        "tasks registered from Python or by entry point, so a re-run from config.yaml imports "
-        "it again; null: a built-in task",
-    )
+    task: str = _f("bit-xor", TASK_HELP)
+    task_source: str | None = _f(None, TASK_SOURCE_HELP)
     model: str = _f(
         "perceiver-io",
         "perceiver-io: query decoder | perceiver: mean of the latents -> linear head",
