@@ -273,7 +273,9 @@ def test_the_server_logs_start_up_adapters_and_requests(adapter_runs, tiny_bert,
     lines = [r.getMessage() for r in caplog.records if r.name == "unicomp.serve"]
     requests = [line for line in lines if line.startswith("POST ")]
     assert len(requests) == 2, lines
-    assert re.fullmatch(r"POST /tasks/bit-xor/predict 200 \d+\.\d ms", requests[0]), requests
+    # a prediction's line names the model batch it ran in
+    line = r"POST /tasks/bit-xor/predict 200 \d+\.\d ms batch 2"
+    assert re.fullmatch(line, requests[0]), requests
     assert re.fullmatch(r"POST /tasks/nope/predict 404 \d+\.\d ms", requests[1]), requests
 
 

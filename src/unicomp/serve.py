@@ -306,7 +306,7 @@ class Server:
                 await self.scan()
 
     # --- predictions ---------------------------------------------------------------------------
-    async def predict(self, name: str, inputs: list[Any]) -> list[Any]:
+    async def predict(self, name: str, inputs: list[Any], note: dict | None = None) -> list[Any]:
         cfg = self.cfg
         if name not in self.tasks:
             await self.scan()
@@ -350,7 +350,10 @@ class Server:
             if task.worker is None or task.worker.done():
                 task.worker = asyncio.create_task(self._batches(task))
             try:  # on time-out the future is cancelled: a batch not yet run leaves it out
-                return await asyncio.wait_for(future, cfg.request_timeout)
+                outputs, batch = await asyncio.wait_for(future, cfg.request_timeout)
+                if note is not None:
+                    note["batch"] = batch  # the model batch it ran in, for the request's log line
+                return outputs
             except TimeoutError:
                 raise HTTPError(
                     503,
@@ -437,7 +440,7 @@ class Server:
         start = 0
         for r in batch:
             if not r.future.done():
-                r.future.set_result(outputs[start : start + r.n])
+                r.future.set_result((outputs[start : start + r.n], len(x)))
             start += r.n
 
     def describe(self) -> dict[str, Any]:
@@ -487,6 +490,7 @@ class _RequestLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500
+        note = scope["unicomp_log"] = {}  # what the app adds to this request's line
 
         async def noted(message):
             nonlocal status
@@ -498,7 +502,8 @@ class _RequestLog:
             await self.app(scope, receive, noted)
         finally:
             ms = 1000 * (time.perf_counter() - started)
-            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, ms)
+            batch = f" batch {note['batch']}" if "batch" in note else ""
+            log.info("%s %s %d %.1f ms%s", scope["method"], scope["path"], status, ms, batch)
 
 
 class _BodyLimit:
@@ -642,9 +647,9 @@ def create_app(cfg: ServeConfig):
         return server.describe()
 
     @app.post("/tasks/{name}/predict", response_model=PredictResponse)
-    async def predict(name: str, body: PredictRequest) -> PredictResponse:
+    async def predict(name: str, body: PredictRequest, request: Request) -> PredictResponse:
         """Outputs for the inputs, in order; requests arriving together are batched."""
-        outputs = await server.predict(name, body.inputs)
+        outputs = await server.predict(name, body.inputs, request.scope.get("unicomp_log"))
         return PredictResponse(task=name, outputs=outputs)
 
     @app.get("/stats")
