@@ -282,25 +282,23 @@ class ArrayTask(TensorTask):
         return Scored(0, 0, 0, y.shape[0])  # regression: no hits to count
 
     def input_form(self) -> ArrayCodec:
-        return ArrayCodec(self.spec, **self.codec_state())
-
-    def codec_state(self) -> dict[str, Any]:
         regression = self.problem == "regression"
-        return {
-            "raw_shape": list(self.raw_shape),
-            "shape": list(self.shape),
-            "tokens": list(self.tokens),
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "classes": None if regression else self.classes,
-            "target_mean": self.target_mean.tolist() if regression else None,
-            "target_std": self.target_std.tolist() if regression else None,
-            "scalar_target": regression and self.scalar_target,
-            "columns": self.columns,
-        }
+        return ArrayCodec(
+            self.spec,
+            raw_shape=list(self.raw_shape),
+            shape=list(self.shape),
+            tokens=list(self.tokens),
+            mean=self.mean.tolist(),
+            std=self.std.tolist(),
+            classes=None if regression else self.classes,
+            target_mean=self.target_mean.tolist() if regression else None,
+            target_std=self.target_std.tolist() if regression else None,
+            scalar_target=regression and self.scalar_target,
+            columns=self.columns,
+        )
 
     def record(self, result: dict[str, Any]) -> dict[str, Any]:
-        state = self.codec_state()
+        state = self.input_form().state()  # the statistics as the adapter records them
         out: dict[str, Any] = {
             "data_sha256": self.sha256,
             "data_splits": self.split_how,
