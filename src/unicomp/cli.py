@@ -797,15 +797,10 @@ def _add_dt_commands(sub) -> None:
 
 
 def cmd_ts_baseline(args: argparse.Namespace) -> None:
-    from unicomp.config import _parse_value
+    from unicomp.config import parse_task_args
     from unicomp.experiments.timeseries import run_baseline
 
-    task_args = {}
-    for item in args.task_arg or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UnicompError(f"--task-arg {item!r}: expected KEY=VALUE")
-        task_args[key] = _parse_value(value)
+    task_args = parse_task_args(args.task_arg or [])
     metrics = run_baseline(
         args.task,
         task_args,

@@ -397,6 +397,21 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def parse_task_args(items: list[str]) -> dict[str, Any]:
+    """``--task-arg KEY=VALUE`` flags as a dict, each value read as YAML; one-line errors."""
+    pairs = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise UnicompError(f"--task-arg {item!r}: expected KEY=VALUE")
+        try:
+            pairs[k] = _parse_value(v)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise UnicompError(f"--task-arg {item!r}: bad YAML value ({problem})") from None
+    return pairs
+
+
 def _parse_value(text: str) -> Any:
     return yaml_number(parse_yaml(text))  # numbers (1e-3 too), booleans, null
 
@@ -600,17 +615,7 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
         if value is _NULL:
             value = None
         if key == "task_args":
-            pairs = {}
-            for item in value:
-                k, sep, v = item.partition("=")
-                if not sep:
-                    raise UnicompError(f"--task-arg {item!r}: expected KEY=VALUE")
-                try:
-                    pairs[k] = _parse_value(v)
-                except yaml.YAMLError as err:
-                    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-                    raise UnicompError(f"--task-arg {item!r}: bad YAML value ({problem})") from None
-            data["task_args"] = {**(data.get("task_args") or {}), **pairs}
+            data["task_args"] = {**(data.get("task_args") or {}), **parse_task_args(value)}
         elif key in train_fields:
             train[key] = value
         else:
