@@ -22,7 +22,8 @@ LAYERS = [
     ("run folders as tables", ["runs"]),
     ("runs of each family", ["experiments"]),
     ("tools on runs", ["ablate", "attention", "adapters", "codecs", "serve", "demo",
-                       "reproduce", "claims", "documents", "latent_search", "rl.export"]),
+                       "reproduce", "claims", "documents", "tsreport", "latent_search",
+                       "rl.export"]),
     ("command line", ["cli", "__main__"]),
 ]  # fmt: skip
 

@@ -847,6 +847,17 @@ def cmd_ts_list(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_ts_report(args: argparse.Namespace) -> None:
+    from unicomp import tsreport
+    from unicomp.documents import update_documents
+
+    for part in ("classification", "forecasting", "verdicts"):
+        print(f"## {part}\n\n{tsreport.render(args.runs, part)}")
+    if args.update_docs:
+        for doc in update_documents(Path.cwd()):
+            print(f"regenerated: {doc.relative_to(Path.cwd())}")
+
+
 def _add_ts_commands(sub) -> None:
     ts = sub.add_parser("ts", help="time series: baselines and bundled data sets").add_subparsers(
         dest="sub", required=True
@@ -877,6 +888,18 @@ def _add_ts_commands(sub) -> None:
     p.set_defaults(func=cmd_ts_baseline)
     p = ts.add_parser("list", help="the classification sets and forecasting series aeon ships")
     p.set_defaults(func=cmd_ts_list)
+    p = ts.add_parser(
+        "report",
+        help="tables and verdicts of a folder of time-series runs (FPT and baselines): mean ± std"
+        " over seeds, one verdict per comparison",
+    )
+    p.add_argument("runs", help="the folder holding the run folders (scripts/ts_campaign.sh's)")
+    p.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="also rewrite every generated block of README.md and docs/ from its records",
+    )
+    p.set_defaults(func=cmd_ts_report)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -16,7 +16,9 @@ long those runs were made (``<records>/run.json``); ``collection``: a data set m
 learning agent (``dt collect --from-training``): what it holds and the agent's evaluation
 curve, from ``<records>/collection.json``; ``benchmark``: a table a script under benchmarks/
 measured, with its command, date and machine, from the JSON record it wrote
-(``results/benchmarks/<name>.json``). ``unicomp reproduce --report-only``
+(``results/benchmarks/<name>.json``); ``timeseries``: the time-series campaign's
+``classification``, ``forecasting`` or ``verdicts`` table, from the run folders themselves
+(:mod:`unicomp.tsreport`). ``unicomp reproduce --report-only`` (or ``unicomp ts report``)
 rewrites every block; tests/test_documents.py fails when a document differs from what its
 records produce.
 """
@@ -89,7 +91,17 @@ def render(kind: str, src: str, arg: str | None, root: Path, where: str) -> str:
     if kind == "benchmark":
         path = Path(src)
         return _benchmark(_load(root, str(path.parent), path.name, where))
-    raise UnicompError(f"{where}: unknown generated block kind {kind!r} (claims, run, collection)")
+    if kind == "timeseries":
+        from unicomp import tsreport
+
+        try:
+            return tsreport.render(root / src, arg or "")
+        except UnicompError as err:
+            raise UnicompError(f"{where}: {err}") from None
+    raise UnicompError(
+        f"{where}: unknown generated block kind {kind!r} (claims, run, collection, benchmark, "
+        "timeseries)"
+    )
 
 
 def _benchmark(b: dict) -> str:
