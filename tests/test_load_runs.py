@@ -87,7 +87,9 @@ def test_load_run_gives_back_an_fpt_that_scores_its_recorded_test_metrics(tmp_pa
         out = tmp_path / freeze
         metrics = cli_train(out, "--task", "bit-xor", "--backbone", tiny_gpt2, "--freeze", freeze)
         assert run_kind(out) == "fpt"
-        model, task, cfg = load_run(out)
+        run = load_run(out)
+        assert run.kind == "fpt" and run.folder == out and run.metrics == metrics
+        model, task, cfg = run.model, run.task, run.config
         assert not model.training and cfg.freeze == freeze
         test = evaluate(model, task, task.split("test"), cfg.train, torch.device("cpu"))
         assert test["accuracy"] == metrics["test_accuracy"], freeze
@@ -105,7 +107,9 @@ def test_load_run_gives_back_a_perceiver(tmp_path):
     )  # fmt: skip
     metrics = run_perceiver(cfg)
     assert run_kind(out) == "perceiver"
-    model, task, loaded = load_run(out)
+    run = load_run(out)
+    model, task, loaded = run.model, run.task, run.config
+    assert run.kind == "perceiver" and loaded.num_latents == 4
     test = evaluate(model, task, task.split("test"), loaded.train, torch.device("cpu"))
     assert test["accuracy"] == metrics["test_accuracy"]
 
@@ -126,7 +130,9 @@ def test_load_run_gives_back_a_decision_transformer_that_acts_and_scores_as_reco
     assert main(argv) == 0
     recorded = json.loads((out / "metrics.json").read_text())
     assert run_kind(out) == "dt"
-    model, cfg, metrics = load_run(out)
+    run = load_run(out)
+    model, cfg, metrics = run.model, run.config, run.metrics
+    assert run.kind == "dt" and run.task is None
     assert metrics == recorded and not model.training
     # the held-out episodes' action loss, as the run measured it with its best weights
     task = build_dt_task(cfg)

@@ -1,10 +1,17 @@
-"""Every registered task, backbone and freeze policy: one ``register(...)`` line each.
+"""Every registered task, backbone, freeze policy and offline-RL method: one ``register(...)``
+line each.
 
 Imported by ``unicomp.registry`` on the first lookup of any registry (nothing needs to import
 it first); targets are imported lazily on first use.
 """
 
-from unicomp.registry import BACKBONE_SOURCES, BACKBONES, FREEZE_POLICIES, TASKS
+from unicomp.registry import (
+    BACKBONE_SOURCES,
+    BACKBONES,
+    FREEZE_POLICIES,
+    OFFLINE_RL_METHODS,
+    TASKS,
+)
 
 # --- backbones: name -> hub id, offline package, and the config for random:<name> -------------
 _gpt2 = {"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024}
@@ -155,4 +162,19 @@ BACKBONE_SOURCES.register(
     "run",
     "unicomp.experiments.fpt:backbone_from_run",
     "run:<DIR>: the backbone of a finished FPT run folder, with the weights it trained",
+)
+
+# --- offline-RL methods (unicomp.experiments.offline_rl) --------------------------------------
+OFFLINE_RL_METHODS.register(
+    "dt", "unicomp.experiments.offline_rl:DT", "Decision Transformer: actions from returns-to-go"
+)
+OFFLINE_RL_METHODS.register("bc", "unicomp.experiments.offline_rl:BC", "behaviour cloning")
+OFFLINE_RL_METHODS.register(
+    "pbc", "unicomp.experiments.offline_rl:PBC", "%BC: BC on the best --top-percent of the data"
+)
+OFFLINE_RL_METHODS.register(
+    "cql", "unicomp.experiments.external:CQL", "d3rlpy's CQL (dt external)", external=True
+)
+OFFLINE_RL_METHODS.register(
+    "iql", "unicomp.experiments.external:IQL", "d3rlpy's IQL (dt external)", external=True
 )

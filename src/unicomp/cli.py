@@ -22,6 +22,7 @@ from unicomp.config import (
     FPTConfig,
     HelpFormatter,
     PerceiverConfig,
+    RegisteredNames,
     add_dataclass_args,
     comma_numbers,
     given_once,
@@ -154,22 +155,16 @@ def cmd_fpt_train(args: argparse.Namespace) -> None:
     _resume_from_run_folder(args)
     cfg = resolve(FPTConfig, args, task_defaults)
     metrics = run_fpt(cfg, resume=args.resume, overwrite=args.overwrite)
-    keys = (
-        "task",
-        "backbone",
-        "freeze",
-        "test_accuracy",
-        "steps",
-        "steps_to_target",
-        "trainable_params",
-        "total_params",
-        "train_seconds",
-        "backbone_source",
-    )
-    if metrics.get("test_accuracy") is None:  # regression: the loss, and the error in units
-        keys = (*keys, "test_loss", "test_rmse")
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"run folder: {cfg.out}")
+    _print_run(cfg.kind, metrics, cfg.out)
+
+
+def _print_run(kind: str, metrics: dict, folder: str | Path) -> None:
+    """What a command that trains a run prints: its kind's summary of the metrics
+    (unicomp.experiments.kinds), then the run folder."""
+    from unicomp.experiments.kinds import KINDS
+
+    print(json.dumps(KINDS[kind].summary_of(metrics), indent=2))
+    print(f"run folder: {folder}")
 
 
 def _int_list(text: str | None) -> list[int] | None:
@@ -348,23 +343,7 @@ def cmd_perceiver_train(args: argparse.Namespace) -> None:
     _resume_from_run_folder(args)
     cfg = _resolve_perceiver(args)
     metrics = run_perceiver(cfg, resume=args.resume, overwrite=args.overwrite)
-    keys = (
-        "task",
-        "model",
-        "test_accuracy",
-        "steps",
-        "steps_to_target",
-        "num_latents",
-        "flops_per_example",
-        "trainable_params",
-        "total_params",
-        "train_seconds",
-        "model_source",
-    )
-    if metrics.get("test_accuracy") is None:  # regression: the loss, and the error in units
-        keys = (*keys, "test_loss", "test_rmse")
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"run folder: {cfg.out}")
+    _print_run(cfg.kind, metrics, cfg.out)
 
 
 def cmd_perceiver_search(args: argparse.Namespace) -> None:
@@ -538,16 +517,7 @@ def cmd_dt_train(args: argparse.Namespace) -> None:
     _resume_from_run_folder(args)
     cfg = resolve(DTConfig, args, dt_task_defaults)
     metrics = run_dt(cfg, resume=args.resume, overwrite=args.overwrite)
-    keys = ("env", "algo", "test_loss", "best_step", "steps", "trainable_params", "train_seconds")
-    summary = {k: metrics[k] for k in keys}
-    summary["eval"] = [_eval_summary(e) for e in metrics.get("eval", [])]
-    print(json.dumps(summary, indent=2))
-    print(f"run folder: {cfg.out}")
-
-
-def _eval_summary(e: dict) -> dict:
-    keys = ("target_return", "return_mean", "return_std", "normalized_score_mean")
-    return {k: e[k] for k in (*keys, "success_rate") if k in e}
+    _print_run(cfg.kind, metrics, cfg.out)
 
 
 def _targets(text: str | None) -> list[float] | None:
@@ -560,6 +530,7 @@ def cmd_dt_eval(args: argparse.Namespace) -> None:
     import torch
 
     from unicomp.experiments.dt import evaluate_run
+    from unicomp.experiments.kinds import evaluation_summary
 
     if args.threads is not None and args.threads < 1:
         raise UnicompError(f"dt eval: --threads must be >= 1, got {args.threads}")
@@ -578,16 +549,21 @@ def cmd_dt_eval(args: argparse.Namespace) -> None:
     )
     keys = ("env", "algo", "train_steps", "episodes", "return_mean", "normalized_score_mean")
     summary = {k: result[k] for k in (*keys, "success_rate") if k in result}
-    summary["eval"] = [_eval_summary(e) for e in result["eval"]]
+    summary["eval"] = [evaluation_summary(e) for e in result["eval"]]
     print(json.dumps(summary, indent=2))
     print(f"written: {args.out or Path(args.run) / 'eval.json'}")
 
 
 def cmd_dt_external(args: argparse.Namespace) -> None:
-    from unicomp.experiments.external import default_out, run_external
+    from unicomp.experiments.kinds import KINDS
 
-    out = Path(args.out) if args.out else default_out(args.algo, args.data, args.seed)
-    metrics = run_external(
+    external = KINDS["external"]
+    out = (
+        Path(args.out)
+        if args.out
+        else external.function("default_out")(args.algo, args.data, args.seed)
+    )
+    metrics = external.function("run")(
         args.algo,
         args.data,
         out,
@@ -602,9 +578,7 @@ def cmd_dt_external(args: argparse.Namespace) -> None:
         device=args.device,
         delayed_reward=args.delayed_reward,
     )
-    keys = ("algo", "env", "train_steps", "return_mean", "normalized_score_mean")
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"run folder: {out}")
+    _print_run(external.name, metrics, out)
 
 
 def cmd_dt_compare(args: argparse.Namespace) -> None:
@@ -756,7 +730,12 @@ def _add_dt_commands(sub) -> None:
         help="CQL or IQL trained by d3rlpy (in its own venv) on a data set, acted with by our "
         "evaluator; writes a run folder that dt compare reads",
     )
-    p.add_argument("--algo", choices=("cql", "iql"), required=True, help="d3rlpy's algorithm")
+    p.add_argument(
+        "--algo",
+        choices=RegisteredNames("OFFLINE_RL_METHODS", external=True),
+        required=True,
+        help="d3rlpy's algorithm",
+    )
     p.add_argument(
         "--data",
         required=True,
@@ -815,9 +794,7 @@ def cmd_ts_baseline(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         progress=args.progress,
     )
-    keys = ("task", "method", "test_accuracy", "test_mse", "test_mae", "season", "wall_seconds")
-    print(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
-    print(f"run folder: {metrics['out']}")
+    _print_run("ts-baseline", metrics, metrics["out"])
 
 
 def cmd_ts_list(args: argparse.Namespace) -> None:

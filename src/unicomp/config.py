@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -90,6 +90,8 @@ TASK_SOURCE_HELP = (
 class FPTConfig:
     """A Frozen Pretrained Transformer run."""
 
+    kind: ClassVar[str] = "fpt"  # the run family (unicomp.experiments.kinds), in config.yaml
+
     task: str = _f("bit-xor", TASK_HELP)
     task_source: str | None = _f(None, TASK_SOURCE_HELP)
     backbone: str = _f(
@@ -135,6 +137,8 @@ class FPTConfig:
 class PerceiverConfig:
     """A Perceiver IO (or plain Perceiver) run; see unicomp.models.perceiver_io."""
 
+    kind: ClassVar[str] = "perceiver"
+
     task: str = _f("bit-xor", TASK_HELP)
     task_source: str | None = _f(None, TASK_SOURCE_HELP)
     model: str = _f(
@@ -174,6 +178,28 @@ class PerceiverConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+class RegisteredNames:
+    """The names of a registry's entries as a field's ``choices``, read when they are checked
+    or shown, so that entries registered later count: those of ``registry`` (its name in
+    unicomp.registry) whose registration ``kwargs`` match ``where`` (a missing one reads as
+    False)."""
+
+    def __init__(self, registry: str, **where: Any):
+        self.registry, self.where = registry, where
+
+    def __iter__(self):
+        from unicomp import registry
+
+        entries = getattr(registry, self.registry)
+        wanted = self.where.items()
+        return iter(
+            [e.name for e in entries if all(e.kwargs.get(k, False) == v for k, v in wanted)]
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in list(self)
+
+
 # What a second --data says (dt train, dt external): several data sets go in one flag.
 SEVERAL_DATA = "several data sets go in one --data, comma-separated: --data A,B"
 
@@ -183,6 +209,7 @@ class DTConfig:
     """A Decision Transformer run (offline RL): train on a trajectory data set, then act in
     the environment conditioned on target returns."""
 
+    kind: ClassVar[str] = "dt"
     data: str = _f(
         "",
         "trajectory data set: a Minari folder (unicomp dt collect), a Minari data set id "
@@ -196,7 +223,7 @@ class DTConfig:
         "dt",
         "dt: Decision Transformer | bc: behaviour cloning | pbc: %%BC, BC on the best "
         "--top-percent of the data",
-        choices=("dt", "bc", "pbc"),
+        choices=RegisteredNames("OFFLINE_RL_METHODS", external=False),
     )
     policy: str = _f(
         "dt-noreturn",
@@ -295,6 +322,14 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     """Build a config dataclass, rejecting unknown keys and wrongly typed values with a
     message naming them."""
     names = {f.name: f for f in dataclasses.fields(cls)}
+    kind = getattr(cls, "kind", None)  # a run's config.yaml names its family: this one's
+    if kind is not None and "kind" in data:
+        data = dict(data)
+        given = data.pop("kind")
+        if given != kind:
+            raise UnicompError(
+                f"{where}: kind {given!r}: the config of another family of runs than {kind}"
+            )
     # YAML keys can be numbers or hold control characters: keep the message on one line.
     unknown = sorted(k if k.isprintable() else repr(k) for k in map(str, set(data) - set(names)))
     if unknown:
@@ -313,12 +348,34 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
 
 
 def save_yaml(cfg: Any, path: Path, comments: list[str] | tuple[str, ...] = ()) -> None:
-    """``cfg`` as YAML; ``comments`` as ``# ...`` lines at the end (facts for the reader that
-    loading ignores, e.g. the device ``auto`` resolved to)."""
+    """``cfg`` as YAML, a run config's ``kind`` first; ``comments`` as ``# ...`` lines at the
+    end (facts for the reader that loading ignores, e.g. the device ``auto`` resolved to)."""
     from unicomp.files import atomic_write_text
 
-    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    data = to_dict(cfg)
+    kind = getattr(type(cfg), "kind", None)
+    text = yaml.safe_dump({"kind": kind, **data} if kind else data, sort_keys=False)
     atomic_write_text(path, text + "".join(f"# {line}\n" for line in comments))
+
+
+def recorded_kind(config: dict | None, metrics: dict | None = None) -> str | None:
+    """The family of a run (unicomp.experiments.kinds) from its records: its config.yaml's
+    ``kind``; for folders written before runs recorded it, the fields only that family's
+    config.yaml has, and for runs of other programs (no config.yaml) metrics.json's task;
+    None for anything else. The one place that tells the families apart by their fields."""
+    if config is None:
+        return "external" if (metrics or {}).get("task") == "offline-rl" else None
+    if "kind" in config:
+        return str(config["kind"])
+    if "data" in config or "algo" in config:
+        return "dt"
+    if "backbone" in config or "freeze" in config:
+        return "fpt"
+    if "model" in config or "num_latents" in config:
+        return "perceiver"
+    if "method" in config:
+        return "ts-baseline"
+    return None
 
 
 # Deeper than any config; a YAML nested thousands deep would exhaust Python's recursion

@@ -380,3 +380,19 @@ def read_curve(path: Path, upto: int) -> list[dict]:
         raise UnicompError(
             f"{path}: damaged learning curve ({type(err).__name__}: {err})"
         ) from None
+
+
+def read_record(path: Path) -> dict:
+    """A run's JSON record (metrics.json, eval.json): a mapping, else a one-line error."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UnicompError(f"{path} does not exist: not a finished run folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise UnicompError(f"{path}: not readable JSON ({why})") from None
+    if not isinstance(data, dict):
+        raise UnicompError(
+            f"{path}: expected a JSON object (a run's record), got a {type(data).__name__}"
+        )
+    return data

@@ -141,6 +141,9 @@ BACKBONES = Registry("backbone")
 FREEZE_POLICIES = Registry("freeze policy")
 # Backbones built by a layer above unicomp.backbones (``run:<DIR>``: a finished FPT run's)
 BACKBONE_SOURCES = Registry("backbone source")
+# Offline-RL methods (unicomp.experiments.offline_rl): trained by the loop (dt train), or by
+# another program (``external=True``: dt external)
+OFFLINE_RL_METHODS = Registry("offline-RL method")
 
 
 def register_task(name: str, cls_or_target: type | str, help: str = "") -> None:

@@ -451,15 +451,13 @@ def _run_job(cfg: Any, plan: str, threads: int, log: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    from unicomp.config import DTConfig
-    from unicomp.experiments.dt import run_dt
-    from unicomp.experiments.perceiver import run_perceiver
+    from unicomp.experiments.kinds import kind_of_config
 
     saved = sys.stdout, sys.stderr
     with open(log, "a") as f:
         sys.stdout = sys.stderr = f
         try:
-            (run_dt if isinstance(cfg, DTConfig) else run_perceiver)(cfg, resume=plan == "resume")
+            kind_of_config(cfg).function("run")(cfg, resume=plan == "resume")
         finally:
             sys.stdout, sys.stderr = saved  # the worker runs the next job with its own log
 
@@ -500,7 +498,7 @@ def _run_jobs(cells: list[Cell], logs: Path, jobs: int, threads: int, say) -> No
 def _describe(cfg: Any) -> str:
     """A DT or Perceiver run's settings in one line (``--dry-run``)."""
     t = cfg.train
-    if hasattr(cfg, "algo"):
+    if cfg.kind == "dt":
         what = (
             f"dt {cfg.algo} K={cfg.context} delayed_reward={cfg.delayed_reward} "
             f"{cfg.n_layer} layers x {cfg.hidden_size} data={cfg.data}"

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from unicomp.errors import UnicompError
-from unicomp.files import atomic_write_text
+from unicomp.experiments.kinds import KINDS
+from unicomp.experiments.offline_rl import data_label, run_label
+from unicomp.files import atomic_write_text, read_record
 
 COLUMNS = (
     "task",
@@ -81,20 +83,6 @@ NOT_SETTINGS = frozenset(
 )
 
 
-def config_class(saved: dict) -> type | None:
-    """The config class of a run folder's config.yaml (DTConfig, FPTConfig, PerceiverConfig),
-    from the fields only that family has; None for anything else."""
-    from unicomp.config import DTConfig, FPTConfig, PerceiverConfig
-
-    if "data" in saved or "algo" in saved:
-        return DTConfig
-    if "backbone" in saved or "freeze" in saved:
-        return FPTConfig
-    if "model" in saved or "num_latents" in saved:
-        return PerceiverConfig
-    return None
-
-
 def run_settings(
     folder: str | Path, cls: type | None = None, ignore: Callable[[str], bool] | None = None
 ) -> dict[str, str]:
@@ -107,11 +95,13 @@ def run_settings(
     path = Path(folder) / "config.yaml"
     if not path.exists():
         return {}
-    from unicomp.config import load_yaml, to_dict
+    from unicomp.config import load_yaml, recorded_kind, to_dict
 
     ignore = ignore or NOT_SETTINGS.__contains__
     saved = load_yaml(path)
-    cls = cls or config_class(saved)
+    kind = KINDS.get(recorded_kind(saved) or "")
+    cls = cls or (kind.config if kind else None)
+    saved.pop("kind", None)  # the family, not a setting (runs before it have none)
     config = to_dict(cls()) if cls else {"train": {}}
     config.update({k: v for k, v in saved.items() if k != "train"})
     config["train"].update(saved.get("train") or {})
@@ -143,7 +133,7 @@ def load_runs(folders: list[str]) -> list[dict]:
         path = Path(folder) / "metrics.json"
         if not path.exists():
             continue  # unfinished or not a run folder
-        metrics = _read_json(path)
+        metrics = read_record(path)
         _check_table_fields(metrics, path)
         runs.append({**metrics, "run": str(folder), "settings": run_settings(folder)})
     if not runs:
@@ -212,22 +202,6 @@ def seeds_table(runs: list[dict]) -> str:
     return markdown_table(head, rows)
 
 
-def _read_json(path: Path) -> dict:
-    """A run's JSON record (metrics.json, eval.json): a mapping, else a one-line error."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UnicompError(f"{path} does not exist: not a finished run folder") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        why = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise UnicompError(f"{path}: not readable JSON ({why})") from None
-    if not isinstance(data, dict):
-        raise UnicompError(
-            f"{path}: expected a JSON object (a run's record), got a {type(data).__name__}"
-        )
-    return data
-
-
 def _check_table_fields(metrics: dict, path: Path) -> None:
     """The values the report tables read: text or numbers (a list or an object where one
     belongs was a TypeError inside the table), scores numbers."""
@@ -242,42 +216,16 @@ def _check_table_fields(metrics: dict, path: Path) -> None:
 
 
 # --- comparison table ---------------------------------------------------------------------------
-def run_label(metrics: dict, algo: str | None = None) -> str:
-    """DT, DT K=1, DT delayed, BC (mlp), %BC 10% (dt-noreturn), ... from a run's metrics."""
-    algo = algo or metrics.get("algo", "dt")
-    top = float(metrics.get("top_percent", 100.0))
-    if algo == "dt":
-        label = "DT"
-        if metrics.get("context", 20) != 20:
-            label += f" K={metrics['context']}"
-        if top < 100:
-            label += f" top {top:g}%"
-    elif algo in ("bc", "pbc"):
-        label = f"%BC {top:g}%" if algo == "pbc" else "BC"
-        label += f" ({metrics.get('policy', 'dt-noreturn')})"
-    else:  # runs of other programs in our format (unicomp.experiments.external: cql, iql)
-        label = algo.upper()
-    if metrics.get("delayed_reward"):
-        label += " delayed"
-    return label
-
-
-def data_label(data: str) -> str:
-    """A data set's folder name, or several joined by "+" (``data/a,data/b`` -> ``a+b``): what
-    run folder names and comparison rows call the data."""
-    return "+".join(Path(name.strip()).name for name in str(data).split(","))
-
-
 def _scores(run: Path) -> dict:
     """A run's metrics, with eval.json's scores over metrics.json's where both exist."""
-    metrics = _read_json(run / "metrics.json")
+    metrics = read_record(run / "metrics.json")
     row = {**metrics, "run": str(run), "label": run_label(metrics)}
     if "data_path" not in row and (run / "config.yaml").exists():  # runs before data_path
         from unicomp.config import load_yaml
 
         row["data_path"] = str(load_yaml(run / "config.yaml").get("data", ""))
     if (run / "eval.json").exists():
-        row.update({k: v for k, v in _read_json(run / "eval.json").items() if k != "label"})
+        row.update({k: v for k, v in read_record(run / "eval.json").items() if k != "label"})
     return row
 
 
@@ -288,9 +236,9 @@ _NOT_SETTINGS = {"out", "train.seed", "train.progress", "train.device", "train.e
 
 def _settings(run: Path) -> dict[str, str]:
     """The run's setting (unicomp.runs.run_settings), evaluation settings aside."""
-    from unicomp.config import DTConfig
-
-    return run_settings(run, DTConfig, lambda k: k in _NOT_SETTINGS or k.startswith("eval_"))
+    return run_settings(
+        run, KINDS["dt"].config, lambda k: k in _NOT_SETTINGS or k.startswith("eval_")
+    )
 
 
 def mean_std(values: list[float], single: float | None = None) -> tuple[float, float | None]:

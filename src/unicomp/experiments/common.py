@@ -260,8 +260,6 @@ def check_resume(cfg: Any, out: Path) -> dict:
 
 
 # --- reading a finished run folder back ---------------------------------------------------------
-
-
 def _best_step(folder: Path, where: str, finished: bool) -> int | None:
     """metrics.json's best_step; without a readable metrics.json an error where ``finished``
     is asked for, else None."""

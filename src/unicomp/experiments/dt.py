@@ -27,15 +27,13 @@ from torch import nn
 from unicomp.config import DTConfig, comma_numbers, from_dict, load_yaml
 from unicomp.errors import UnicompError
 from unicomp.experiments.common import _is_main, _read_best, train_and_record
-from unicomp.files import atomic_write_json
+from unicomp.experiments.offline_rl import data_label, offline_rl_method, run_label
+from unicomp.files import atomic_write_json, read_record
 from unicomp.freezing import count_parameters
-from unicomp.models.decision_transformer import build_decision_transformer
-from unicomp.models.policies import MLPPolicy, MLPPolicyConfig, build_policy, policy_spec
 from unicomp.provenance import provenance
 from unicomp.rl.dt_task import DTTask
 from unicomp.rl.envs import register_env_spec
 from unicomp.rl.evaluate import default_targets, evaluate_dt, score_reference
-from unicomp.runs import _read_json, data_label, run_label
 from unicomp.train import load_trainable_state, pick_device
 
 
@@ -44,13 +42,10 @@ def dt_task_defaults(name: str) -> dict:
 
 
 def dt_default_out(cfg: DTConfig) -> Path:
-    """runs/<algo>-<data folder>-s<seed>, e.g. runs/dt-hopper-medium-s0, runs/pbc10-...,
-    runs/dt-a+b-s0 for --data data/a,data/b; the algo part names the BC network when it is
-    not the default."""
-    algo = cfg.algo + (f"{cfg.top_percent:g}" if cfg.algo == "pbc" else "")
-    if cfg.algo != "dt" and cfg.policy != "dt-noreturn":
-        algo += f"-{cfg.policy}"
-    return Path("runs") / f"{algo}-{data_label(cfg.data)}-s{cfg.train.seed}"
+    """runs/<method>-<data folder>-s<seed>, e.g. runs/dt-hopper-medium-s0, runs/pbc10-...,
+    runs/dt-a+b-s0 for --data data/a,data/b (the method's part: its ``folder_name``)."""
+    method = offline_rl_method(cfg.algo).folder_name(cfg)
+    return Path("runs") / f"{method}-{data_label(cfg.data)}-s{cfg.train.seed}"
 
 
 def build_dt_task(cfg: DTConfig) -> DTTask:
@@ -66,7 +61,7 @@ def build_dt_task(cfg: DTConfig) -> DTTask:
             test_fraction=cfg.test_fraction,
             split_seed=cfg.train.seed,
             env_id=cfg.env,
-            use_returns=cfg.algo == "dt",
+            use_returns=offline_rl_method(cfg.algo).reads_returns,
             top_percent=cfg.top_percent,
             delayed_reward=cfg.delayed_reward,
         )
@@ -75,48 +70,9 @@ def build_dt_task(cfg: DTConfig) -> DTTask:
 
 
 def build_dt_policy(cfg: DTConfig, task) -> nn.Module:
-    """The network ``cfg`` trains: the DT, or for BC/%BC the DT without return tokens or the
-    MLP policy (unicomp.models.policies)."""
-    obs_shape = task.dataset.obs_shape
-    state_dim = int(obs_shape[0]) if len(obs_shape) == 1 else 0
-    if cfg.algo != "dt" and cfg.policy == "mlp":
-        if cfg.backbone:
-            raise UnicompError("--backbone goes with a transformer policy, not --policy mlp")
-        if len(obs_shape) != 1:
-            raise UnicompError(f"--policy mlp needs vector states; {cfg.data} has {obs_shape}")
-        return MLPPolicy(
-            MLPPolicyConfig(
-                state_dim=state_dim,
-                act_dim=task.act_dim,
-                discrete=task.discrete,
-                hidden_size=cfg.hidden_size,
-                n_layer=cfg.n_layer,
-                dropout=cfg.dropout,
-                max_ep_len=cfg.max_ep_len,
-            )
-        )
-    return build_decision_transformer(
-        state_dim,
-        task.act_dim,
-        discrete=task.discrete,
-        max_length=cfg.context,
-        max_ep_len=cfg.max_ep_len,
-        hidden_size=cfg.hidden_size,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        dropout=cfg.dropout,
-        attn_implementation=cfg.attn_implementation,
-        image_shape=tuple(obs_shape) if len(obs_shape) == 3 else None,
-        use_returns=cfg.algo == "dt",
-        **_dt_backbone_fields(cfg),
-    )
-
-
-def _dt_backbone_fields(cfg: DTConfig) -> dict:
-    """The DT's backbone settings (none for the paper's GPT-2: its defaults)."""
-    if not cfg.backbone:
-        return {}
-    return {"backbone": cfg.backbone, "freeze": cfg.freeze, "backbone_seed": cfg.train.seed}
+    """The network ``cfg`` trains: its method's (unicomp.experiments.offline_rl): the DT, or
+    for BC/%BC the DT without return tokens or the MLP policy."""
+    return offline_rl_method(cfg.algo).build_policy(cfg, task)
 
 
 def _dt_backbone_summary(model: nn.Module, cfg: DTConfig) -> dict:
@@ -215,8 +171,8 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
             "--data is required: a Minari folder (unicomp dt collect), a Minari data set id "
             "or a D4RL .hdf5 file"
         )
-    if cfg.algo == "bc" and cfg.top_percent < 100:
-        raise UnicompError("--algo bc trains on all the data; use --algo pbc with --top-percent")
+    method = offline_rl_method(cfg.algo)
+    method.check(cfg)
     task = build_dt_task(cfg)
     env_id = task.env_id
     if cfg.eval_episodes > 0 and not env_id:
@@ -231,11 +187,11 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
     targets = targets or list(
         default_targets(env_id, float(returns.max()), float(np.median(returns)))
     )
-    eval_targets: list[float | None] = list(targets) if cfg.algo == "dt" else [None]
+    eval_targets: list[float | None] = list(targets) if method.reads_returns else [None]
     out = Path(cfg.out) if cfg.out else dt_default_out(cfg)
     cfg.out = str(out)
     torch.manual_seed(cfg.train.seed)
-    model = build_dt_policy(cfg, task)
+    model = method.build_policy(cfg, task)
     trainable, total = count_parameters(model)
     norm = task.normalization()
     reference = score_reference(env_id, task.dataset.metadata)
@@ -247,7 +203,7 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
         "reference_scores": reference,  # of normalized_score_*: the data set's, else our table
         "data_path": cfg.data,
         "algo": cfg.algo,
-        "policy": "decision-transformer" if cfg.algo == "dt" else cfg.policy,
+        "policy": method.policy_name(cfg),
         "top_percent": cfg.top_percent,
         "delayed_reward": cfg.delayed_reward,
         "context": cfg.context,
@@ -262,7 +218,7 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
         "total_params": total,
         "trainable_fraction": trainable / total,
         "normalization": norm,
-        "model_config": policy_spec(model),
+        "model_config": method.policy_spec(model),
     }
     header = {"task": "dt", "model": summary["policy"], "data": cfg.data}
     metrics = train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
@@ -328,11 +284,11 @@ def load_dt_run(run: str | Path) -> tuple[nn.Module, DTConfig, dict]:
     folder."""
     run = Path(run)
     cfg = from_dict(DTConfig, load_yaml(run / "config.yaml"), f"{run / 'config.yaml'}")
-    metrics = _read_json(run / "metrics.json")
+    metrics = read_record(run / "metrics.json")
     if "normalization" not in metrics:
         raise UnicompError(f"{run / 'metrics.json'}: no 'normalization'; not a dt train run")
     if "model_config" in metrics:
-        model = build_policy(metrics["model_config"])
+        model = offline_rl_method(cfg.algo).rebuild_policy(metrics["model_config"])
     else:  # runs written before model_config was recorded: rebuild from the data set
         task = build_dt_task(cfg)
         torch.manual_seed(0)
@@ -394,7 +350,7 @@ def evaluate_run(
         register_env_spec(metrics["env_spec"])
     reference = metrics.get("reference_scores")  # runs before it was recorded: our table
     norm = metrics["normalization"]
-    if cfg.algo != "dt":
+    if not offline_rl_method(cfg.algo).reads_returns:
         chosen: list[float | None] = [None]
     elif targets:
         chosen = list(targets)

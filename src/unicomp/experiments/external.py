@@ -38,12 +38,31 @@ import numpy as np
 
 from unicomp.errors import UnicompError
 from unicomp.experiments.dt import primary_scores
+from unicomp.experiments.offline_rl import OfflineRLMethod, data_label
 from unicomp.files import atomic_write_json
+from unicomp.registry import OFFLINE_RL_METHODS
 from unicomp.rl.evaluate import run_episodes, score_reference
 from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards, read_datasets
-from unicomp.runs import data_label
 
-ALGOS = ("cql", "iql")
+
+class D3rlpyMethod(OfflineRLMethod):
+    """An adapter: d3rlpy's algorithm ``name`` as an offline-RL method of ours, trained by
+    d3rlpy (the stages above), labelled and named as our runs are. ``discrete``: d3rlpy has
+    a variant for discrete actions."""
+
+    def __init__(self, name: str, discrete: bool):
+        self.name, self.discrete = name, discrete
+
+
+CQL = D3rlpyMethod("cql", discrete=True)
+IQL = D3rlpyMethod("iql", discrete=False)
+
+
+def external_methods() -> list[str]:
+    """The names of the offline-RL methods other programs train (registered ``external``)."""
+    return [e.name for e in OFFLINE_RL_METHODS if e.kwargs.get("external")]
+
+
 REPO = Path(__file__).resolve().parents[3]
 TRAIN_SCRIPT = REPO / "scripts" / "d3rlpy_train.py"
 D3RLPY_PYTHON = REPO / ".venv-d3rlpy" / "bin" / "python"
@@ -221,8 +240,10 @@ def run_external(
     """The three stages (module docstring) into the run folder ``out``; returns its
     metrics.json. ``delayed_reward``: d3rlpy trains on the data with each episode's rewards
     summed at its last step; acting is unchanged (a Markov policy reads no reward)."""
-    if algo not in ALGOS:
-        raise UnicompError(f"unknown algorithm {algo!r}; choose from {', '.join(ALGOS)}")
+    if algo not in external_methods():
+        choices = ", ".join(external_methods())
+        raise UnicompError(f"unknown algorithm {algo!r}; choose from {choices}")
+    method = OFFLINE_RL_METHODS.entry(algo).load()
     out = Path(out)
     if (out / "metrics.json").exists():
         raise UnicompError(f"{out} already holds a run (metrics.json); choose another --out")
@@ -233,8 +254,10 @@ def run_external(
     exported = export_data(data, env, out, delayed_reward=delayed_reward)
     if not exported["env"]:
         raise UnicompError(f"{data} names no environment (D4RL files never do); pass --env")
-    if algo == "iql" and exported["discrete"]:
-        raise UnicompError("d3rlpy has no discrete IQL; use --algo cql for discrete actions")
+    if exported["discrete"] and not method.discrete:
+        raise UnicompError(
+            f"d3rlpy has no discrete {algo.upper()}; use --algo cql for discrete actions"
+        )
     discrete = exported["discrete"]
     wall = train_d3rlpy(
         algo, out, steps=steps, seed=seed, discrete=discrete, python=python, device=device

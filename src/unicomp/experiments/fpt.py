@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from unicomp.backbones.hf import LoadedBackbone, load_backbone
-from unicomp.config import FPTConfig, from_dict, load_yaml, to_dict
+from unicomp.config import FPTConfig, from_dict, load_yaml, recorded_kind, to_dict
 from unicomp.errors import UnicompError, WeightsNotFoundError
 from unicomp.experiments.common import (
     _best_step,
@@ -21,6 +21,7 @@ from unicomp.experiments.common import (
     settle_task,
     train_and_record,
 )
+from unicomp.experiments.kinds import KINDS
 from unicomp.freezing import apply_freeze_policy, count_parameters
 from unicomp.models.fpt import FPT
 from unicomp.provenance import provenance
@@ -164,19 +165,16 @@ def _run_config(folder: Path, where: str) -> FPTConfig:
     if not config_path.is_file():
         raise WeightsNotFoundError(f"{where}{folder} has no config.yaml (not a unicomp run folder)")
     data = load_yaml(config_path)
-    if "backbone" not in data or "freeze" not in data:
-        kind = ""
-        if "algo" in data or "data" in data:
-            kind = " (it is a Decision Transformer / behaviour cloning run)"
-        elif "num_latents" in data or "pretrained" in data:
-            kind = " (it is a Perceiver run)"
-        raise UnicompError(
-            f"{where}{folder} is not an FPT run{kind}: its config.yaml has no backbone and freeze"
-        )
+    kind = KINDS.get(recorded_kind(data) or "")
+    if kind is None or kind.config is not FPTConfig:
+        what = f" (it is {kind.title})" if kind else ": its config.yaml is no run's config"
+        raise UnicompError(f"{where}{folder} is not an FPT run{what}")
     cfg = from_dict(FPTConfig, data, f"config file {config_path}")
     ensure_task(cfg.task, cfg.task_source, f"{where}{config_path}")
     defaults = to_dict(FPTConfig())
-    unknown = sorted(k for k in data if k not in _RUN_FIELDS_HANDLED and data[k] != defaults.get(k))
+    unknown = sorted(
+        k for k in data if k not in (*_RUN_FIELDS_HANDLED, "kind") and data[k] != defaults.get(k)
+    )
     if unknown:  # a setting added to FPTConfig that may change the model: refuse, not guess
         raise UnicompError(
             f"{where}{config_path} sets {', '.join(unknown)}, which rebuilding a run's model "

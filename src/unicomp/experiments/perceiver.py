@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from unicomp.config import PerceiverConfig, from_dict, load_yaml
+from unicomp.config import PerceiverConfig, from_dict, load_yaml, recorded_kind
 from unicomp.errors import UnicompError
 from unicomp.experiments.common import (
     _best_step,
@@ -106,8 +106,9 @@ def load_perceiver_run(folder: str | Path) -> tuple[nn.Module, Task, PerceiverCo
     if not config_path.is_file():
         raise UnicompError(f"{folder} is not a run folder (no config.yaml)")
     data = load_yaml(config_path)
-    if "num_latents" not in data:
-        raise UnicompError(f"{folder} is not a Perceiver run: its config.yaml has no num_latents")
+    kind = recorded_kind(data)
+    if kind != PerceiverConfig.kind:
+        raise UnicompError(f"{folder} is not a Perceiver run (its config.yaml: kind {kind})")
     cfg = from_dict(PerceiverConfig, data, f"config file {config_path}")
     ensure_task(cfg.task, cfg.task_source, f"config file {config_path}")
     state = _read_best(folder)

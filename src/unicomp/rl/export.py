@@ -62,16 +62,14 @@ def _refuse_unless_exportable(model, run: Path) -> None:
 def _refuse_other_runs(run: Path) -> None:
     """A one-line error for a folder that is not a ``dt train`` run, saying how FPT and
     Perceiver runs leave unicomp instead."""
-    from unicomp.config import DTConfig, PerceiverConfig, load_yaml
-    from unicomp.runs import config_class
+    from unicomp.experiments.kinds import KINDS, folder_kind
 
     if not (run / "config.yaml").is_file():
         raise UnicompError(f"{run} is not a run folder (no config.yaml)")
-    cls = config_class(load_yaml(run / "config.yaml"))
-    if cls is not DTConfig:
-        kind = "a Perceiver" if cls is PerceiverConfig else "an FPT"
+    kind = folder_kind(run) or KINDS["fpt"]
+    if kind.name != "dt":
         raise UnicompError(
-            f"{run} is {kind} run: export writes Decision Transformers only; load it in "
+            f"{run} is {kind.title}: export writes Decision Transformers only; load it in "
             f"Python with unicomp.experiments.load_run({str(run)!r})"
         )
 
