@@ -152,7 +152,8 @@ def test_written_data_set_is_minaris_own_format(tmp_path, monkeypatch):
     minari.load_dataset once under MINARI_DATASETS_PATH, with the reference scores and env
     spec, and leaves MINARI_DATASETS_PATH as it was."""
     from tests.test_rl import _episodes
-    from unicomp.rl.trajectories import TrajectoryDataset, write_minari
+    from unicomp.rl.minari_io import write_minari
+    from unicomp.rl.trajectories import TrajectoryDataset
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "elsewhere"))
     ds = TrajectoryDataset(_episodes([3, 4, 5]), env_id="Hopper-v5", source="test")

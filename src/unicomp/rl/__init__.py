@@ -1,7 +1,10 @@
 """Offline RL for the Decision Transformer (Chen et al. 2021, arXiv 2106.01345).
 
-trajectories.py  one in-memory format for trajectory data sets; D4RL HDF5 and Minari readers,
-                 a Minari writer
+trajectories.py  one in-memory format for trajectory data sets: episodes, statistics,
+                 checks, the %BC and delayed-reward selections
+d4rl_io.py       the D4RL HDF5 reader
+minari_io.py     the Minari readers (folder, id) and writer, the ids of the data sets we write
+datasets.py      a data set by its name (D4RL file, Minari folder or id; several combined)
 collect.py       roll out trained agents (Stable-Baselines3), random or noisy policies in
                  vectorised gymnasium environments; D4RL-like suites (random ... medium-expert)
 evaluate.py      vectorised evaluation with seeds, D4RL normalised score, the DT as an agent
