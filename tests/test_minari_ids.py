@@ -191,3 +191,13 @@ def test_user_environment_keeps_its_spec(tmp_path):
     proc = _cli("dt", "eval", "--run", "run", "--eval-episodes", "2", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["env"] == "MyEnv-v0"
+
+
+def test_an_environment_module_that_cannot_be_imported_is_one_line():
+    """``module:Env-v0`` whose module is missing is an error naming it, not a data set
+    written without its environment's spec."""
+    from unicomp.errors import UnicompError
+    from unicomp.rl.envs import env_spec_of
+
+    with pytest.raises(UnicompError, match="cannot import its module 'no_such_env_module'"):
+        env_spec_of("no_such_env_module:MyEnv-v0")

@@ -254,10 +254,11 @@ def _route_mujoco_warnings() -> None:
     send them to Python's warnings instead, so a rollout leaves no file behind; deprecation
     notes about gymnasium's model files (e.g. 'settotalmass', once per environment made) go
     to the debug log, since users can do nothing about them. Simulation warnings (NaN or
-    huge accelerations) stay visible. Only where no handler is installed yet."""
+    huge accelerations) stay visible. Only where no handler is installed yet, and only where
+    MuJoCo is installed (without it no environment can warn through it)."""
     try:
         import mujoco
-    except ImportError:
+    except ImportError:  # the rl extra's MuJoCo is optional for the other environments
         return
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(_mujoco_warning)
@@ -317,7 +318,8 @@ def register_env_spec(spec_json: str) -> None:
 def env_spec_of(env_id: str):
     """gymnasium's EnvSpec of ``env_id``, None where it has none; ``module:Env-v0`` imports
     the module first, as ``gymnasium.make`` does, so the spec of an environment registered
-    by the user's module is found."""
+    by the user's module is found (a module that cannot be imported is a one-line
+    UnicompError naming it)."""
     import importlib
 
     if env_id.startswith("ALE/"):
@@ -328,6 +330,9 @@ def env_spec_of(env_id: str):
     if module:
         try:
             importlib.import_module(module)
-        except ImportError:
-            return None
+        except ImportError as err:
+            raise UnicompError(
+                f"environment {env_id!r}: cannot import its module {module!r} ({err}); it "
+                "must be importable from here (the working folder or PYTHONPATH)"
+            ) from None
     return gym.registry.get(name)
