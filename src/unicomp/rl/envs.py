@@ -46,11 +46,11 @@ from gymnasium import spaces
 
 from unicomp.errors import UnicompError
 from unicomp.rl.atari import (
-    _register_ale,
-    _register_minatar,
     atari_env_id,
     is_minatar,
     make_atari_env,
+    register_ale,
+    register_minatar,
 )
 
 _MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
@@ -234,9 +234,9 @@ def check_env_id(env_id: str) -> None:
     if ":" in env_id:  # "module:Env-v0": gymnasium imports the module first
         return
     if env_id.startswith("ALE/"):
-        _register_ale()
+        register_ale()
     if is_minatar(env_id):
-        _register_minatar()
+        register_minatar()
     try:
         gym.spec(env_id)
     except gym.error.UnregisteredEnv as err:
@@ -301,7 +301,7 @@ def register_env_spec(spec_json: str) -> None:
     if spec.id.startswith("ALE/"):
         atari_env_id(spec.id)  # ale-py registers its ids itself (where installed), not we
     if is_minatar(spec.id):
-        _register_minatar()  # likewise MinAtar's
+        register_minatar()  # likewise MinAtar's
     if spec.id not in gym.registry:
         gym.register(
             spec.id,
@@ -325,7 +325,7 @@ def env_spec_of(env_id: str):
     if env_id.startswith("ALE/"):
         atari_env_id(env_id)  # registers the ALE ids, where ale-py is installed
     if is_minatar(env_id):
-        _register_minatar()
+        register_minatar()
     module, _, name = env_id.rpartition(":")
     if module:
         try:
