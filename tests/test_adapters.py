@@ -297,11 +297,11 @@ def test_an_adapter_with_a_weights_only_hash_still_loads(adapter_runs, tiny_bert
 
     from unicomp.adapters import load_adapter, read_adapter
     from unicomp.backbones.hf import load_backbone
-    from unicomp.features import _digest
+    from unicomp.features import tensor_digest
 
     path = adapter_runs["files"] / "xor.safetensors"
     backbone = load_backbone(tiny_bert)
-    old = f"sha256:{_digest(sorted(backbone.named_parameters(), key=lambda i: i[0]))}"
+    old = f"sha256:{tensor_digest(sorted(backbone.named_parameters(), key=lambda i: i[0]))}"
     header = dict(read_adapter(path)[1])
     header["backbone_hash"] = old
     legacy = tmp_path / "legacy.safetensors"

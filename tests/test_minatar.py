@@ -19,7 +19,7 @@ from unicomp.cli import main  # noqa: E402
 from unicomp.errors import UnicompError  # noqa: E402
 from unicomp.rl.envs import make_env  # noqa: E402
 from unicomp.rl.evaluate import default_targets, reference_scores  # noqa: E402
-from unicomp.rl.trajectories import read_minari  # noqa: E402
+from unicomp.rl.minari_io import read_minari  # noqa: E402
 
 COLLECT = ["dt", "collect", "--env", "MinAtar/Breakout-v1", "--n-envs", "2"]
 DQN = [*COLLECT, "--suite", "dqn-replay", "--from-training", "--eval-episodes", "2"]

@@ -269,7 +269,7 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def _digest(named: Iterable[tuple[str, Any]]) -> str:
+def tensor_digest(named: Iterable[tuple[str, Any]]) -> str:
     """SHA-256 over (name, dtype, shape, bytes) of tensors and numpy arrays, in the given order."""
     h = hashlib.sha256()
     for name, value in named:
@@ -322,7 +322,7 @@ def frozen_weights_sha256(model: nn.Module) -> str:
     """SHA-256 of every frozen parameter and every buffer: the weights the features depend on."""
     named = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
     named += [(f"buffer:{n}", b) for n, b in model.named_buffers()]
-    return _digest(sorted(named, key=lambda item: item[0]))
+    return tensor_digest(sorted(named, key=lambda item: item[0]))
 
 
 def _split_arrays(split: str, data: Any) -> list[tuple[str, Any]]:
@@ -341,7 +341,7 @@ def _split_arrays(split: str, data: Any) -> list[tuple[str, Any]]:
 
 def data_sha256(task: TensorTask) -> str:
     """SHA-256 of the task's train/val/test inputs and targets."""
-    return _digest([item for s in SPLITS for item in _split_arrays(s, task.data[s])])
+    return tensor_digest([item for s in SPLITS for item in _split_arrays(s, task.data[s])])
 
 
 def feature_key(
@@ -385,7 +385,7 @@ def _flat(features: dict[str, Batch]) -> dict[str, torch.Tensor]:
 
 
 def _contents_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    return _digest(sorted(tensors.items()))
+    return tensor_digest(sorted(tensors.items()))
 
 
 def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, list]:

@@ -39,8 +39,9 @@ import numpy as np
 from unicomp.errors import UnicompError
 from unicomp.experiments.dt import primary_scores
 from unicomp.files import atomic_write_json
+from unicomp.rl.datasets import read_datasets
 from unicomp.rl.evaluate import run_episodes, score_reference
-from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards, read_datasets
+from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards
 from unicomp.runs import data_label
 
 ALGOS = ("cql", "iql")
