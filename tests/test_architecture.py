@@ -21,9 +21,9 @@ LAYERS = [
     ("reinforcement learning data and environments", ["rl"]),
     ("run folders as tables", ["runs"]),
     ("runs of each family", ["experiments"]),
-    ("tools on runs", ["ablate", "attention", "adapters", "codecs", "serve", "demo",
-                       "reproduce", "claims", "documents", "tsreport", "latent_search",
-                       "rl.export"]),
+    ("tools on runs", ["jobs", "ablate", "attention", "adapters", "codecs", "serve", "demo",
+                       "reproduce", "presets", "evidence", "claims_report", "claims",
+                       "documents", "tsreport", "latent_search", "rl.export"]),
     ("command line", ["cli", "__main__"]),
 ]  # fmt: skip
 
