@@ -112,5 +112,5 @@ def test_the_graph_reader_sees_lazy_imports():
     # the run: backbones are built a layer above unicomp.backbones, found through the registry
     graph = import_graph()
     assert "experiments.fpt" in graph["experiments"] or "experiments.fpt" in graph["cli"]
-    assert "backbones.hf" in graph["experiments.fpt"]
+    assert "backbones.loading" in graph["experiments.fpt"]
     assert "train" in graph["experiments.common"]

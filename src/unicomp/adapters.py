@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unicomp.backbones.base import position_table
+from unicomp.backbones.base import position_table, truncate_layers
 from unicomp.errors import UnicompError
 
 FORMAT = "unicomp-adapter/1"
@@ -70,7 +70,7 @@ def same_backbone(backbone: nn.Module, recorded: str) -> bool:
 
 def _load_backbone(name: str, seed: int, layers: int | None) -> nn.Module:
     """A backbone as an FPT run builds it before fitting positions (its name, seed, layers)."""
-    from unicomp.backbones.hf import load_backbone, truncate_layers
+    from unicomp.backbones.loading import load_backbone
 
     backbone = load_backbone(name, seed=seed)
     if layers is not None:

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from unicomp.backbones.base import LoadedBackbone
 from unicomp.data import cache_dir
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write
@@ -287,20 +288,13 @@ _CONFIG_NOISE = ("_name_or_path", "transformers_version", "_commit_hash", "name_
 
 
 def backbone_config_text(backbone: nn.Module | None) -> str:
-    """What, besides its weights, decides a backbone's function, as canonical JSON: a Hugging
-    Face backbone's config (activation, norm epsilon, attention settings, ...) without where it
-    came from; an LSTM's sizes and dropout; "" for a module with neither."""
-    if backbone is None:
+    """What, besides its weights, decides a backbone's function, as canonical JSON: its
+    ``config_dict()`` (a Hugging Face backbone's config: activation, norm epsilon, attention
+    settings, ...; an LSTM's sizes and dropout) without where it came from; "" for a module
+    without one (a user's own)."""
+    if not isinstance(backbone, LoadedBackbone):
         return ""
-    model = getattr(backbone, "model", backbone)
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        fields = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOISE}
-    elif isinstance(getattr(backbone, "lstm", None), nn.LSTM):
-        lstm = backbone.lstm
-        fields = {"lstm": [lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout]}
-    else:
-        return ""
+    fields = {k: v for k, v in backbone.config_dict().items() if k not in _CONFIG_NOISE}
     return json.dumps(fields, sort_keys=True, default=str)
 
 
