@@ -151,7 +151,7 @@ def test_adapters_share_one_backbone(adapter_runs, tiny_bert):
 
 def test_other_backbone_is_refused_naming_both_hashes(adapter_runs, tiny_gpt2):
     from unicomp.adapters import backbone_hash, load_adapter, read_adapter
-    from unicomp.backbones.hf import load_backbone
+    from unicomp.backbones.loading import load_backbone
 
     path = adapter_runs["files"] / "xor.safetensors"
     other = load_backbone(tiny_gpt2)
@@ -276,7 +276,7 @@ def test_a_backbone_with_the_same_weights_but_another_config_is_refused(
     adapter_runs, tiny_bert, tmp_path
 ):
     from unicomp.adapters import load_adapter
-    from unicomp.backbones.hf import load_backbone
+    from unicomp.backbones.loading import load_backbone
 
     other = load_backbone(_same_weights_other_activation(tiny_bert, tmp_path))
     same = load_backbone(tiny_bert)
@@ -296,12 +296,12 @@ def test_an_adapter_with_a_weights_only_hash_still_loads(adapter_runs, tiny_bert
     from safetensors.torch import load_file, save_file
 
     from unicomp.adapters import load_adapter, read_adapter
-    from unicomp.backbones.hf import load_backbone
-    from unicomp.features import _digest
+    from unicomp.backbones.loading import load_backbone
+    from unicomp.features import tensor_digest
 
     path = adapter_runs["files"] / "xor.safetensors"
     backbone = load_backbone(tiny_bert)
-    old = f"sha256:{_digest(sorted(backbone.named_parameters(), key=lambda i: i[0]))}"
+    old = f"sha256:{tensor_digest(sorted(backbone.named_parameters(), key=lambda i: i[0]))}"
     header = dict(read_adapter(path)[1])
     header["backbone_hash"] = old
     legacy = tmp_path / "legacy.safetensors"
@@ -314,7 +314,7 @@ def test_an_adapter_with_a_weights_only_hash_still_loads(adapter_runs, tiny_bert
 
 def test_the_feature_cache_key_covers_config_and_versions(tiny_bert, tmp_path):
     import unicomp.features as features
-    from unicomp.backbones.hf import load_backbone
+    from unicomp.backbones.loading import load_backbone
 
     same = features.backbone_config_text(load_backbone(tiny_bert))
     other = features.backbone_config_text(

@@ -21,9 +21,9 @@ LAYERS = [
     ("reinforcement learning data and environments", ["rl"]),
     ("runs of each family", ["experiments"]),
     ("run folders as tables", ["runs"]),
-    ("tools on runs", ["ablate", "attention", "adapters", "codecs", "serve", "demo",
-                       "reproduce", "claims", "documents", "tsreport", "latent_search",
-                       "rl.export"]),
+    ("tools on runs", ["jobs", "ablate", "attention", "adapters", "codecs", "serve", "demo",
+                       "reproduce", "presets", "evidence", "claims_report", "claims",
+                       "documents", "tsreport", "latent_search", "rl.export"]),
     ("command line", ["cli", "__main__"]),
 ]  # fmt: skip
 
@@ -112,5 +112,5 @@ def test_the_graph_reader_sees_lazy_imports():
     # the run: backbones are built a layer above unicomp.backbones, found through the registry
     graph = import_graph()
     assert "experiments.fpt" in graph["experiments"] or "experiments.fpt" in graph["cli"]
-    assert "backbones.hf" in graph["experiments.fpt"]
+    assert "backbones.loading" in graph["experiments.fpt"]
     assert "train" in graph["experiments.common"]

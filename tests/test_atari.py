@@ -239,7 +239,7 @@ def test_reader_never_unpickles(tmp_path):
 
 
 def test_reader_names_a_folder_without_checkpoints(tmp_path):
-    from unicomp.rl.trajectories import read_dataset
+    from unicomp.rl.datasets import read_dataset
 
     with pytest.raises(DataError, match="no DQN replay checkpoints"):
         read_dqn_replay(tmp_path)
@@ -250,7 +250,7 @@ def test_reader_names_a_folder_without_checkpoints(tmp_path):
 
 def test_dqn_replay_import_cli_writes_a_data_set(tmp_path, capsys):
     from unicomp.cli import main
-    from unicomp.rl.trajectories import read_dataset
+    from unicomp.rl.datasets import read_dataset
 
     logs = tmp_path / "Breakout" / "1" / "replay_logs"
     _first_checkpoint(logs, 0)
@@ -308,7 +308,7 @@ def _collect(out: Path, episodes: int = 4) -> None:
 
 
 def test_collect_atari_episodes(tmp_path):
-    from unicomp.rl.trajectories import read_dataset
+    from unicomp.rl.datasets import read_dataset
 
     out = tmp_path / "breakout-random"
     _collect(out, episodes=2)
@@ -326,8 +326,8 @@ def test_collect_with_an_sb3_atari_agent_epsilon_greedy(tmp_path):
     observing our (4, 84, 84) frames loads as --agent and acts with --noise as epsilon."""
     sb3 = pytest.importorskip("stable_baselines3")
     from unicomp.cli import main
+    from unicomp.rl.datasets import read_dataset
     from unicomp.rl.envs import make_env
-    from unicomp.rl.trajectories import read_dataset
 
     env = make_env("ALE/Breakout-v5")
     try:

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tests.conftest import cli_train
 from unicomp import features as fc
 from unicomp.attention import token_labels
-from unicomp.backbones.hf import load_backbone
+from unicomp.backbones.loading import load_backbone
 from unicomp.cli import main
 from unicomp.errors import UnicompError
 from unicomp.experiments import fpt as experiments
@@ -265,4 +265,4 @@ def test_attention_errors(tmp_path, gpt2_run, capsys):
     assert not list(gpt2_run.glob("attention-test-256*")) and not (tmp_path / "x.npz").exists()
     lstm = tmp_path / "lstm"
     cli_train(lstm, "--backbone", "lstm:1x8", "--freeze", "full", *FP32)
-    assert "backbone lstm:1x8 is an LSTM (model_type lstm): it has no attention" in fails(str(lstm))
+    assert "backbone lstm:1x8 (model_type lstm) has no attention layers" in fails(str(lstm))

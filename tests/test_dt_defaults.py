@@ -17,12 +17,8 @@ pytest.importorskip("minari")
 from unicomp.cli import main  # noqa: E402
 from unicomp.rl.collect import Component, collect  # noqa: E402
 from unicomp.rl.evaluate import default_targets  # noqa: E402
-from unicomp.rl.trajectories import (  # noqa: E402
-    Episode,
-    TrajectoryDataset,
-    read_minari,
-    write_minari,
-)
+from unicomp.rl.minari_io import read_minari, write_minari  # noqa: E402
+from unicomp.rl.trajectories import Episode, TrajectoryDataset  # noqa: E402
 
 REPO = Path(__file__).parents[1]
 TINY = ["--batch-size", "8", "--eval-every", "5", "--no-progress", "--precision", "fp32"]

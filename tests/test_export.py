@@ -22,7 +22,8 @@ def _dt_run(tmp_path, name: str, discrete: bool = False, **cfg):
     """A 3-step DT (2 layers, 2 heads, width 16, K=4) on generated episodes; its folder."""
     from unicomp.config import DTConfig
     from unicomp.experiments.dt import run_dt
-    from unicomp.rl.trajectories import TrajectoryDataset, write_minari
+    from unicomp.rl.minari_io import write_minari
+    from unicomp.rl.trajectories import TrajectoryDataset
 
     act_dim = 4 if discrete else 2
     episodes = _episodes([9, 8, 10, 7, 9, 8], obs_dim=5, act_dim=act_dim, discrete=discrete)

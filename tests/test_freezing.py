@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unicomp.backbones.hf import load_backbone
+from unicomp.backbones.loading import load_backbone
 from unicomp.freezing import apply_freeze_policy, count_parameters, parameter_groups
 from unicomp.models.fpt import FPT
 from unicomp.tasks.base import TaskSpec

@@ -152,7 +152,8 @@ def test_written_data_set_is_minaris_own_format(tmp_path, monkeypatch):
     minari.load_dataset once under MINARI_DATASETS_PATH, with the reference scores and env
     spec, and leaves MINARI_DATASETS_PATH as it was."""
     from tests.test_rl import _episodes
-    from unicomp.rl.trajectories import TrajectoryDataset, write_minari
+    from unicomp.rl.minari_io import write_minari
+    from unicomp.rl.trajectories import TrajectoryDataset
 
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "elsewhere"))
     ds = TrajectoryDataset(_episodes([3, 4, 5]), env_id="Hopper-v5", source="test")
@@ -190,3 +191,13 @@ def test_user_environment_keeps_its_spec(tmp_path):
     proc = _cli("dt", "eval", "--run", "run", "--eval-episodes", "2", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["env"] == "MyEnv-v0"
+
+
+def test_an_environment_module_that_cannot_be_imported_is_one_line():
+    """``module:Env-v0`` whose module is missing is an error naming it, not a data set
+    written without its environment's spec."""
+    from unicomp.errors import UnicompError
+    from unicomp.rl.envs import env_spec_of
+
+    with pytest.raises(UnicompError, match="cannot import its module 'no_such_env_module'"):
+        env_spec_of("no_such_env_module:MyEnv-v0")

@@ -19,7 +19,7 @@ from unicomp.cli import main  # noqa: E402
 from unicomp.errors import UnicompError  # noqa: E402
 from unicomp.rl.envs import make_env  # noqa: E402
 from unicomp.rl.evaluate import default_targets, reference_scores  # noqa: E402
-from unicomp.rl.trajectories import read_minari  # noqa: E402
+from unicomp.rl.minari_io import read_minari  # noqa: E402
 
 COLLECT = ["dt", "collect", "--env", "MinAtar/Breakout-v1", "--n-envs", "2"]
 DQN = [*COLLECT, "--suite", "dqn-replay", "--from-training", "--eval-episodes", "2"]
@@ -288,19 +288,20 @@ def test_dt_vs_bc_reads_cql_where_it_ran():
 
 
 def test_cql_records_join_the_evidence_and_must_match_the_preset(tmp_path):
-    from unicomp.reproduce import _cql_folder, _cql_records, preset
+    from unicomp.evidence import cql_records
+    from unicomp.presets import cql_folder, preset
 
     a = preset("minatar", tmp_path)["atari"]
-    assert _cql_records(tmp_path, a) == {}
-    folder = _cql_folder(tmp_path, BREAKOUT, 1)
+    assert cql_records(tmp_path, a) == {}
+    folder = cql_folder(tmp_path, BREAKOUT, 1)
     folder.mkdir(parents=True)
     record = {"steps": a["cql"]["steps"], "env": BREAKOUT, "normalized_score_mean": 40.0}
     (folder / "metrics.json").write_text(json.dumps(record))
-    runs = _cql_records(tmp_path, a)
+    runs = cql_records(tmp_path, a)
     assert list(runs) == [BREAKOUT] and runs[BREAKOUT][0]["run"] == str(folder)
     (folder / "metrics.json").write_text(json.dumps({**record, "steps": 5}))
     with pytest.raises(UnicompError, match="a CQL run of 5 steps"):
-        _cql_records(tmp_path, a)
+        cql_records(tmp_path, a)
 
 
 def test_d3rlpy_export_keeps_frames_as_bytes(tmp_path):

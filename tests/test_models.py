@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from unicomp.backbones.hf import load_backbone
+from unicomp.backbones.loading import load_backbone
 from unicomp.errors import UnicompError
 from unicomp.models.fpt import FPT
 from unicomp.tasks.base import TaskSpec

@@ -71,7 +71,8 @@ def registered(monkeypatch):
 
 def _episodes(folder) -> None:
     """A tiny generated data set: 6 episodes of 8 steps, 3-d states, 2-d actions."""
-    from unicomp.rl.trajectories import Episode, TrajectoryDataset, write_minari
+    from unicomp.rl.minari_io import write_minari
+    from unicomp.rl.trajectories import Episode, TrajectoryDataset
 
     rng = np.random.default_rng(0)
     eps = [

@@ -359,7 +359,7 @@ def _write_h5(path: Path, fields: dict[str, Any]) -> None:
     episodes=EPISODES, open_end=st.integers(0, 4), next_obs=st.booleans(), seed=st.integers(0, 9)
 )
 def test_d4rl_episodes_concatenate_to_the_file(scratch, episodes, open_end, next_obs, seed):
-    from unicomp.rl.trajectories import read_d4rl_hdf5
+    from unicomp.rl.d4rl_io import read_d4rl_hdf5
 
     flat = _flat_d4rl(episodes, open_end, seed)
     if not next_obs:
@@ -395,7 +395,7 @@ def test_d4rl_episodes_concatenate_to_the_file(scratch, episodes, open_end, next
     delta=st.sampled_from([-2, -1, 1, 3]),
 )
 def test_d4rl_length_mismatch_is_a_data_error(scratch, episodes, key, delta):
-    from unicomp.rl.trajectories import read_d4rl_hdf5
+    from unicomp.rl.d4rl_io import read_d4rl_hdf5
 
     flat = _flat_d4rl(episodes, 0, 0)
     n = len(flat["rewards"])
@@ -420,7 +420,7 @@ def test_d4rl_length_mismatch_is_a_data_error(scratch, episodes, key, delta):
     data=st.data(),
 )
 def test_d4rl_nan_or_inf_names_field_and_row(scratch, episodes, key, bad, data):
-    from unicomp.rl.trajectories import read_d4rl_hdf5
+    from unicomp.rl.d4rl_io import read_d4rl_hdf5
 
     flat = _flat_d4rl(episodes, 0, 0)
     row = data.draw(st.integers(0, len(flat["rewards"]) - 1), label="row")

@@ -19,16 +19,12 @@ from unicomp.models.decision_transformer import (
     KVCache,
     build_decision_transformer,
 )
+from unicomp.rl.d4rl_io import read_d4rl_hdf5
+from unicomp.rl.datasets import read_dataset
 from unicomp.rl.dt_task import DTTask
 from unicomp.rl.evaluate import evaluate_dt, normalized_score, reference_scores, run_episodes
-from unicomp.rl.trajectories import (
-    Episode,
-    TrajectoryDataset,
-    read_d4rl_hdf5,
-    read_dataset,
-    read_minari,
-    write_minari,
-)
+from unicomp.rl.minari_io import read_minari, write_minari
+from unicomp.rl.trajectories import Episode, TrajectoryDataset
 
 h5py = pytest.importorskip("h5py")
 pytest.importorskip("minari")

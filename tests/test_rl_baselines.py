@@ -66,7 +66,7 @@ def _inputs(B=2, K=5, obs=5, act=3, seed=0):
 def test_write_minari_to_a_relative_folder():
     """Minari joined a relative folder onto itself when it sized the file (found collecting
     Key-to-Door into runs/...): write_minari now passes it an absolute path."""
-    from unicomp.rl.trajectories import read_minari, write_minari
+    from unicomp.rl.minari_io import read_minari, write_minari
 
     write_minari(_dataset([3, 4]), "rel/set")  # relative to the test's tmp folder
     assert len(read_minari("rel/set")) == 2
@@ -399,7 +399,7 @@ def test_key_to_door_rewards_the_door_only_with_the_key(take_key):
 def test_key_to_door_ends_after_phase_three_and_collects_random_data(tmp_path):
     from unicomp.rl.collect import Component, collect
     from unicomp.rl.envs import make_env
-    from unicomp.rl.trajectories import read_minari
+    from unicomp.rl.minari_io import read_minari
 
     env = make_env("KeyToDoor-v0", size=2, phase_steps=(1, 1, 2))
     env.reset(seed=0)
@@ -502,7 +502,7 @@ def test_dt_beats_bc_on_key_to_door(tmp_path):
 # --- CQL / IQL through d3rlpy (unicomp dt external) ----------------------------------------------
 def test_d3rlpy_export_marks_every_episode_end(tmp_path):
     from unicomp.experiments.external import export_data
-    from unicomp.rl.trajectories import write_minari
+    from unicomp.rl.minari_io import write_minari
 
     ds = _dataset([3, 4, 2, 2])
     ds.episodes[1].terminations[-1], ds.episodes[1].truncations[-1] = True, False
@@ -522,7 +522,7 @@ def test_d3rlpy_export_delays_rewards_to_each_episode_end(tmp_path):
     """`dt external --delayed-reward` (paper sec. 5.5, CQL 9.0 on hopper medium-expert):
     d3rlpy sees zeros except each episode's whole return at its last step; returns unchanged."""
     from unicomp.experiments.external import export_data
-    from unicomp.rl.trajectories import write_minari
+    from unicomp.rl.minari_io import write_minari
 
     write_minari(_dataset([3, 4, 2], returns=[3.0, 8.0, -2.0]), tmp_path / "set")
     plain, delayed = tmp_path / "plain", tmp_path / "delayed"

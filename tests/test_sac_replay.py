@@ -11,7 +11,7 @@ import pytest
 
 import unicomp.rl.sac_replay as sac_replay
 from unicomp.cli import main
-from unicomp.rl.trajectories import read_minari
+from unicomp.rl.minari_io import read_minari
 
 pytest.importorskip("minari")
 pytest.importorskip("stable_baselines3")

@@ -29,7 +29,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_backbone": "unicomp.backbones.hf",
+    "load_backbone": "unicomp.backbones.loading",
     "export_adapter": "unicomp.adapters",
     "load_adapter": "unicomp.adapters",
     "run_fpt": "unicomp.experiments.fpt",

@@ -8,11 +8,12 @@ settings) x seeds on one task, under a named protocol:
   the best validation score chosen per row and seed, then its test score (as Rothermel et al.
   2021 did, arXiv 2107.12460).
 
-Each cell is an ordinary FPT run folder (``unicomp fpt train``), run in a child process, two at
-a time by default. A finished cell is skipped on a re-run (after checking its config.yaml says
-what the suite asks); a killed one resumes from its checkpoint. ``prepare`` runs (e.g. a
-transformer trained on bit memory, used frozen by another row as ``run:@name``) come first,
-one per seed, in a folder shared by every suite under the same ``--out``.
+Each cell is an ordinary FPT run folder (``unicomp fpt train``), run in a child process by
+:mod:`unicomp.jobs`, two at a time by default. A finished cell is skipped on a re-run (after
+checking its config.yaml says what the suite asks); a killed one resumes from its checkpoint.
+``prepare`` runs (e.g. a transformer trained on bit memory, used frozen by another row as
+``run:@name``) come first, one per seed, in a folder shared by every suite under the same
+``--out``.
 
 Writes ``<out>/<suite>/results.md`` (one table per suite table: mean ± std over seeds),
 ``results.json`` (every cell) and per table a learning-curve plot and a bar chart.
@@ -20,21 +21,19 @@ Writes ``<out>/<suite>/results.md`` (one table per suite table: mean ± std over
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from unicomp.config import FPTConfig, check_config, from_dict, load_yaml
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
+from unicomp.jobs import Cell, config_changes, run_cells
 from unicomp.runs import markdown_table, mean_std
 
 SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
@@ -64,27 +63,6 @@ def find_suite(name: str) -> Path:
     raise UnicompError(
         f"unknown suite {name!r}: not a file, and not one of {', '.join(names) or '(none)'}"
     )
-
-
-@dataclass
-class Cell:
-    """One run folder of the grid."""
-
-    key: str  # <row slug>/s<seed>[/lr<lr>]
-    row: str  # row label ("" for prepare runs)
-    table: str
-    seed: int
-    cfg: FPTConfig
-    needs: list[str] = field(default_factory=list)  # keys of prepare cells run first
-    lr: float | None = None
-    status: str = "pending"  # pending | done | failed | skipped (finished before)
-    error: str = ""
-    metrics: dict = field(default_factory=dict)
-
-    @property
-    def file_stem(self) -> str:
-        """The cell's key as one file name (its request YAML and log in the suite's logs/)."""
-        return self.key.replace("/", "__")
 
 
 @dataclass
@@ -250,102 +228,6 @@ def load_suite(
 # --- running cells -------------------------------------------------------------------------------
 
 
-def _config_changes(cfg: FPTConfig, folder: Path) -> tuple[dict, dict]:
-    """experiments.common.config_changes, where attention asked as "auto" matches the one the run
-    measured and saved."""
-    from unicomp.experiments.common import config_changes
-
-    diffs, refused = config_changes(cfg, folder)
-    from unicomp.experiments.fpt import ATTENTION_CHOSEN_AT_START
-
-    if getattr(cfg, "attn_implementation", None) in ATTENTION_CHOSEN_AT_START:  # (FPT runs)
-        diffs.pop("attn_implementation", None)
-        refused.pop("attn_implementation", None)
-    return diffs, refused
-
-
-def _listed(changes: dict) -> str:
-    return "; ".join(f"{k} {saved!r} -> {asked!r}" for k, (saved, asked) in changes.items())
-
-
-def _plan(cell: Cell) -> str:
-    """What to do with a cell's folder: 'skip' (finished), 'resume', 'new'; stale starts of
-    a killed run (no checkpoint yet) are cleared. Raises if the folder holds another run."""
-    from unicomp.files import START_FILES, _release_lock, _take_lock
-
-    folder = Path(cell.cfg.out)
-    if not (folder / "config.yaml").is_file():
-        return "new"
-    diffs, refused = _config_changes(cell.cfg, folder)
-    if refused:
-        raise UnicompError(
-            f"cell {cell.key}: {folder} holds a run with other settings ({_listed(refused)}); "
-            "delete it or choose another --out"
-        )
-    if (folder / "metrics.json").is_file():
-        # a changed budget trains on from the checkpoint
-        return "resume" if "train.steps" in diffs else "skip"
-    if (folder / "checkpoint.pt").is_file():
-        return "resume"
-    fd = _take_lock(folder)  # refuses if a live run holds it
-    try:
-        for name in START_FILES:
-            (folder / name).unlink(missing_ok=True)
-    finally:
-        _release_lock(folder, fd)
-    return "new"
-
-
-def _start(cell: Cell, plan: str, logs: Path, threads: int) -> subprocess.Popen:
-    """Train the cell in a child process (``plan``: 'new' or 'resume', from _plan)."""
-    from unicomp.config import save_yaml
-
-    request = logs / f"{cell.file_stem}.yaml"
-    save_yaml(cell.cfg, request)
-    argv = [sys.executable, "-m", "unicomp", "fpt", "train", "--config", str(request)]
-    argv += ["--out", cell.cfg.out] + (["--resume"] if plan == "resume" else [])
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "PYTHONUNBUFFERED": "1",
-    }
-    log = open(logs / f"{cell.file_stem}.log", "a")  # noqa: SIM115 (closed by run_cells)
-    log.write(f"$ {' '.join(argv)}\n")
-    log.flush()
-    proc = subprocess.Popen(
-        argv, stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_stop_with(os.getpid())
-    )
-    proc.log = log  # type: ignore[attr-defined]
-    return proc
-
-
-def _stop_with(parent: int) -> Callable[[], None] | None:
-    """Where the OS allows it (Linux), a ``preexec_fn`` that makes the cell's process get
-    SIGKILL when ``parent``, the ablate that started it, dies. A killed ablate's cells used to
-    train on, holding their folders' locks, so that the re-run found them "in use"; now they
-    stop with it, and the re-run resumes them from their checkpoints (a SIGKILLed run resumes
-    exactly). Elsewhere None: cells outlive a killed parent, as before."""
-    import ctypes
-    import ctypes.util
-    import signal
-
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-
-    def stop_with_parent() -> None:  # runs in the child, between fork and exec
-        prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the call: no signal will come
-            os._exit(1)
-
-    return stop_with_parent
-
-
 def _read_metrics(cell: Cell) -> dict:
     folder = Path(cell.cfg.out)
     from unicomp.files import read_curve
@@ -362,57 +244,27 @@ def _read_metrics(cell: Cell) -> dict:
     return metrics
 
 
-def run_cells(cells: list[Cell], logs: Path, jobs: int, threads: int, say=print) -> None:
-    """Run cells, ``jobs`` at a time; a cell starts when the cells it needs are done."""
-    logs.mkdir(parents=True, exist_ok=True)
-    by_key = {c.key: c for c in cells}
-    pending = [c for c in cells]
-    running: dict[str, tuple[Cell, subprocess.Popen, float]] = {}
-    finished = 0
-    while pending or running:
-        for key, (cell, proc, t0) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            proc.log.close()  # type: ignore[attr-defined]
-            del running[key]
-            finished += 1
-            if proc.returncode == 0 and (Path(cell.cfg.out) / "metrics.json").is_file():
-                cell.status, cell.metrics = "done", _read_metrics(cell)
-                say(
-                    f"[{finished}/{len(cells)}] {cell.key}: test accuracy "
-                    f"{cell.metrics['test_accuracy']:.4f} ({time.time() - t0:.0f} s)"
-                )
-            else:
-                tail = (logs / f"{cell.file_stem}.log").read_text().strip().splitlines()
-                cell.status, cell.error = "failed", (tail[-1] if tail else "no output")
-                say(f"[{finished}/{len(cells)}] {cell.key}: FAILED: {cell.error}")
-        for cell in list(pending):
-            if len(running) >= jobs:
-                break
-            waits = [by_key[n] for n in cell.needs if n in by_key]
-            if any(w.status == "failed" for w in waits):
-                pending.remove(cell)
-                finished += 1
-                cell.status, cell.error = "failed", f"needs {cell.needs[0]}, which failed"
-                say(f"[{finished}/{len(cells)}] {cell.key}: not run: {cell.error}")
-                continue
-            if any(w.status not in ("done", "skipped") for w in waits):
-                continue
-            pending.remove(cell)
+def _train(cells: list[Cell], logs: Path, jobs: int, threads: int | None, say) -> None:
+    """Run the cells (unicomp.jobs), each one's outcome said as it comes: ``[3/12] KEY: ...``."""
+    for count, event in enumerate(run_cells(cells, logs, jobs, threads), 1):
+        cell, said = event.cell, f"[{count}/{len(cells)}] {event.cell.key}"
+        if event.what == "skipped":
             try:
-                plan = _plan(cell)
-                if plan == "skip":
-                    finished += 1
-                    cell.status, cell.metrics = "skipped", _read_metrics(cell)
-                    say(f"[{finished}/{len(cells)}] {cell.key}: finished before, skipped")
-                    continue
-                running[cell.key] = (cell, _start(cell, plan, logs, threads), time.time())
+                cell.metrics = _read_metrics(cell)
             except UnicompError as err:
-                finished += 1
                 cell.status, cell.error = "failed", str(err)
-                say(f"[{finished}/{len(cells)}] {cell.key}: FAILED: {err}")
-        if running:
-            time.sleep(0.5)
+                say(f"{said}: FAILED: {err}")
+                continue
+            say(f"{said}: finished before, skipped")
+        elif event.what == "done":
+            cell.metrics = _read_metrics(cell)
+            say(
+                f"{said}: test accuracy {cell.metrics['test_accuracy']:.4f} ({event.seconds:.0f} s)"
+            )
+        elif event.what == "not run":
+            say(f"{said}: not run: {cell.error}")
+        else:
+            say(f"{said}: FAILED: {cell.error}")
 
 
 def report_suite(suite: Suite) -> dict:
@@ -420,7 +272,7 @@ def report_suite(suite: Suite) -> dict:
     still running elsewhere is read, not locked). Unfinished cells count as not run."""
     for cell in suite.prepare + suite.cells:
         folder = Path(cell.cfg.out)
-        if (folder / "metrics.json").is_file() and not _config_changes(cell.cfg, folder)[1]:
+        if (folder / "metrics.json").is_file() and not config_changes(cell.cfg, folder)[1]:
             cell.status, cell.metrics = "skipped", _read_metrics(cell)
         else:
             cell.status, cell.error = "not run", "not finished"
@@ -438,21 +290,16 @@ def run_suites(
 ) -> list[dict]:
     """run_suite for several suites whose cells share the ``jobs`` slots (the cells of the
     first suite start first), then each suite's tables, JSON and plots."""
-    from unicomp.files import _release_lock, _take_lock
+    from unicomp.files import folder_lock
 
-    threads = threads or max(1, (os.cpu_count() or 1) // jobs)
-    held = []
-    try:
+    with contextlib.ExitStack() as held:
         for suite in suites:
             suite.out.mkdir(parents=True, exist_ok=True)
-            held.append((suite.out, _take_lock(suite.out)))  # one ablate per suite folder
+            held.enter_context(folder_lock(suite.out))  # one ablate per suite folder
         t0 = time.time()
         cells = {c.key: c for s in suites for c in s.prepare + s.cells}  # shared prepare: once
-        run_cells(list(cells.values()), logs, jobs, threads, say)
+        _train(list(cells.values()), logs, jobs, threads, say)
         return [summarise(suite, time.time() - t0) for suite in suites]
-    finally:
-        for out, fd in held:
-            _release_lock(out, fd)
 
 
 # --- tables and plots -----------------------------------------------------------------------------

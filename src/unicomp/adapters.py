@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from unicomp.backbones.base import position_table
+from unicomp.backbones.base import position_table, truncate_layers
 from unicomp.errors import UnicompError
 
 FORMAT = "unicomp-adapter/1"
@@ -43,14 +43,14 @@ def backbone_hash(backbone: nn.Module) -> str:
     every parameter (names, dtypes, shapes, bytes, in name order), computed once per backbone
     object. What an adapter file records of the backbone it was trained on, and checks a
     backbone against when loaded (:func:`same_backbone`)."""
-    from unicomp.features import _digest, backbone_config_text  # the feature cache's digest
+    from unicomp.features import backbone_config_text, tensor_digest  # the feature cache's digest
 
     cached = backbone.__dict__.get("_unicomp_hash")
     if cached:
         return cached
     named = [("config", np.frombuffer(backbone_config_text(backbone).encode(), np.uint8).copy())]
     named += sorted(backbone.named_parameters(), key=lambda item: item[0])
-    backbone.__dict__["_unicomp_hash"] = digest = f"{HASH_PREFIX}{_digest(named)}"
+    backbone.__dict__["_unicomp_hash"] = digest = f"{HASH_PREFIX}{tensor_digest(named)}"
     return digest
 
 
@@ -62,15 +62,15 @@ def same_backbone(backbone: nn.Module, recorded: str) -> bool:
     weights alone for files written before the config was part of the hash."""
     if recorded.startswith(HASH_PREFIX):
         return backbone_hash(backbone) == recorded
-    from unicomp.features import _digest
+    from unicomp.features import tensor_digest
 
     named = sorted(backbone.named_parameters(), key=lambda item: item[0])
-    return f"sha256:{_digest(named)}" == recorded
+    return f"sha256:{tensor_digest(named)}" == recorded
 
 
 def _load_backbone(name: str, seed: int, layers: int | None) -> nn.Module:
     """A backbone as an FPT run builds it before fitting positions (its name, seed, layers)."""
-    from unicomp.backbones.hf import load_backbone, truncate_layers
+    from unicomp.backbones.loading import load_backbone
 
     backbone = load_backbone(name, seed=seed)
     if layers is not None:

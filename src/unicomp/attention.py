@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unicomp.backbones.hf import HFBackbone
+from unicomp.backbones.base import Transformer
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write
 from unicomp.models.fpt import FPT
@@ -214,10 +214,10 @@ def attention_command(
     if png.suffix.lower() != ".png":
         raise UnicompError(f"--out {png}: expected a .png file (the raw maps go next to it)")
     model, task, cfg = load_fpt_run(folder)
-    if not isinstance(model.backbone, HFBackbone):
+    if not isinstance(model.backbone, Transformer):
         raise UnicompError(
-            f"{folder}: backbone {cfg.backbone} is an LSTM (model_type "
-            f"{model.backbone.model_type}): it has no attention to draw"
+            f"{folder}: backbone {cfg.backbone} (model_type {model.backbone.model_type}) has "
+            "no attention layers to draw"
         )
     ex = example_attention(model, task, split, example)
     correct = bool(np.array_equal(ex.prediction, ex.target))

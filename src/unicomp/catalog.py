@@ -86,6 +86,40 @@ BACKBONES.register(
     },
 )
 
+# --- backbone loaders, by the prefix of a backbone's name (unicomp.backbones.loading) ----------
+BACKBONE_SOURCES.register(
+    "random",
+    "unicomp.backbones.hf:load_random",
+    "random:<name>: the architecture of a transformers backbone with random weights",
+    forms=("random:<name>",),
+)
+BACKBONE_SOURCES.register(
+    "stats",
+    "unicomp.backbones.stats:load_statistics_matched",
+    "stats:<name>: random weights matched per tensor to the mean and std of <name>'s",
+    forms=("stats:<name>",),
+)
+BACKBONE_SOURCES.register(
+    "lstm",
+    "unicomp.backbones.lstm:load_lstm",
+    "lstm, lstm:<layers>x<width>: a randomly initialised LSTM (the FPT paper's baseline)",
+    forms=("lstm", "lstm:<layers>x<width>"),
+)
+BACKBONE_SOURCES.register(
+    "run",
+    "unicomp.experiments.fpt:backbone_from_run",
+    "run:<DIR>: the backbone of a finished FPT run folder, with the weights it trained",
+    forms=("run:<run folder>",),
+)
+BACKBONE_SOURCES.register(
+    "hub",
+    "unicomp.backbones.hf:load_pretrained",
+    "a registered name, hub id or local folder: pretrained transformers weights (folder, hub "
+    "cache, hub, offline package)",
+    forms=("<hub owner/name>", "<local folder>"),
+    fallback=True,
+)
+
 # --- tasks --------------------------------------------------------------------------------------
 TASKS.register(
     "bit-memory",
@@ -155,13 +189,6 @@ FREEZE_POLICIES.register(
     frozenset({"input", "output", "pos", "norm", "ff", "attn", "other"}),
     "everything the model uses trains (not the token embeddings or the pooler, which the "
     "inputs and the readout bypass)",
-)
-
-# --- backbones that a run of this package builds (load_backbone's prefixes) -----------------------
-BACKBONE_SOURCES.register(
-    "run",
-    "unicomp.experiments.fpt:backbone_from_run",
-    "run:<DIR>: the backbone of a finished FPT run folder, with the weights it trained",
 )
 
 # --- offline-RL methods (unicomp.experiments.offline_rl) --------------------------------------

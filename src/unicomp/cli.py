@@ -9,6 +9,7 @@ Errors a user can act on (unknown names, missing weights, bad files) print as on
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -362,152 +363,14 @@ def cmd_perceiver_search(args: argparse.Namespace) -> None:
 
 
 def cmd_dt_collect(args: argparse.Namespace) -> None:
-    from unicomp.rl.collect import default_agents_dir
+    from unicomp.rl.collect_options import CollectOptions, run_collect
 
-    agents = Path(args.agents) if args.agents else default_agents_dir()
-    if args.steps is not None and not (args.from_training is True and args.suite == "dqn-replay"):
-        raise UnicompError("--steps goes with --suite dqn-replay --from-training")
-    if args.from_training is True and args.suite == "dqn-replay":
-        record = _train_dqn_stream(args)
-    elif args.from_training is True:
-        record = _train_sac_replay(args)
-    elif any(getattr(args, name) is not None for name in _TRAINING_SETTINGS):
-        raise UnicompError(
-            "--medium-return, --max-train-steps, --eval-every, --eval-episodes and "
-            "--learning-starts go with --suite medium-replay --from-training (the last three "
-            "also with --suite dqn-replay --from-training)"
-        )
-    elif args.suite == "dqn-replay":
-        raise UnicompError(
-            "--suite dqn-replay goes with --from-training (a DQN trained here) or use "
-            "--dqn-replay DIR to read the DQN Replay Dataset"
-        )
-    elif args.dqn_replay:
-        record = _import_dqn_replay(args)
-    elif args.transitions or args.buffers:
-        raise UnicompError("--transitions and --buffers go with --dqn-replay")
-    elif args.episodes is None:
-        raise UnicompError("--episodes is required (except with --dqn-replay)")
-    else:
-        record = _collect(args, agents)
+    names = [f.name for f in dataclasses.fields(CollectOptions)]
+    record = run_collect(CollectOptions(**{name: getattr(args, name) for name in names}))
     keys = ("env_id", "suite", "episodes", "steps", "return_mean", "return_std", "return_min")
     keys += ("return_max", "normalized_score_mean", "training_steps", "stop_reason", "seconds")
     print(json.dumps({k: record[k] for k in keys if k in record}, indent=2))
     print(f"data set: {args.out} (Minari, with collection.json)")
-
-
-def _import_dqn_replay(args: argparse.Namespace) -> dict:
-    from unicomp.rl.atari import parse_ranges
-    from unicomp.rl.collect import import_dqn_replay
-
-    if args.episodes is not None or args.noise:
-        raise UnicompError("--dqn-replay reads episodes as logged: no --episodes or --noise")
-    suffixes = parse_ranges(args.buffers) if args.buffers else None
-    return import_dqn_replay(args.dqn_replay, args.env, args.out, args.transitions, suffixes)
-
-
-# dt collect's settings of --from-training training (train_until_medium's arguments)
-_TRAINING_SETTINGS = (
-    "medium_return",
-    "max_train_steps",
-    "eval_every",
-    "eval_episodes",
-    "learning_starts",
-)
-
-
-def _train_dqn_stream(args: argparse.Namespace) -> dict:
-    from unicomp.rl.dqn_training import PAPER_TRANSITIONS, train_dqn_stream
-
-    if args.episodes is not None or args.noise:
-        raise UnicompError("--from-training keeps the DQN's whole stream: no --episodes or --noise")
-    if args.medium_return is not None or args.max_train_steps is not None:
-        raise UnicompError(
-            "--medium-return and --max-train-steps go with --suite medium-replay; "
-            "the DQN trains for --steps"
-        )
-    chosen = {name: getattr(args, name) for name in ("eval_every", "eval_episodes")}
-    if args.learning_starts is not None:
-        chosen["learning_starts"] = args.learning_starts
-    return train_dqn_stream(
-        args.env,
-        args.out,
-        steps=args.steps if args.steps is not None else PAPER_TRANSITIONS,
-        seed=args.seed,
-        n_envs=args.n_envs,
-        max_episode_steps=args.max_episode_steps,
-        **{name: value for name, value in chosen.items() if value is not None},
-    )
-
-
-def _train_sac_replay(args: argparse.Namespace) -> dict:
-    from unicomp.rl.sac_replay import train_until_medium
-
-    if args.suite != "medium-replay":
-        raise UnicompError(
-            "--from-training without a folder trains SAC for --suite medium-replay; "
-            "--suite medium or medium-expert take that run's folder: --from-training DIR"
-        )
-    if args.episodes is not None or args.noise:
-        raise UnicompError(
-            "--from-training keeps the whole replay buffer: no --episodes or --noise"
-        )
-    chosen = {name: getattr(args, name) for name in _TRAINING_SETTINGS}
-    return train_until_medium(
-        args.env,
-        args.out,
-        seed=args.seed,
-        n_envs=args.n_envs,
-        max_episode_steps=args.max_episode_steps,
-        **{name: value for name, value in chosen.items() if value is not None},
-    )
-
-
-def _trained_components(args: argparse.Namespace) -> tuple:
-    """--suite medium / medium-expert --from-training DIR: the final SAC agent of a
-    medium-replay --from-training run, alone or with the expert (TQC)."""
-    from unicomp.rl.collect import Component
-    from unicomp.rl.sac_replay import AGENT_FILE
-
-    if args.suite not in ("medium", "medium-expert"):
-        raise UnicompError(
-            f"--from-training DIR goes with --suite medium or medium-expert, not {args.suite}"
-        )
-    agent = Path(args.from_training) / AGENT_FILE
-    if not agent.is_file():
-        raise UnicompError(
-            f"no {AGENT_FILE} in {args.from_training}: expected the folder of a "
-            "`dt collect --suite medium-replay --from-training` run"
-        )
-    medium = Component(str(agent))
-    return (medium,) if args.suite == "medium" else (medium, Component("tqc"))
-
-
-def _collect(args: argparse.Namespace, agents: Path | None) -> dict:
-    from unicomp.rl.collect import Component, collect, suite_components
-
-    if args.suite:
-        if args.noise:
-            raise UnicompError("--noise goes with --agent or --policy; a suite sets its own")
-        if args.from_training:
-            components = _trained_components(args)
-        else:
-            components = suite_components(args.env, args.suite)
-    elif args.from_training:
-        raise UnicompError("--from-training goes with --suite")
-    else:
-        components = (Component(args.agent or args.policy, noise=args.noise),)
-    return collect(
-        args.env,
-        components,
-        args.episodes,
-        args.out,
-        seed=args.seed,
-        n_envs=args.n_envs,
-        agents_dir=agents,
-        max_episode_steps=args.max_episode_steps,
-        suite=args.suite,
-    )
 
 
 def cmd_dt_train(args: argparse.Namespace) -> None:

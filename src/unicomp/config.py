@@ -549,6 +549,24 @@ def task_train_defaults(task_defaults: Any, task: str) -> TrainConfig:
     return from_dict(TrainConfig, settings, f"training defaults of task {task}")
 
 
+def _task_loads(name: str) -> bool:
+    """Whether task ``name``'s class can be imported here. A task of another package (entry
+    point, ``register_task``) whose module cannot be imported (a package it needs is not
+    installed here) is left out of the defaults --help states, so that one broken plug-in
+    does not break every command's --help; running that task reports the ImportError. A
+    built-in task that cannot be imported is a bug of ours: it raises."""
+    from unicomp.registry import TASKS
+
+    entry = TASKS.entry(name)
+    try:
+        entry.load()
+    except ImportError:
+        if entry.origin == "catalog":
+            raise
+        return False
+    return True
+
+
 def _train_default_text(cls: type, task_defaults: Any) -> Any:
     """For each TrainConfig field: a function giving its resolved default for --help. One
     value where every task resolves to it (DT has one task); else "task default", with the
@@ -557,24 +575,17 @@ def _train_default_text(cls: type, task_defaults: Any) -> Any:
     main_task = cls().task
     cache: dict[str, Any] = {}
 
-    def table() -> dict[str, TrainConfig] | None:
+    def table() -> dict[str, TrainConfig]:
         if "table" not in cache:
             from unicomp.registry import TASKS
 
-            try:
-                cache["table"] = {
-                    t: task_train_defaults(task_defaults, t)
-                    for t in ([main_task] if fixed else TASKS.names())
-                }
-            except (ImportError, UnicompError):  # a task that cannot load: say no number
-                cache["table"] = None
+            tasks = [main_task] if fixed else [t for t in TASKS.names() if _task_loads(t)]
+            cache["table"] = {t: task_train_defaults(task_defaults, t) for t in tasks}
         return cache["table"]
 
     def text(name: str) -> Any:
         def shown() -> str:
             configs = table()
-            if configs is None:
-                return "task default (unicomp list --task NAME)"
             values = {_show(getattr(c, name)) for c in configs.values()}
             main = _show(getattr(configs[main_task], name))
             fraction = task_defaults(main_task).get("warmup_fraction")

@@ -34,3 +34,8 @@ class DataError(UnicompError):
 
 class TrainingDivergedError(UnicompError):
     """The loss became NaN or infinite."""
+
+
+def one_line(err: BaseException) -> str:
+    """A library's error message on one line (the CLI prints errors as one line)."""
+    return " ".join(str(err).split())

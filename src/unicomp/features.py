@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from unicomp.backbones.base import LoadedBackbone
 from unicomp.data import cache_dir
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write
@@ -269,7 +270,7 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def _digest(named: Iterable[tuple[str, Any]]) -> str:
+def tensor_digest(named: Iterable[tuple[str, Any]]) -> str:
     """SHA-256 over (name, dtype, shape, bytes) of tensors and numpy arrays, in the given order."""
     h = hashlib.sha256()
     for name, value in named:
@@ -287,20 +288,13 @@ _CONFIG_NOISE = ("_name_or_path", "transformers_version", "_commit_hash", "name_
 
 
 def backbone_config_text(backbone: nn.Module | None) -> str:
-    """What, besides its weights, decides a backbone's function, as canonical JSON: a Hugging
-    Face backbone's config (activation, norm epsilon, attention settings, ...) without where it
-    came from; an LSTM's sizes and dropout; "" for a module with neither."""
-    if backbone is None:
+    """What, besides its weights, decides a backbone's function, as canonical JSON: its
+    ``config_dict()`` (a Hugging Face backbone's config: activation, norm epsilon, attention
+    settings, ...; an LSTM's sizes and dropout) without where it came from; "" for a module
+    without one (a user's own)."""
+    if not isinstance(backbone, LoadedBackbone):
         return ""
-    model = getattr(backbone, "model", backbone)
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        fields = {k: v for k, v in config.to_dict().items() if k not in _CONFIG_NOISE}
-    elif isinstance(getattr(backbone, "lstm", None), nn.LSTM):
-        lstm = backbone.lstm
-        fields = {"lstm": [lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout]}
-    else:
-        return ""
+    fields = {k: v for k, v in backbone.config_dict().items() if k not in _CONFIG_NOISE}
     return json.dumps(fields, sort_keys=True, default=str)
 
 
@@ -322,7 +316,7 @@ def frozen_weights_sha256(model: nn.Module) -> str:
     """SHA-256 of every frozen parameter and every buffer: the weights the features depend on."""
     named = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]
     named += [(f"buffer:{n}", b) for n, b in model.named_buffers()]
-    return _digest(sorted(named, key=lambda item: item[0]))
+    return tensor_digest(sorted(named, key=lambda item: item[0]))
 
 
 def _split_arrays(split: str, data: Any) -> list[tuple[str, Any]]:
@@ -341,7 +335,7 @@ def _split_arrays(split: str, data: Any) -> list[tuple[str, Any]]:
 
 def data_sha256(task: TensorTask) -> str:
     """SHA-256 of the task's train/val/test inputs and targets."""
-    return _digest([item for s in SPLITS for item in _split_arrays(s, task.data[s])])
+    return tensor_digest([item for s in SPLITS for item in _split_arrays(s, task.data[s])])
 
 
 def feature_key(
@@ -385,7 +379,7 @@ def _flat(features: dict[str, Batch]) -> dict[str, torch.Tensor]:
 
 
 def _contents_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    return _digest(sorted(tensors.items()))
+    return tensor_digest(sorted(tensors.items()))
 
 
 def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, list]:

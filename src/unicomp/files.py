@@ -278,6 +278,17 @@ def _release_lock(out: Path, fd: int) -> None:
     os.close(fd)
 
 
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold ``out``'s lock for the body (another process that holds it is named in the error;
+    the lock of a killed holder never blocks)."""
+    fd = _take_lock(out)
+    try:
+        yield
+    finally:
+        _release_lock(out, fd)
+
+
 def run_taken(out: Path) -> RunFolderError:
     """The error for a new run into a folder that holds one, in Python's terms and the CLI's."""
     return RunFolderError(

@@ -9,6 +9,10 @@ reads the last hidden states; no policy trains it) and ``other``. Neither ``embe
 ``unused`` trains under any policy: a trainable parameter without a gradient would fail
 DistributedDataParallel at its second step.
 A policy is the set of groups that train; see ``unicomp list``.
+
+The rules below name the parameters of transformers models (GPT-2, BERT, Llama, T5) and find
+norms by module type; a backbone whose names they do not cover classifies its own parameters
+(:class:`unicomp.backbones.base.ParameterGroups`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 
 from torch import nn
 
+from unicomp.backbones.base import ParameterGroups
 from unicomp.registry import FREEZE_POLICIES
 
 _POS = re.compile(r"(^|\.)(wpe|position_embeddings|embed_positions|pos)(\.|$)")
@@ -30,12 +35,28 @@ def _is_norm(module: nn.Module) -> bool:
     return "norm" in type(module).__name__.lower()  # LayerNorm, RMSNorm, LlamaRMSNorm, T5LayerNorm
 
 
+def _classified(model: nn.Module) -> dict[str, str]:
+    """The groups that submodules classifying their own parameters (``ParameterGroups``, the
+    outermost where they nest) give, under their names in ``model``."""
+    groups: dict[str, str] = {}
+    taken: list[str] = []
+    for mod_name, mod in model.named_modules():
+        if not mod_name or any(mod_name.startswith(f"{t}.") for t in taken):
+            continue
+        if isinstance(mod, ParameterGroups):
+            taken.append(mod_name)
+            groups.update((f"{mod_name}.{n}", g) for n, g in mod.parameter_groups().items())
+    return groups
+
+
 def parameter_groups(model: nn.Module) -> dict[str, str]:
     """Map each parameter name to its group. Top-level ``embed_in``/``head`` are ours (the
     FPT's); a model names further top-level modules of its own in a ``new_module_groups``
     dict (module name -> ``input`` or ``output``; the Decision Transformer's embeddings and
-    head). Everything else is grouped by name and module type."""
+    head). A backbone that classifies its own parameters does so; everything else is grouped
+    by name and module type."""
     own = {"embed_in": "input", "head": "output", **getattr(model, "new_module_groups", {})}
+    classified = _classified(model)
     norm_params = {
         f"{mod_name}.{p_name}" if mod_name else p_name
         for mod_name, mod in model.named_modules()
@@ -47,6 +68,8 @@ def parameter_groups(model: nn.Module) -> dict[str, str]:
         top = name.split(".", 1)[0]
         if top in own:
             group = own[top]
+        elif name in classified:
+            group = classified[name]
         elif name in norm_params:
             group = "norm"
         elif _POS.search(name):

@@ -1,8 +1,9 @@
 """Name -> object registries with lazy imports, in the style of gymnasium's registration.
 
-A new task, backbone or freeze policy is one file plus one ``register(...)`` line in
-``unicomp/catalog.py``. Entries are "module:attribute" strings so that ``unicomp list`` and
-name validation never import torch-heavy modules.
+A new task, backbone family (its loader in ``BACKBONE_SOURCES``) or freeze policy is one
+file plus one ``register(...)`` line in ``unicomp/catalog.py``. Entries are
+"module:attribute" strings so that ``unicomp list`` and name validation never import
+torch-heavy modules.
 
 Tasks from other packages, without editing this one: an entry point in the group
 ``unicomp.tasks`` (its name is the task's name, its value "module:Class"), e.g. in the other
@@ -139,7 +140,8 @@ class Registry:
 TASKS = Registry("task")
 BACKBONES = Registry("backbone")
 FREEZE_POLICIES = Registry("freeze policy")
-# Backbones built by a layer above unicomp.backbones (``run:<DIR>``: a finished FPT run's)
+# Backbone loaders by the prefix of a name (``random:``, ``lstm``, ``run:`` ...; one is the
+# fallback for hub ids and folders): unicomp.backbones.loading
 BACKBONE_SOURCES = Registry("backbone source")
 # Offline-RL methods (unicomp.experiments.offline_rl): trained by the loop (dt train), or by
 # another program (``external=True``: dt external)

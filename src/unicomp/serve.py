@@ -179,7 +179,7 @@ class Server:
 
     def __init__(self, cfg: ServeConfig):
         from unicomp.adapters import backbone_hash
-        from unicomp.backbones.hf import load_backbone
+        from unicomp.backbones.loading import load_backbone
         from unicomp.train import pick_device
 
         if not cfg.adapters.is_dir():

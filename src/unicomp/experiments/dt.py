@@ -86,7 +86,7 @@ def _dt_backbone_summary(model: nn.Module, cfg: DTConfig) -> dict:
         "backbone_source": backbone.source,
         "backbone_type": backbone.model_type,
         "backbone_is_decoder": backbone.is_decoder,
-        "positions": backbone.positions,
+        "positions": model.positions,
         "trainable_by_group": model.trainable_by_group,
     }
 

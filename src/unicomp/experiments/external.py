@@ -41,8 +41,9 @@ from unicomp.experiments.dt import primary_scores
 from unicomp.experiments.offline_rl import OfflineRLMethod, data_label
 from unicomp.files import atomic_write_json
 from unicomp.registry import OFFLINE_RL_METHODS
+from unicomp.rl.datasets import read_datasets
 from unicomp.rl.evaluate import run_episodes, score_reference
-from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards, read_datasets
+from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards
 
 
 class D3rlpyMethod(OfflineRLMethod):

@@ -10,7 +10,8 @@ from typing import Any
 
 import torch
 
-from unicomp.backbones.hf import LoadedBackbone, load_backbone
+from unicomp.backbones.base import LoadedBackbone, truncate_layers
+from unicomp.backbones.loading import load_backbone
 from unicomp.config import FPTConfig, from_dict, load_yaml, recorded_kind, to_dict
 from unicomp.errors import UnicompError, WeightsNotFoundError
 from unicomp.experiments.common import (
@@ -45,8 +46,6 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
     )
     layers = "all"
     if cfg.backbone_layers is not None:
-        from unicomp.backbones.hf import truncate_layers
-
         layers = truncate_layers(backbone, cfg.backbone_layers)
     model = FPT(backbone, task.spec, readout=cfg.readout)
     groups = apply_freeze_policy(model, cfg.freeze)
@@ -200,7 +199,7 @@ def rebuild_fpt_run(
     metrics.json must be present (else only best.safetensors, the first evaluation).
     ``backbone_overrides``: ``dropout`` (None: the run's) and ``attn_implementation`` (None:
     transformers' default) for the backbone; None keeps the run's own settings.
-    Used by :func:`load_fpt_run` and the ``run:<DIR>`` backbones (unicomp.backbones.hf).
+    Used by :func:`load_fpt_run` and the ``run:<DIR>`` backbones (:func:`backbone_from_run`).
     """
     folder = Path(folder)
     where = f"{where}: " if where else ""
@@ -264,13 +263,16 @@ def load_fpt_run(folder: str | Path) -> tuple[FPT, Task, FPTConfig]:
 _RUNS_LOADING: set[Path] = set()  # run folders being loaded now: a loop of run: names is an error
 
 
-def backbone_from_run(name: str, overrides: dict[str, Any]) -> LoadedBackbone:
-    """The backbone of a finished FPT run folder: the run's whole FPT rebuilt as that run built
-    it (its backbone name, seed, layers and position table fitted to its task), with the
-    trained weights of its best.safetensors loaded (``rebuild_fpt_run``). ``load_backbone``
-    finds it through the registry ``BACKBONE_SOURCES`` (unicomp.catalog).
-    Dropout: ``overrides['dropout']`` where given (the new run's ``backbone_dropout``), else
-    the run's own; the weights do not depend on it."""
+def backbone_from_run(
+    name: str, *, dropout: float | None, attn_implementation: str | None, seed: int
+) -> LoadedBackbone:
+    """The loader of ``run:<DIR>``: the backbone of a finished FPT run folder, the run's whole
+    FPT rebuilt as that run built it (its backbone name, seed, layers and position table
+    fitted to its task), with the trained weights of its best.safetensors loaded
+    (``rebuild_fpt_run``). ``load_backbone`` finds it through the registry
+    ``BACKBONE_SOURCES`` (unicomp.catalog). ``dropout``: where given (the new run's
+    ``backbone_dropout``), else the run's own; the weights do not depend on it. ``seed`` is
+    unused: the run's own seed rebuilds it."""
     folder_text = name.removeprefix("run:")
     if not folder_text:
         raise UnicompError("backbone 'run:' needs a run folder: run:<DIR>")
@@ -281,7 +283,10 @@ def backbone_from_run(name: str, overrides: dict[str, Any]) -> LoadedBackbone:
     _RUNS_LOADING.add(key)
     try:
         run = rebuild_fpt_run(
-            folder, where=f"backbone {name!r}", finished=False, backbone_overrides=overrides
+            folder,
+            where=f"backbone {name!r}",
+            finished=False,
+            backbone_overrides={"dropout": dropout, "attn_implementation": attn_implementation},
         )
     finally:
         _RUNS_LOADING.discard(key)

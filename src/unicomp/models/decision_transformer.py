@@ -35,10 +35,12 @@ Against the official code (github.com/kzl/decision-transformer, gym/):
   network otherwise. It is our behaviour-cloning baseline "the DT without returns-to-go"
   (unicomp.models.policies); the official gym code's BC is an MLP instead (also offered there).
 
-A pretrained backbone (``backbone``: any name ``unicomp.backbones.hf.load_backbone`` takes,
-e.g. minilm-l6, smollm2-135m, random:minilm-l6) replaces the GPT-2 built from n_layer/n_head/
-hidden_size: the FPT recipe applied to the DT (no DT implementation offers it; Reid et al.
-2022 found language-pretrained initialisation helps offline RL). Its width is the DT's width;
+A pretrained backbone (``backbone``: any name ``unicomp.backbones.loading.load_backbone``
+takes that gives a :class:`~unicomp.backbones.base.Transformer`, e.g. minilm-l6, smollm2-135m,
+random:minilm-l6; loaded by :func:`decision_transformer` outside the model, as the FPT's is)
+replaces the GPT-2 built from n_layer/n_head/hidden_size: the FPT recipe applied to the DT
+(no DT implementation offers it; Reid et al. 2022 found language-pretrained initialisation
+helps offline RL). Its width is the DT's width;
 the DT's embeddings, embedding LayerNorm and head are new and count as the ``input`` and
 ``output`` groups of ``unicomp.freezing`` (``new_module_groups``), so ``freeze`` policies mean
 what they mean for the FPT (``paper``: those, the norms and the backbone's position table
@@ -58,6 +60,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
+
+from unicomp.backbones.base import LoadedBackbone, Transformer, fit_positions
+from unicomp.errors import UnicompError
 
 
 @dataclass
@@ -255,12 +260,18 @@ class DecisionTransformer(nn.Module):
         "predict_action": "output",
     }
 
-    def __init__(self, config: DecisionTransformerConfig):
+    def __init__(self, config: DecisionTransformerConfig, backbone: LoadedBackbone | None = None):
         super().__init__()
         self.config = c = config
         self.trainable_by_group: dict[str, int] | None = None  # a backbone DT's, by group
+        self.positions: str | None = None  # a backbone DT's position table, described
         if c.backbone:
-            self.transformer = _load_backbone(c)  # sets c.hidden_size to its width
+            if backbone is None:
+                raise ValueError(
+                    f"config names backbone {c.backbone!r}: pass it loaded, or build the "
+                    "model with decision_transformer(config)"
+                )
+            self.transformer = self._fit_backbone(backbone)  # sets c.hidden_size to its width
         else:
             self.transformer = _gpt2(c)
         h = c.hidden_size
@@ -277,10 +288,18 @@ class DecisionTransformer(nn.Module):
         if c.action_tanh and not c.discrete:
             head.append(nn.Tanh())
         self.predict_action = nn.Sequential(*head)
-        if c.backbone:
-            from unicomp.freezing import apply_freeze_policy
 
-            self.trainable_by_group = apply_freeze_policy(self, c.freeze)
+    def _fit_backbone(self, backbone: LoadedBackbone) -> LoadedBackbone:
+        """The loaded ``backbone`` with its position table cut to the 3K token positions; the
+        config's width, layers and heads set to the backbone's."""
+        c = self.config
+        if not isinstance(backbone, Transformer):
+            raise UnicompError(f"backbone {c.backbone!r}: the DT needs a transformer backbone")
+        self.positions = fit_positions(backbone, c.tokens_per_step * c.max_length) or "none"
+        c.hidden_size = backbone.hidden_size
+        c.n_layer = backbone.num_layers
+        c.n_head = backbone.num_heads
+        return backbone
 
     # --- embeddings ----------------------------------------------------------------------------
     def _embed_states(self, states: torch.Tensor) -> torch.Tensor:
@@ -310,7 +329,7 @@ class DecisionTransformer(nn.Module):
         return out.last_hidden_state
 
     def _pretrained_backbone(self, tokens: torch.Tensor, attention_mask=None) -> torch.Tensor:
-        """A pretrained backbone (HFBackbone) on ``tokens`` (B, T, H) with ``attention_mask``
+        """A pretrained backbone (a ``Transformer``) on ``tokens`` (B, T, H) with ``attention_mask``
         (B, T) of 1 for real tokens (None: all real), under a 4-D causal and padding mask
         built here (an encoder would otherwise attend both ways). A padding token also sees
         itself, so no row of the mask is empty. Positions count from the first real token."""
@@ -556,30 +575,6 @@ def _gpt2(c: DecisionTransformerConfig) -> nn.Module:
     return model
 
 
-def _load_backbone(c: DecisionTransformerConfig) -> nn.Module:
-    """``c.backbone`` loaded (the DT's dropout inside it too), its position table cut to the
-    3K token positions; ``c``'s width, layers and heads set to the backbone's."""
-    from unicomp.backbones.hf import HFBackbone, load_backbone
-    from unicomp.errors import UnicompError
-    from unicomp.registry import FREEZE_POLICIES
-
-    FREEZE_POLICIES.entry(c.freeze)  # fail on a bad name before loading any weights
-    backbone = load_backbone(
-        c.backbone,
-        dropout=c.dropout,
-        attn_implementation=c.attn_implementation,
-        seed=c.backbone_seed,
-    )
-    if not isinstance(backbone, HFBackbone):
-        raise UnicompError(f"backbone {c.backbone!r}: the DT needs a transformer backbone")
-    backbone.positions = backbone.fit_positions(c.tokens_per_step * c.max_length)
-    cfg = backbone.model.config
-    c.hidden_size = backbone.hidden_size
-    c.n_layer = cfg.num_hidden_layers
-    c.n_head = cfg.num_attention_heads
-    return backbone
-
-
 def _attention_scale(attn: nn.Module) -> float:
     """GPT-2's attention scale: 1/sqrt(head_dim) (``scale_attn_weights``), further divided by
     the layer number with ``scale_attn_by_inverse_layer_idx``."""
@@ -591,9 +586,32 @@ def _attention_scale(attn: nn.Module) -> float:
     return scale
 
 
+def decision_transformer(config: DecisionTransformerConfig) -> DecisionTransformer:
+    """The DT of ``config``. With a ``backbone``, as the FPT gets its own: loaded by name
+    (``unicomp.backbones.loading.load_backbone``, with the DT's dropout and attention, seeded
+    by ``backbone_seed``), passed to the model, then the ``freeze`` policy applied (what
+    trains, by group, in ``trainable_by_group``)."""
+    if not config.backbone:
+        return DecisionTransformer(config)
+    from unicomp.backbones.loading import load_backbone
+    from unicomp.freezing import apply_freeze_policy
+    from unicomp.registry import FREEZE_POLICIES
+
+    FREEZE_POLICIES.entry(config.freeze)  # fail on a bad name before loading any weights
+    backbone = load_backbone(
+        config.backbone,
+        dropout=config.dropout,
+        attn_implementation=config.attn_implementation,
+        seed=config.backbone_seed,
+    )
+    model = DecisionTransformer(config, backbone)
+    model.trainable_by_group = apply_freeze_policy(model, config.freeze)
+    return model
+
+
 def build_decision_transformer(
     state_dim: int, act_dim: int, discrete: bool = False, **overrides
 ) -> DecisionTransformer:
     """The paper's gym model (3 layers, 1 head, width 128) with any field overridden."""
     cfg = DecisionTransformerConfig.gym(state_dim, act_dim, discrete=discrete, **overrides)
-    return DecisionTransformer(cfg)
+    return decision_transformer(cfg)

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unicomp.backbones.base import Backbone, backbone_label, fit_positions
-from unicomp.backbones.hf import HFBackbone
+from unicomp.backbones.base import Backbone, Transformer, backbone_label, fit_positions
 from unicomp.errors import UnicompError
 from unicomp.tasks.base import TaskSpec
 
@@ -72,15 +71,16 @@ class FPT(nn.Module):
         self, x: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward``, and the backbone's attention weights (B, layers, heads, T, T): row q of
-        a map is query position q's weights over the key positions. Needs a transformers
-        backbone running eager attention (``model.backbone.set_attention("eager")``); sdpa
-        and flash kernels do not return the weights."""
-        if not isinstance(self.backbone, HFBackbone):
+        a map is query position q's weights over the key positions. Needs a backbone with
+        attention layers (:class:`~unicomp.backbones.base.Transformer`) running eager
+        attention (``model.backbone.set_attention("eager")``); sdpa and flash kernels do not
+        return the weights."""
+        if not isinstance(self.backbone, Transformer):
             raise UnicompError(
                 f"backbone {backbone_label(self.backbone)!r} ({type(self.backbone).__name__}) "
                 "has no attention"
             )
-        out = self.backbone.run(self.backbone_inputs(x), mask, output_attentions=True)  # (HF)
+        out = self.backbone.run(self.backbone_inputs(x), mask, output_attentions=True)
         maps = out.attentions
         if not maps or any(m is None for m in maps):
             raise UnicompError(

@@ -82,7 +82,7 @@ class MLPPolicy(nn.Module):
 def build_policy(spec: dict) -> nn.Module:
     """The network a run trained, from the ``model_config`` its metrics.json records:
     ``{"kind": "dt" | "mlp", **config fields}``."""
-    from unicomp.models.decision_transformer import DecisionTransformer, DecisionTransformerConfig
+    from unicomp.models.decision_transformer import DecisionTransformerConfig, decision_transformer
 
     fields = dict(spec)
     kind = fields.pop("kind", "dt")
@@ -92,7 +92,7 @@ def build_policy(spec: dict) -> nn.Module:
         raise DataError(f"unknown model kind {kind!r} in model_config (expected dt or mlp)")
     if fields.get("image_shape") is not None:
         fields["image_shape"] = tuple(fields["image_shape"])
-    return DecisionTransformer(DecisionTransformerConfig(**fields))
+    return decision_transformer(DecisionTransformerConfig(**fields))
 
 
 def policy_spec(model: nn.Module) -> dict:

@@ -67,8 +67,10 @@ MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 _MINATAR_INSTALL = "MinAtar environments need the minatar package: pip install -e '.[rl]'"
 
 
-def _register_minatar():
-    """MinAtar registers its gymnasium ids only when asked (``minatar.gym.register_envs``)."""
+def register_minatar():
+    """Register MinAtar's gymnasium ids (MinAtar registers them only when asked,
+    ``minatar.gym.register_envs``) and return gymnasium; a one-line UnicompError naming the
+    install where MinAtar is missing."""
     try:
         import gymnasium as gym
         import minatar.gym
@@ -83,7 +85,9 @@ def is_minatar(env_id: str | None) -> bool:
     return bool(env_id) and env_id.startswith("MinAtar/")
 
 
-def _register_ale():
+def register_ale():
+    """Register ale-py's gymnasium ids (``ALE/<Game>-v5``) and return gymnasium; a one-line
+    UnicompError naming the install where ale-py is missing."""
     try:
         import ale_py
         import gymnasium as gym
@@ -100,14 +104,14 @@ def atari_env_id(name: str | None) -> str | None:
         return None
     if name.startswith("ALE/"):
         try:
-            _register_ale()  # so that gymnasium's registry knows the id
+            register_ale()  # so that gymnasium's registry knows the id
         except UnicompError:
             pass  # making the environment says what is missing
         return name
     if any(c in name for c in "-/:"):
         return None
     try:
-        gym = _register_ale()
+        gym = register_ale()
     except UnicompError:
         if name.lower() in ATARI_REF_SCORES:  # a paper game: say what is missing
             raise
@@ -122,7 +126,7 @@ def atari_env_id(name: str | None) -> str | None:
 def make_atari_env(env_id: str, max_episode_steps: int | None = None, **kwargs):
     """An ALE game with the paper's preprocessing (see the module docstring): observations
     (4, 84, 84) uint8, one step = 4 frames. ``max_episode_steps`` counts these steps."""
-    gym = _register_ale()
+    gym = register_ale()
     from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TimeLimit
 
     ale_id = atari_env_id(env_id) or env_id
@@ -166,8 +170,9 @@ def atari_action_count(env_id: str) -> int:
         env.close()
 
 
-def _ranges(numbers: list[int]) -> str:
-    """ "0-3, 7" for [0, 1, 2, 3, 7]."""
+def format_ranges(numbers: list[int]) -> str:
+    """ "0-3, 7" for [0, 1, 2, 3, 7] (checkpoint numbers in messages; ``parse_ranges`` reads
+    them back)."""
     parts, run = [], []
     for n in sorted(numbers):
         if run and n != run[-1] + 1:

@@ -43,12 +43,8 @@ from unicomp.provenance import machine
 from unicomp.rl.atari import atari_env_id
 from unicomp.rl.envs import check_env_id, make_env
 from unicomp.rl.evaluate import reference_scores, run_episodes
-from unicomp.rl.trajectories import (
-    TrajectoryDataset,
-    content_tag,
-    default_dataset_id,
-    write_minari,
-)
+from unicomp.rl.minari_io import content_tag, default_dataset_id, write_minari
+from unicomp.rl.trajectories import TrajectoryDataset
 
 SB3_ALGOS = ("tqc", "sac", "td3", "ppo", "a2c", "dqn")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from unicomp.errors import DataError, UnicompError
-from unicomp.rl.atari import FRAME_STACK, _ranges, atari_action_count
+from unicomp.rl.atari import FRAME_STACK, atari_action_count, format_ranges
 from unicomp.rl.trajectories import Episode, TrajectoryDataset
 
 STORE = "$store$_"
@@ -290,7 +290,7 @@ def read_dqn_replay(
     if missing:
         raise DataError(
             f"{_ckpt_file(logs, STORE + 'observation', missing[0])}: missing; checkpoints "
-            f"here: {_ranges(found)}"
+            f"here: {format_ranges(found)}"
         )
     if transitions is not None and transitions < 1:
         raise UnicompError(f"transitions must be at least 1, got {transitions}")
@@ -305,7 +305,7 @@ def read_dqn_replay(
             log(f"checkpoint {suffix}: {len(got)} episodes, {steps} steps")
         episodes.extend(got)
     if not episodes:
-        raise DataError(f"{logs}: no whole episode in checkpoints {_ranges(suffixes)}")
+        raise DataError(f"{logs}: no whole episode in checkpoints {format_ranges(suffixes)}")
     meta = {"dqn_replay_checkpoints": list(suffixes), "transitions_requested": transitions}
     if n_actions:
         meta["n_actions"] = n_actions

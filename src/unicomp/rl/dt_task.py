@@ -40,12 +40,8 @@ import torch.nn.functional as F
 
 from unicomp.errors import DataError
 from unicomp.models.decision_transformer import one_hot_actions
-from unicomp.rl.trajectories import (
-    TrajectoryDataset,
-    delay_rewards,
-    read_datasets,
-    select_top_percent,
-)
+from unicomp.rl.datasets import read_datasets
+from unicomp.rl.trajectories import TrajectoryDataset, delay_rewards, select_top_percent
 from unicomp.tasks.base import Batch, Scored, Task, TaskSpec, batch_generator, shard_range
 
 

@@ -46,11 +46,11 @@ from gymnasium import spaces
 
 from unicomp.errors import UnicompError
 from unicomp.rl.atari import (
-    _register_ale,
-    _register_minatar,
     atari_env_id,
     is_minatar,
     make_atari_env,
+    register_ale,
+    register_minatar,
 )
 
 _MOVES = np.array([(-1, 0), (1, 0), (0, -1), (0, 1)])
@@ -234,9 +234,9 @@ def check_env_id(env_id: str) -> None:
     if ":" in env_id:  # "module:Env-v0": gymnasium imports the module first
         return
     if env_id.startswith("ALE/"):
-        _register_ale()
+        register_ale()
     if is_minatar(env_id):
-        _register_minatar()
+        register_minatar()
     try:
         gym.spec(env_id)
     except gym.error.UnregisteredEnv as err:
@@ -254,10 +254,11 @@ def _route_mujoco_warnings() -> None:
     send them to Python's warnings instead, so a rollout leaves no file behind; deprecation
     notes about gymnasium's model files (e.g. 'settotalmass', once per environment made) go
     to the debug log, since users can do nothing about them. Simulation warnings (NaN or
-    huge accelerations) stay visible. Only where no handler is installed yet."""
+    huge accelerations) stay visible. Only where no handler is installed yet, and only where
+    MuJoCo is installed (without it no environment can warn through it)."""
     try:
         import mujoco
-    except ImportError:
+    except ImportError:  # the rl extra's MuJoCo is optional for the other environments
         return
     if mujoco.get_mju_user_warning() is None:
         mujoco.set_mju_user_warning(_mujoco_warning)
@@ -300,7 +301,7 @@ def register_env_spec(spec_json: str) -> None:
     if spec.id.startswith("ALE/"):
         atari_env_id(spec.id)  # ale-py registers its ids itself (where installed), not we
     if is_minatar(spec.id):
-        _register_minatar()  # likewise MinAtar's
+        register_minatar()  # likewise MinAtar's
     if spec.id not in gym.registry:
         gym.register(
             spec.id,
@@ -317,17 +318,21 @@ def register_env_spec(spec_json: str) -> None:
 def env_spec_of(env_id: str):
     """gymnasium's EnvSpec of ``env_id``, None where it has none; ``module:Env-v0`` imports
     the module first, as ``gymnasium.make`` does, so the spec of an environment registered
-    by the user's module is found."""
+    by the user's module is found (a module that cannot be imported is a one-line
+    UnicompError naming it)."""
     import importlib
 
     if env_id.startswith("ALE/"):
         atari_env_id(env_id)  # registers the ALE ids, where ale-py is installed
     if is_minatar(env_id):
-        _register_minatar()
+        register_minatar()
     module, _, name = env_id.rpartition(":")
     if module:
         try:
             importlib.import_module(module)
-        except ImportError:
-            return None
+        except ImportError as err:
+            raise UnicompError(
+                f"environment {env_id!r}: cannot import its module {module!r} ({err}); it "
+                "must be importable from here (the working folder or PYTHONPATH)"
+            ) from None
     return gym.registry.get(name)
