@@ -302,7 +302,7 @@ def test_parquet_needs_pyarrow_said_in_one_line(tmp_path):
 
 def test_the_shorthand_and_the_path_argument_are_one_setting(tmp_path):
     from unicomp.errors import UnicompError
-    from unicomp.registry import expand_task
+    from unicomp.tasks.catalog import expand_task
 
     assert expand_task("array:d.npz", {"tokens": 2}) == ("array", {"path": "d.npz", "tokens": 2})
     assert expand_task("bit-xor", {"n_bits": 3}) == ("bit-xor", {"n_bits": 3})
@@ -388,10 +388,10 @@ class SignWithoutForm(Sign):
 def own_tasks(monkeypatch):
     """Sign and SignWithoutForm registered from Python, for this test only."""
     import unicomp
-    from unicomp import registry
+    from unicomp.tasks import catalog
 
-    assert "bit-xor" in registry.TASKS  # the catalogue loaded, so the copy below holds it
-    monkeypatch.setattr(registry.TASKS, "_entries", dict(registry.TASKS._entries))
+    assert "bit-xor" in catalog.TASKS  # the catalogue loaded, so the copy below holds it
+    monkeypatch.setattr(catalog.TASKS, "_entries", dict(catalog.TASKS._entries))
     unicomp.register_task("sign", Sign, help="sign of the first number")
     unicomp.register_task("sign-no-form", SignWithoutForm, help="the same, no input form")
 

@@ -21,8 +21,9 @@ from unicomp.cli import main
 from unicomp.errors import UnicompError
 from unicomp.experiments import fpt as experiments
 from unicomp.experiments.fpt import load_fpt_run
-from unicomp.registry import TASKS, Entry
+from unicomp.registry import Entry
 from unicomp.tasks.bits import BitMemory
+from unicomp.tasks.catalog import TASKS
 from unicomp.train import evaluate
 
 FP32 = ("--precision", "fp32", "--eval-batch-size", "64")

@@ -22,8 +22,8 @@ from unicomp.config import FPTConfig, from_dict, load_yaml
 from unicomp.data import images
 from unicomp.data.images import CIFAR_CLASSES
 from unicomp.errors import DataError
-from unicomp.registry import TASKS
 from unicomp.tasks.base import batch_generator
+from unicomp.tasks.catalog import TASKS
 from unicomp.tasks.images import (
     CIFAR10,
     CIFAR10LRA,

@@ -85,10 +85,10 @@ def export_adapter(run: str | Path, path: str | Path) -> dict[str, Any]:
 
     from safetensors.torch import save
 
-    from unicomp import __version__
     from unicomp.codecs import input_form
     from unicomp.experiments.fpt import rebuild_fpt_run
     from unicomp.files import atomic_write
+    from unicomp.version import __version__
 
     built = rebuild_fpt_run(run)
     cfg, model = built.cfg, built.model

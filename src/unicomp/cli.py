@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import unicomp
+import unicomp.experiments  # noqa: F401 (its registry entries: run:, the offline-RL methods)
+from unicomp.backbones.catalog import BACKBONES, FREEZE_POLICIES
 from unicomp.config import (
     MAX_STEPS,
     SEVERAL_DATA,
@@ -29,7 +31,8 @@ from unicomp.config import (
     given_once,
 )
 from unicomp.errors import UnicompError
-from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS, load_target
+from unicomp.registry import load_target
+from unicomp.tasks.catalog import TASKS
 
 
 def cmd_list(args: argparse.Namespace) -> None:
