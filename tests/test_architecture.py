@@ -18,7 +18,7 @@ ROOT = Path(unicomp.__file__).parent
 # Lowest first. A module may use its own layer and the ones below it, never one above. A
 # prefix names a module or a package and what is in it; the longest prefix decides.
 LAYERS = [
-    ("base", ["errors", "files", "provenance", "version", "tracking", "plots", "verdicts"]),
+    ("base", ["errors", "files", "provenance", "version", "tracking", "plots"]),
     ("registries", ["registry"]),
     ("data files", ["data"]),
     ("tasks", ["tasks"]),
@@ -32,10 +32,9 @@ LAYERS = [
                              "experiments.timeseries"]),
     ("the kinds of runs and the runs' registry entries", ["experiments"]),
     ("run folders as tables", ["runs"]),
-    ("tools on runs", ["jobs", "ablate", "attention", "latent_search", "demo", "rl.export"]),
-    ("reports", ["presets", "evidence", "claims", "claims_report", "reproduce", "documents",
-                 "tsreport"]),
-    ("serving", ["adapters", "codecs", "serve"]),
+    ("tools on runs", ["tools"]),
+    ("reports", ["reports"]),
+    ("serving", ["serving"]),
     ("the public surface", ["", "cli", "__main__"]),
 ]  # fmt: skip
 

@@ -214,7 +214,7 @@ def test_mnist_statistics_and_classes_come_from_the_data_read(tmp_path):
     standardised with their own training split's mean and std and their classes are not called
     digits; MNIST-like images keep MNIST's published statistics. Served inputs are encoded the
     same way (the adapter records the codec's statistics)."""
-    from unicomp.codecs import _rebuild, input_form
+    from unicomp.serving.codecs import _rebuild, input_form
 
     rng = np.random.default_rng(0)
     # MNIST-like: 0 or 219, with 15% of the pixels lit (mean 0.131, std 0.309)

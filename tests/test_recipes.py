@@ -1,6 +1,6 @@
 """The recipes of docs/architecture.md for a task and a multi-run command, each done with a
 toy one: a task registered in the task registry alone trains two steps, and a command built on
-the one job runner (unicomp.jobs) runs its cells, then skips them when run again. (The recipes
+the one job runner (unicomp.tools.jobs) runs its cells, then skips them when run again. (The recipes
 for a backbone family and an offline-RL method: tests/test_backbone_families.py and
 tests/test_offline_rl_methods.py; a task of another package: tests/test_entry_points.py.)"""
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from unicomp.config import FPTConfig
-from unicomp.jobs import Cell, finished_metrics, run_cells
 from unicomp.tasks.base import Batch, TaskSpec, TensorTask
 from unicomp.tasks.catalog import TASKS
+from unicomp.tools.jobs import Cell, finished_metrics, run_cells
 
 
 class ToySign(TensorTask):

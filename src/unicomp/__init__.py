@@ -33,8 +33,8 @@ from unicomp.version import __version__
 _REGISTERS = "unicomp.experiments"
 _API = {
     "load_backbone": "unicomp.backbones.loading",
-    "export_adapter": "unicomp.adapters",
-    "load_adapter": "unicomp.adapters",
+    "export_adapter": "unicomp.serving.adapters",
+    "load_adapter": "unicomp.serving.adapters",
     "run_fpt": "unicomp.experiments.fpt",
     "run_perceiver": "unicomp.experiments.perceiver",
     "run_dt": "unicomp.experiments.dt",
