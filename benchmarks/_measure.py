@@ -25,7 +25,8 @@ def write_record(path: str | Path, about: str, columns: list[str], rows: list[li
     """The record behind a published table (``results/benchmarks/<name>.json``): what was
     measured (``about``), the table (``columns``, ``rows`` of printed cells), the command that
     made it, when, on which machine, with which versions; ``extra``: the raw figures. The
-    tables in docs/ are generated from these (``unicomp.documents``, block ``benchmark``)."""
+    tables in docs/ are generated from these (``unicomp.reports.documents``, block
+    ``benchmark``)."""
     from unicomp.provenance import bf16_flags, machine, provenance
 
     script = Path(sys.argv[0])

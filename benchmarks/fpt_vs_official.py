@@ -69,7 +69,7 @@ def _fixed_batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def _gpt2_config():
     import transformers
 
-    from unicomp.registry import BACKBONES
+    from unicomp.backbones.catalog import BACKBONES
 
     cfg = dict(BACKBONES.entry("gpt2").kwargs["config"])
     cfg.pop("model_type")

@@ -51,7 +51,7 @@ def _negated_head(path: Path) -> bytes:
     (same header, same tensor shapes), other outputs."""
     from safetensors.torch import save
 
-    from unicomp.adapters import read_adapter
+    from unicomp.serving.adapters import read_adapter
 
     tensors, meta = read_adapter(path)
     for name in ("head.weight", "head.bias"):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from unicomp.ablate import Cell, _pick, load_suite, run_suite
 from unicomp.cli import main
 from unicomp.config import FPTConfig
 from unicomp.errors import UnicompError
+from unicomp.tools.ablate import Cell, _pick, load_suite, run_suite
 
 
 def _suite(tmp_path: Path, rows: list[dict], **extra) -> Path:
@@ -188,7 +188,7 @@ def test_the_shipped_sweep_suite_has_one_cell_per_rate(tmp_path):
 
 
 def test_report_only_tables_the_finished_cells_and_trains_nothing(tmp_path, tiny_gpt2):
-    from unicomp.ablate import report_suite
+    from unicomp.tools.ablate import report_suite
 
     done = [{"label": "FPT", "backbone": tiny_gpt2, "freeze": "paper"}]
     _run(_suite(tmp_path, done), tmp_path / "out")

@@ -1,4 +1,5 @@
-"""Adapter files (unicomp.adapters), natural inputs (unicomp.codecs) and the lazy public API."""
+"""Adapter files (unicomp.serving.adapters), natural inputs (unicomp.serving.codecs) and the lazy
+public API."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ MEMORY_ARGS = ["--task-arg=n_strings=2", "--task-arg=n_bits=8", "--task-arg=bits
 def adapter_runs(tmp_path_factory, tiny_bert) -> dict[str, Path]:
     """Three tiny finished FPT runs on one backbone (bit-xor, listops, bit-memory; paper
     policy) and one output-only bit-xor run, each exported to ``<folder>/<name>.safetensors``."""
-    from unicomp.adapters import export_adapter
+    from unicomp.serving.adapters import export_adapter
 
     root = tmp_path_factory.mktemp("adapter-runs")
     runs = {
@@ -70,8 +71,8 @@ def _listops_inputs(x: torch.Tensor) -> list[str]:
 def test_adapter_predicts_what_the_run_predicts(adapter_runs, name, natural):
     """The task's test split as natural inputs (bit strings, ListOps text): the codec encodes
     them to the task's own tokens, and the adapter's logits and outputs are the run model's."""
-    from unicomp.adapters import load_adapter
     from unicomp.experiments.fpt import load_fpt_run
+    from unicomp.serving.adapters import load_adapter
 
     model, task, _ = load_fpt_run(adapter_runs[name])
     test = task.split("test")
@@ -131,7 +132,7 @@ def test_adapters_share_one_backbone(adapter_runs, tiny_bert):
     """Two adapters on one loaded backbone: the same object, the same weight storage, no
     copy of a backbone parameter in either adapter; predicting leaves the backbone intact."""
     import unicomp
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     backbone = unicomp.load_backbone(tiny_bert)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
@@ -150,8 +151,8 @@ def test_adapters_share_one_backbone(adapter_runs, tiny_bert):
 
 
 def test_other_backbone_is_refused_naming_both_hashes(adapter_runs, tiny_gpt2):
-    from unicomp.adapters import backbone_hash, load_adapter, read_adapter
     from unicomp.backbones.loading import load_backbone
+    from unicomp.serving.adapters import backbone_hash, load_adapter, read_adapter
 
     path = adapter_runs["files"] / "xor.safetensors"
     other = load_backbone(tiny_gpt2)
@@ -163,8 +164,8 @@ def test_other_backbone_is_refused_naming_both_hashes(adapter_runs, tiny_gpt2):
 
 
 def test_bad_adapter_files(tmp_path, adapter_runs):
-    from unicomp.adapters import load_adapter
     from unicomp.cli import main
+    from unicomp.serving.adapters import load_adapter
 
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"not a safetensors file")
@@ -180,8 +181,8 @@ def test_bad_adapter_files(tmp_path, adapter_runs):
 
 
 def test_cli_export_adapter(tmp_path, adapter_runs, capsys):
-    from unicomp.adapters import read_adapter
     from unicomp.cli import main
+    from unicomp.serving.adapters import read_adapter
 
     out = tmp_path / "x.safetensors"
     assert main(["fpt", "export-adapter", str(adapter_runs["memory"]), "-o", str(out)]) == 0
@@ -193,7 +194,7 @@ def test_cli_export_adapter(tmp_path, adapter_runs, capsys):
 
 # --- codecs -----------------------------------------------------------------------------------
 def test_bit_memory_codec_matches_the_task():
-    from unicomp.codecs import codec_for
+    from unicomp.serving.codecs import codec_for
     from unicomp.tasks.bits import BitMemory
 
     task = BitMemory(n_strings=3, n_bits=8, bits_per_token=4, n_val=4, n_test=4)
@@ -213,7 +214,7 @@ def test_bit_memory_codec_matches_the_task():
 
 
 def test_image_codecs_tokenise_as_the_tasks_do():
-    from unicomp.codecs import codec_for
+    from unicomp.serving.codecs import codec_for
     from unicomp.tasks import images
     from unicomp.tasks.base import TaskSpec
 
@@ -235,8 +236,8 @@ def test_image_codecs_tokenise_as_the_tasks_do():
 
 
 def test_protein_codec():
-    from unicomp.codecs import codec_for
     from unicomp.data.proteins import N_FOLDS
+    from unicomp.serving.codecs import codec_for
     from unicomp.tasks.base import TaskSpec
     from unicomp.tasks.proteins import VOCAB, encode
 
@@ -251,7 +252,7 @@ def test_protein_codec():
 
 
 def test_task_without_a_codec_is_named():
-    from unicomp.codecs import codec_for
+    from unicomp.serving.codecs import codec_for
     from unicomp.tasks.base import TaskSpec
 
     with pytest.raises(UnicompError, match="digits-inpaint.*no natural input form"):
@@ -275,8 +276,8 @@ def _same_weights_other_activation(tiny_bert: str, tmp_path: Path) -> str:
 def test_a_backbone_with_the_same_weights_but_another_config_is_refused(
     adapter_runs, tiny_bert, tmp_path
 ):
-    from unicomp.adapters import load_adapter
     from unicomp.backbones.loading import load_backbone
+    from unicomp.serving.adapters import load_adapter
 
     other = load_backbone(_same_weights_other_activation(tiny_bert, tmp_path))
     same = load_backbone(tiny_bert)
@@ -295,9 +296,9 @@ def test_an_adapter_with_a_weights_only_hash_still_loads(adapter_runs, tiny_bert
     """Files written before the config entered the hash record ``sha256:`` over the weights."""
     from safetensors.torch import load_file, save_file
 
-    from unicomp.adapters import load_adapter, read_adapter
     from unicomp.backbones.loading import load_backbone
     from unicomp.features import tensor_digest
+    from unicomp.serving.adapters import load_adapter, read_adapter
 
     path = adapter_runs["files"] / "xor.safetensors"
     backbone = load_backbone(tiny_bert)
@@ -333,7 +334,7 @@ def test_an_adapter_file_truncated_in_place_after_loading_does_not_touch_the_mod
     end the process with SIGBUS on the next access)."""
     import shutil
 
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     path = tmp_path / "xor.safetensors"
     shutil.copy(adapter_runs["files"] / "xor.safetensors", path)
@@ -352,7 +353,7 @@ def _edited(adapter_runs, tmp_path, header=None, tensors=None) -> Path:
     """The bit-XOR adapter with header fields or tensors replaced (weights and hash kept)."""
     from safetensors.torch import save_file
 
-    from unicomp.adapters import read_adapter
+    from unicomp.serving.adapters import read_adapter
 
     t, meta = read_adapter(adapter_runs["files"] / "xor.safetensors")
     meta = {k: v for k, v in {**meta, **(header or {})}.items() if v is not None}
@@ -380,7 +381,7 @@ def _edited(adapter_runs, tmp_path, header=None, tensors=None) -> Path:
 def test_an_adapter_header_or_tensor_that_lies_is_refused_before_anything_is_built(
     adapter_runs, tmp_path, edit, message
 ):
-    from unicomp.adapters import load_adapter, read_adapter
+    from unicomp.serving.adapters import load_adapter, read_adapter
 
     t, meta = read_adapter(adapter_runs["files"] / "xor.safetensors")
     header = dict(edit.get("header", {}))
@@ -402,7 +403,7 @@ def test_an_adapter_runs_where_it_is_put_with_its_shared_backbone(adapter_runs, 
     submodule of the adapter, it stayed on the CPU before), and ``predict`` moves its inputs
     to the adapter's device. The meta device stands in for a GPU."""
     import unicomp
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     inputs = ["[MAX 1 2 ]", "[SM 3 4 [MIN 5 6 ] ]"]
     path = adapter_runs["files"] / "listops.safetensors"
@@ -429,7 +430,7 @@ def test_serve_puts_the_backbone_and_adapters_on_its_device(adapter_runs, tiny_b
     pytest.importorskip("fastapi")
     import shutil
 
-    from unicomp.serve import ServeConfig, Server
+    from unicomp.serving.serve import ServeConfig, Server
 
     shutil.copy(adapter_runs["files"] / "xor.safetensors", tmp_path / "xor.safetensors")
     server = Server(ServeConfig(backbone=tiny_bert, adapters=tmp_path, device="cpu"))

@@ -74,7 +74,7 @@ def _run_outputs(run: Path) -> tuple[torch.Tensor, object]:
 
 # --- an .npz of sequences, end to end -------------------------------------------------------------
 def test_npz_sequences_train_export_serve_and_predict_as_the_run(tmp_path, tiny_bert, capsys):
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     x, y = _sequences(60)
     npz = tmp_path / "moves.npz"
@@ -117,7 +117,7 @@ def test_npz_sequences_train_export_serve_and_predict_as_the_run(tmp_path, tiny_
     fastapi = pytest.importorskip("fastapi", reason="the serve extra")
     from fastapi.testclient import TestClient
 
-    from unicomp.serve import ServeConfig, create_app
+    from unicomp.serving.serve import ServeConfig, create_app
 
     assert fastapi
     app = create_app(ServeConfig(backbone=tiny_bert, adapters=file.parent, rescan=0))
@@ -142,7 +142,7 @@ def _table(path: Path, n: int = 50) -> np.ndarray:
 
 
 def test_csv_regression_with_seeded_splits_reruns_from_its_config(tmp_path, tiny_bert, capsys):
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     csv = tmp_path / "houses.csv"
     _table(csv)
@@ -199,7 +199,7 @@ def test_npy_pair_of_series_and_integer_classes(tmp_path, tiny_bert, capsys, mon
     assert metrics["split_sizes"] == {"train": 32, "val": 4, "test": 4}
     file = tmp_path / "series.safetensors"
     _export(capsys, tmp_path / "run", file)
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     assert set(load_adapter(file).predict(x[:3].tolist())) <= {4, 7}
 
@@ -302,7 +302,7 @@ def test_parquet_needs_pyarrow_said_in_one_line(tmp_path):
 
 def test_the_shorthand_and_the_path_argument_are_one_setting(tmp_path):
     from unicomp.errors import UnicompError
-    from unicomp.registry import expand_task
+    from unicomp.tasks.catalog import expand_task
 
     assert expand_task("array:d.npz", {"tokens": 2}) == ("array", {"path": "d.npz", "tokens": 2})
     assert expand_task("bit-xor", {"n_bits": 3}) == ("bit-xor", {"n_bits": 3})
@@ -388,10 +388,10 @@ class SignWithoutForm(Sign):
 def own_tasks(monkeypatch):
     """Sign and SignWithoutForm registered from Python, for this test only."""
     import unicomp
-    from unicomp import registry
+    from unicomp.tasks import catalog
 
-    assert "bit-xor" in registry.TASKS  # the catalogue loaded, so the copy below holds it
-    monkeypatch.setattr(registry.TASKS, "_entries", dict(registry.TASKS._entries))
+    assert "bit-xor" in catalog.TASKS  # the catalogue loaded, so the copy below holds it
+    monkeypatch.setattr(catalog.TASKS, "_entries", dict(catalog.TASKS._entries))
     unicomp.register_task("sign", Sign, help="sign of the first number")
     unicomp.register_task("sign-no-form", SignWithoutForm, help="the same, no input form")
 
@@ -399,7 +399,7 @@ def own_tasks(monkeypatch):
 def test_a_task_registered_from_python_reruns_from_its_config_and_serves(
     own_tasks, tmp_path, tiny_bert, capsys
 ):
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     run = tmp_path / "run"
     first = _train(capsys, run, "--task", "sign", "--task-arg", "length=5", *_fast(tiny_bert))
@@ -437,8 +437,8 @@ def test_a_task_registered_from_python_reruns_from_its_config_and_serves(
 def test_an_adapter_of_a_task_without_an_input_form_warns_on_export(
     own_tasks, tmp_path, tiny_bert, capsys
 ):
-    from unicomp.adapters import load_adapter
     from unicomp.errors import UnicompError
+    from unicomp.serving.adapters import load_adapter
 
     run = tmp_path / "run"
     _train(capsys, run, "--task", "sign-no-form", *_fast(tiny_bert))

@@ -15,14 +15,15 @@ from safetensors.torch import load_file
 
 from tests.conftest import cli_train
 from unicomp import features as fc
-from unicomp.attention import token_labels
 from unicomp.backbones.loading import load_backbone
 from unicomp.cli import main
 from unicomp.errors import UnicompError
 from unicomp.experiments import fpt as experiments
 from unicomp.experiments.fpt import load_fpt_run
-from unicomp.registry import TASKS, Entry
+from unicomp.registry import Entry
 from unicomp.tasks.bits import BitMemory
+from unicomp.tasks.catalog import TASKS
+from unicomp.tools.attention import token_labels
 from unicomp.train import evaluate
 
 FP32 = ("--precision", "fp32", "--eval-batch-size", "64")

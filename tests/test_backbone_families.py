@@ -10,9 +10,9 @@ from torch import nn
 
 from tests.conftest import cli_train
 from unicomp.backbones.base import LoadedBackbone, truncate_layers
-from unicomp.backbones.loading import load_backbone
+from unicomp.backbones.loading import BACKBONE_SOURCES, load_backbone
 from unicomp.errors import UnicompError, UnknownNameError
-from unicomp.registry import BACKBONE_SOURCES, Entry
+from unicomp.registry import Entry
 
 FP32 = ("--precision", "fp32", "--eval-batch-size", "64")
 

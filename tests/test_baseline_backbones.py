@@ -27,8 +27,9 @@ from unicomp.experiments.common import build_task
 from unicomp.experiments.fpt import build_fpt, run_fpt
 from unicomp.freezing import apply_freeze_policy, parameter_groups
 from unicomp.models.fpt import FPT
-from unicomp.registry import TASKS, Entry
+from unicomp.registry import Entry
 from unicomp.tasks.base import TaskSpec
+from unicomp.tasks.catalog import TASKS
 
 XOR_SPEC = TaskSpec(max_len=10, d_in=1, d_out=2, n_classes=2, n_out_tokens=5)
 

@@ -294,10 +294,10 @@ def test_a_defaults_function_that_cannot_be_imported_fails_help_loudly():
 def test_a_plug_in_task_that_cannot_be_imported_leaves_help_working(capsys, monkeypatch):
     """A task of another package whose module is missing here is left out of the defaults
     --help states; the built-in tasks' defaults are still shown."""
-    from unicomp import registry
+    from unicomp.tasks import catalog
 
-    monkeypatch.setattr(registry.TASKS, "_entries", dict(registry.TASKS._entries))
-    registry.register_task("not-installed", "no_such_package_here:Task")
+    monkeypatch.setattr(catalog.TASKS, "_entries", dict(catalog.TASKS._entries))
+    catalog.register_task("not-installed", "no_such_package_here:Task")
     monkeypatch.setenv("COLUMNS", "400")
     with pytest.raises(SystemExit):
         main(["fpt", "train", "--help"])

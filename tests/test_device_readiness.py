@@ -13,8 +13,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from tests.conftest import small_train
+from unicomp.backbones.catalog import FREEZE_POLICIES
 from unicomp.config import FPTConfig
-from unicomp.registry import FREEZE_POLICIES
 from unicomp.tasks.base import Batch, TaskSpec, TensorTask
 from unicomp.tasks.bits import BitXOR
 

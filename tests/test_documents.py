@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from unicomp.documents import documents, update_documents
 from unicomp.errors import UnicompError
-from unicomp.reproduce import reproduce
+from unicomp.reports.documents import documents, update_documents
+from unicomp.reports.reproduce import reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = Path("results") / "reproduce-quick"

@@ -110,7 +110,7 @@ def test_an_entry_point_named_like_a_built_in_task_is_one_line_naming_both(tmp_p
 
 
 def test_two_packages_claiming_one_name_is_one_line_naming_both(tmp_path, monkeypatch):
-    from unicomp import registry
+    from unicomp.tasks import catalog
 
     site = _install(tmp_path / "site", "[unicomp.tasks]\nsign = their_tasks:Sign\n")
     info = site / "other_tasks-2.0.dist-info"
@@ -118,21 +118,21 @@ def test_two_packages_claiming_one_name_is_one_line_naming_both(tmp_path, monkey
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: other-tasks\nVersion: 2.0\n")
     (info / "entry_points.txt").write_text("[unicomp.tasks]\nsign = other_tasks:Sign\n")
     monkeypatch.syspath_prepend(str(site))
-    monkeypatch.setattr(registry, "_entry_points_read", False)
-    with pytest.raises(registry.UnicompError, match=r"^task 'sign': .* clashes with ") as err:
-        registry.TASKS.names()
+    monkeypatch.setattr(catalog, "_entry_points_read", False)
+    with pytest.raises(catalog.UnicompError, match=r"^task 'sign': .* clashes with ") as err:
+        catalog.TASKS.names()
     assert "their_tasks:Sign" in str(err.value) and "other_tasks:Sign" in str(err.value)
-    assert "sign" not in registry.TASKS._entries  # all or none
+    assert "sign" not in catalog.TASKS._entries  # all or none
 
 
 def test_register_task_from_python(monkeypatch):
     import unicomp
-    from unicomp import registry
     from unicomp.errors import UnicompError
+    from unicomp.tasks import catalog
     from unicomp.tasks.bits import BitXOR
 
-    assert "bit-xor" in registry.TASKS  # the catalogue loaded, so the copy below holds it
-    monkeypatch.setattr(registry.TASKS, "_entries", dict(registry.TASKS._entries))
+    assert "bit-xor" in catalog.TASKS  # the catalogue loaded, so the copy below holds it
+    monkeypatch.setattr(catalog.TASKS, "_entries", dict(catalog.TASKS._entries))
     unicomp.register_task("my-xor", BitXOR, help="XOR, under my name")
     assert unicomp.TASKS.entry("my-xor").load() is BitXOR
     with pytest.raises(UnicompError, match=r"^task 'bit-memory' is already registered \(unicomp"):

@@ -42,7 +42,7 @@ def _dt_run(tmp_path, name: str, discrete: bool = False, **cfg):
 def _same_actions(run, out, seed: int):
     """(ours, transformers') actions on random inputs and on the run's validation windows."""
     from unicomp.experiments.dt import load_dt_run
-    from unicomp.rl.export import example_inputs, predicted_actions
+    from unicomp.tools.export import example_inputs, predicted_actions
 
     model, _, _ = load_dt_run(run)
     hf_model = transformers.DecisionTransformerModel.from_pretrained(out)
@@ -76,7 +76,7 @@ def test_exported_dt_loads_in_transformers_and_predicts_the_same_actions(tmp_pat
     # the comparison is sharp: a wrong timestep row changes the actions
     with torch.no_grad():
         hf_model.embed_timestep.weight[:] = hf_model.embed_timestep.weight.roll(1, 0)
-    from unicomp.rl.export import example_inputs, predicted_actions
+    from unicomp.tools.export import example_inputs, predicted_actions
 
     ours, theirs = predicted_actions(model, hf_model, example_inputs(model.config, 5, 1))
     assert not torch.allclose(ours, theirs, atol=1e-3)
@@ -122,7 +122,7 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
 def test_export_refuses_backbone_and_image_dts(tmp_path, tiny_gpt2):
     from unicomp.errors import UnicompError
     from unicomp.models.decision_transformer import build_decision_transformer
-    from unicomp.rl.export import _refuse_unless_exportable
+    from unicomp.tools.export import _refuse_unless_exportable
 
     backbone = build_decision_transformer(5, 2, backbone=f"random:{tiny_gpt2}", max_length=4)
     with pytest.raises(UnicompError, match="pretrained backbone 'random:"):

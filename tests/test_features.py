@@ -17,8 +17,9 @@ from unicomp.config import FPTConfig
 from unicomp.errors import UnicompError
 from unicomp.experiments.common import build_task
 from unicomp.experiments.fpt import build_fpt, run_fpt
-from unicomp.registry import TASKS, Entry
+from unicomp.registry import Entry
 from unicomp.tasks.base import Batch, TaskSpec, TensorTask, batch_generator, epoch_indices
+from unicomp.tasks.catalog import TASKS
 from unicomp.tasks.sequences import SequenceTask, TokenSequences
 from unicomp.train import load_trainable_state
 

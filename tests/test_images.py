@@ -22,8 +22,8 @@ from unicomp.config import FPTConfig, from_dict, load_yaml
 from unicomp.data import images
 from unicomp.data.images import CIFAR_CLASSES
 from unicomp.errors import DataError
-from unicomp.registry import TASKS
 from unicomp.tasks.base import batch_generator
+from unicomp.tasks.catalog import TASKS
 from unicomp.tasks.images import (
     CIFAR10,
     CIFAR10LRA,
@@ -214,7 +214,7 @@ def test_mnist_statistics_and_classes_come_from_the_data_read(tmp_path):
     standardised with their own training split's mean and std and their classes are not called
     digits; MNIST-like images keep MNIST's published statistics. Served inputs are encoded the
     same way (the adapter records the codec's statistics)."""
-    from unicomp.codecs import _rebuild, input_form
+    from unicomp.serving.codecs import _rebuild, input_form
 
     rng = np.random.default_rng(0)
     # MNIST-like: 0 or 219, with 15% of the pixels lit (mean 0.131, std 0.309)

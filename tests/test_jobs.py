@@ -1,4 +1,4 @@
-"""``unicomp.jobs``: the one plan/skip/resume rule and the one runner of ``fpt ablate`` and
+"""``unicomp.tools.jobs``: the one plan/skip/resume rule and the one runner of ``fpt ablate`` and
 ``reproduce`` (child processes of each family's train command, a log per cell)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 from unicomp.config import DTConfig, FPTConfig, PerceiverConfig, save_yaml
 from unicomp.errors import UnicompError
-from unicomp.jobs import Cell, family, finished_metrics, plan, run_cells
+from unicomp.tools.jobs import Cell, family, finished_metrics, plan, run_cells
 
 
 def _cell(tmp_path: Path, key: str = "row/s0", **train) -> Cell:

@@ -195,13 +195,13 @@ def _runs(scores, std=20.0, episodes=20, steps=1000, batch=64, lr=3e-4, context=
 
 
 def _evidence(rows_by_game):
-    from unicomp.claims import Evidence
+    from unicomp.reports.claims import Evidence
 
     return Evidence({}, {}, {}, {}, 0.5, None, rows_by_game)
 
 
 def _judge(name, ev):
-    from unicomp.claims import CLAIMS, judge
+    from unicomp.reports.claims import CLAIMS, judge
 
     return judge(next(c for c in CLAIMS if c.name == name), ev)
 
@@ -288,8 +288,8 @@ def test_dt_vs_bc_reads_cql_where_it_ran():
 
 
 def test_cql_records_join_the_evidence_and_must_match_the_preset(tmp_path):
-    from unicomp.evidence import cql_records
-    from unicomp.presets import cql_folder, preset
+    from unicomp.reports.evidence import cql_records
+    from unicomp.reports.presets import cql_folder, preset
 
     a = preset("minatar", tmp_path)["atari"]
     assert cql_records(tmp_path, a) == {}

@@ -313,7 +313,7 @@ def _row(n: int, acc: float) -> dict:
 
 
 def test_pick_latents_smallest_within_tolerance():
-    from unicomp.latent_search import pick_latents
+    from unicomp.tools.latent_search import pick_latents
 
     rows = [_row(64, 0.95), _row(8, 0.80), _row(16, 0.945), _row(32, 0.96)]
     assert pick_latents(rows, 0.02)["num_latents"] == 16  # 0.945 >= 0.96 - 0.02
@@ -325,7 +325,7 @@ def test_pick_latents_smallest_within_tolerance():
 
 
 def test_search_latents_writes_the_table(tmp_path, capsys):
-    from unicomp.latent_search import pick_latents
+    from unicomp.tools.latent_search import pick_latents
 
     out = tmp_path / "search"
     args = ["perceiver", "search-latents", "--task", "bit-xor", "--latents", "2,4"]

@@ -14,8 +14,8 @@ import pytest
 
 from unicomp.cli import main
 from unicomp.errors import UnicompError
-from unicomp.reproduce import CLAIM_NAMES, reproduce
-from unicomp.verdicts import MISSING, NOT_MEASURED
+from unicomp.reports.reproduce import CLAIM_NAMES, reproduce
+from unicomp.reports.verdicts import MISSING, NOT_MEASURED
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def server(adapter_runs, tiny_bert, tmp_path_factory):  # noqa: F811
 
 
 def _in_process(adapter_runs, name):  # noqa: F811
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     return load_adapter(adapter_runs["files"] / f"{name}.safetensors")
 
@@ -242,13 +242,13 @@ def test_docs_python_example_runs(adapter_runs, tmp_path):  # noqa: F811
 
 
 def test_the_server_logs_start_up_adapters_and_requests(adapter_runs, tiny_bert, tmp_path, caplog):  # noqa: F811
-    """Python logging (``unicomp.serve``): a start-up line, a line per adapter loaded or
+    """Python logging (logger ``unicomp.serve``): a start-up line, a line per adapter loaded or
     refused with the reason, a line per request with its status and latency."""
     import logging
 
     from fastapi.testclient import TestClient
 
-    from unicomp.serve import ServeConfig, create_app
+    from unicomp.serving.serve import ServeConfig, create_app
 
     shutil.copy(adapter_runs["files"] / "xor.safetensors", tmp_path / "bit-xor.safetensors")
     (tmp_path / "broken.safetensors").write_bytes(b"half a file")
@@ -359,13 +359,13 @@ def test_out_of_range_serve_flags_are_one_line_errors_before_anything_loads(
 ):
     """Refused before the backbone or any adapter loads (was: --seed -1 served and refused
     every adapter; --port 99999 an OverflowError traceback after everything had loaded)."""
-    import unicomp.serve
+    import unicomp.serving.serve
     from unicomp.cli import main
 
     def no_loading(*_args, **_kwargs):
         raise AssertionError("loading started")
 
-    monkeypatch.setattr(unicomp.serve, "create_app", no_loading)
+    monkeypatch.setattr(unicomp.serving.serve, "create_app", no_loading)
     args = ["serve", "--backbone", "no-such-backbone", "--adapters", str(tmp_path), *flags]
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -379,7 +379,7 @@ def test_the_listing_reads_no_backbone_parameters_mid_batch(adapter_runs, tiny_b
     the server counts them once, at load."""
     import torch
 
-    from unicomp.serve import ServeConfig, Server
+    from unicomp.serving.serve import ServeConfig, Server
 
     shutil.copy(adapter_runs["files"] / "xor.safetensors", tmp_path / "bit-xor.safetensors")
     server = Server(ServeConfig(backbone=tiny_bert, adapters=tmp_path, device="cpu"))
@@ -422,7 +422,7 @@ def _negated(path: Path) -> bytes:
     """The adapter file with its head negated: the same size, other outputs."""
     from safetensors.torch import save
 
-    from unicomp.adapters import read_adapter
+    from unicomp.serving.adapters import read_adapter
 
     tensors, meta = read_adapter(path)
     tensors["head.weight"], tensors["head.bias"] = -tensors["head.weight"], -tensors["head.bias"]
@@ -444,7 +444,7 @@ def _write_in_place(path: Path, data: bytes) -> None:
 def xor_versions(limited, adapter_runs, tmp_path):  # noqa: F811
     """(path served, original bytes, negated bytes, their outputs on INPUTS); the original is
     put back afterwards."""
-    from unicomp.adapters import load_adapter
+    from unicomp.serving.adapters import load_adapter
 
     _, folder, _ = limited
     path = folder / "bit-xor.safetensors"
@@ -480,7 +480,7 @@ def test_batches_hold_at_most_max_batch_inputs(limited, adapter_runs):  # noqa: 
 def test_request_budgets_are_refused_before_the_model_runs(limited, adapter_runs):  # noqa: F811
     """More inputs than --max-inputs (here --max-batch, 4) or more input tokens than
     --max-tokens (40): 413 naming the limit, and no model batch runs."""
-    from unicomp.adapters import read_adapter
+    from unicomp.serving.adapters import read_adapter
 
     url, _, _ = limited
     max_len = json.loads(read_adapter(adapter_runs["files"] / "listops.safetensors")[1]["spec"])[

@@ -333,8 +333,8 @@ def test_forecast_task_refuses_a_series_too_short(tmp_path):
 
 # --- FPT runs, adapters -------------------------------------------------------------------------
 def test_fpt_trains_on_ucr_and_its_adapter_reads_series(tmp_path, tiny_gpt2):
-    from unicomp.adapters import export_adapter, load_adapter
     from unicomp.experiments.fpt import load_fpt_run
+    from unicomp.serving.adapters import export_adapter, load_adapter
 
     root = write_archive(tmp_path / "Toy", channels=2)
     out = tmp_path / "run"
@@ -354,8 +354,8 @@ def test_fpt_trains_on_ucr_and_its_adapter_reads_series(tmp_path, tiny_gpt2):
 
 
 def test_fpt_trains_on_forecast_and_its_adapter_forecasts(tmp_path, tiny_gpt2):
-    from unicomp.adapters import export_adapter, load_adapter
     from unicomp.experiments.fpt import load_fpt_run
+    from unicomp.serving.adapters import export_adapter, load_adapter
 
     path = write_csv(tmp_path / "toy.csv", 400, channels=2)
     out = tmp_path / "run"

@@ -12,10 +12,10 @@ import yaml
 
 from tests.conftest import cli_train
 from tests.test_timeseries import write_archive, write_csv
-from unicomp import tsreport
 from unicomp.cli import main
-from unicomp.documents import regenerate
 from unicomp.errors import UnicompError
+from unicomp.reports import tsreport
+from unicomp.reports.documents import regenerate
 
 
 def test_real_forecast_runs_are_tabled_and_dlinear_takes_its_best_rate(tmp_path, tiny_gpt2):

@@ -189,7 +189,7 @@ def test_quick_demo_has_its_own_folder_and_is_never_reprinted_as_the_full_one(
     """The demo's folders and its check of a reused run's budget; the training itself (real
     in tests/test_cli.py::test_demo_prints_its_table) is replaced by a stub writing what a
     finished run leaves."""
-    import unicomp.demo
+    import unicomp.tools.demo
     from unicomp.config import save_yaml
 
     trained = []
@@ -205,7 +205,7 @@ def test_quick_demo_has_its_own_folder_and_is_never_reprinted_as_the_full_one(
         (folder / "metrics.json").write_text(json.dumps(metrics))
         return metrics
 
-    monkeypatch.setattr(unicomp.demo, "run_fpt", fake_run_fpt)
+    monkeypatch.setattr(unicomp.tools.demo, "run_fpt", fake_run_fpt)
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--quick", "--backbone", "tiny"]) == 0
     assert sorted(trained) == [

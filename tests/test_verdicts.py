@@ -1,12 +1,13 @@
-"""The verdict rules (unicomp.verdicts) and every claim's judge (unicomp.claims) on synthetic
-figures: each outcome, and each over-claim the old rules made, comes out as the rules say."""
+"""The verdict rules (unicomp.reports.verdicts) and every claim's judge (unicomp.reports.claims) on
+synthetic figures: each outcome, and each over-claim the old rules made, comes out as the rules
+say."""
 
 from __future__ import annotations
 
 import pytest
 
-from unicomp.claims import CLAIMS, Evidence, judge
-from unicomp.verdicts import (
+from unicomp.reports.claims import CLAIMS, Evidence, judge
+from unicomp.reports.verdicts import (
     DOES_NOT_HOLD,
     HOLDS,
     INDICATIVE,

@@ -26,12 +26,15 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from unicomp.version import __version__
 
+# Where each name lives. Every name is handed out after unicomp.experiments is imported: the
+# highest layer that adds entries to the registries below it (run:, the offline-RL methods).
+_REGISTERS = "unicomp.experiments"
 _API = {
     "load_backbone": "unicomp.backbones.loading",
-    "export_adapter": "unicomp.adapters",
-    "load_adapter": "unicomp.adapters",
+    "export_adapter": "unicomp.serving.adapters",
+    "load_adapter": "unicomp.serving.adapters",
     "run_fpt": "unicomp.experiments.fpt",
     "run_perceiver": "unicomp.experiments.perceiver",
     "run_dt": "unicomp.experiments.dt",
@@ -40,10 +43,10 @@ _API = {
     "DTConfig": "unicomp.config",
     "TrainConfig": "unicomp.config",
     "load_run": "unicomp.experiments",
-    "TASKS": "unicomp.registry",
-    "BACKBONES": "unicomp.registry",
-    "FREEZE_POLICIES": "unicomp.registry",
-    "register_task": "unicomp.registry",
+    "TASKS": "unicomp.tasks.catalog",
+    "BACKBONES": "unicomp.backbones.catalog",
+    "FREEZE_POLICIES": "unicomp.backbones.catalog",
+    "register_task": "unicomp.tasks.catalog",
 }
 __all__ = ["__version__", *_API]
 
@@ -51,6 +54,7 @@ __all__ = ["__version__", *_API]
 def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'unicomp' has no attribute {name!r}")
+    importlib.import_module(_REGISTERS)
     return getattr(importlib.import_module(_API[name]), name)
 
 

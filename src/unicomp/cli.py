@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import unicomp
+import unicomp.experiments  # noqa: F401 (its registry entries: run:, the offline-RL methods)
+from unicomp.backbones.catalog import BACKBONES, FREEZE_POLICIES
 from unicomp.config import (
     MAX_STEPS,
     SEVERAL_DATA,
@@ -29,7 +31,8 @@ from unicomp.config import (
     given_once,
 )
 from unicomp.errors import UnicompError
-from unicomp.registry import BACKBONES, FREEZE_POLICIES, TASKS, load_target
+from unicomp.registry import load_target
+from unicomp.tasks.catalog import TASKS
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -175,7 +178,7 @@ def _int_list(text: str | None) -> list[int] | None:
 
 
 def cmd_fpt_ablate(args: argparse.Namespace) -> None:
-    from unicomp.ablate import describe, load_suite, report_suite, run_suite
+    from unicomp.tools.ablate import describe, load_suite, report_suite, run_suite
 
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise UnicompError("--jobs and --threads must be >= 1")
@@ -199,7 +202,7 @@ def cmd_fpt_ablate(args: argparse.Namespace) -> None:
 
 
 def cmd_fpt_attention(args: argparse.Namespace) -> None:
-    from unicomp.attention import attention_command
+    from unicomp.tools.attention import attention_command
 
     result = attention_command(args.run, example=args.example, split=args.split, out=args.out)
     print(json.dumps(result, indent=2))
@@ -224,7 +227,7 @@ example:
 
 
 def cmd_fpt_export_adapter(args: argparse.Namespace) -> None:
-    from unicomp.adapters import export_adapter
+    from unicomp.serving.adapters import export_adapter
 
     summary = export_adapter(args.run, args.output)
     if summary.get("warning"):
@@ -233,7 +236,7 @@ def cmd_fpt_export_adapter(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from unicomp.serve import ServeConfig, serve
+    from unicomp.serving.serve import ServeConfig, serve
 
     if args.threads is not None and args.threads < 1:
         raise UnicompError(f"serve: --threads must be >= 1, got {args.threads}")
@@ -262,7 +265,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def _add_serve_command(sub) -> None:
     from dataclasses import fields
 
-    from unicomp.serve import ServeConfig
+    from unicomp.serving.serve import ServeConfig
 
     default = {f.name: f.default for f in fields(ServeConfig)}  # one source for the defaults
     p = sub.add_parser(
@@ -348,7 +351,7 @@ def cmd_perceiver_train(args: argparse.Namespace) -> None:
 
 
 def cmd_perceiver_search(args: argparse.Namespace) -> None:
-    from unicomp.latent_search import search_latents
+    from unicomp.tools.latent_search import search_latents
 
     latents = comma_numbers(args.latents, int, "--latents")
     tolerance = args.tolerance
@@ -688,8 +691,8 @@ def cmd_ts_list(args: argparse.Namespace) -> None:
 
 
 def cmd_ts_report(args: argparse.Namespace) -> None:
-    from unicomp import tsreport
-    from unicomp.documents import update_documents
+    from unicomp.reports import tsreport
+    from unicomp.reports.documents import update_documents
 
     for part in ("classification", "forecasting", "verdicts"):
         print(f"## {part}\n\n{tsreport.render(args.runs, part)}")
@@ -743,13 +746,13 @@ def _add_ts_commands(sub) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from unicomp.demo import run_demo
+    from unicomp.tools.demo import run_demo
 
     run_demo(out=Path(args.out) if args.out else None, backbone=args.backbone, quick=args.quick)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    from unicomp.reproduce import reproduce
+    from unicomp.reports.reproduce import reproduce
 
     out = Path(args.out) if args.out else None
     result = reproduce(
@@ -764,7 +767,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     shown = out or Path("runs") / f"reproduce-{args.preset}"
     print(f"report: {shown}/report.md and report.html")
     if args.report_only:
-        from unicomp.documents import update_documents
+        from unicomp.reports.documents import update_documents
 
         for doc in update_documents(Path.cwd()):
             print(f"regenerated: {doc.relative_to(Path.cwd())}")
@@ -785,7 +788,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from unicomp.rl.export import export_dt_run
+    from unicomp.tools.export import export_dt_run
 
     print(json.dumps(export_dt_run(args.run, args.out), indent=2))
 

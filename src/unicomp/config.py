@@ -358,6 +358,17 @@ def save_yaml(cfg: Any, path: Path, comments: list[str] | tuple[str, ...] = ()) 
     atomic_write_text(path, text + "".join(f"# {line}\n" for line in comments))
 
 
+# The families a run folder may record (unicomp.experiments.kinds), and what messages call
+# their runs.
+KIND_TITLES = {
+    "fpt": "an FPT run",
+    "perceiver": "a Perceiver run",
+    "dt": "a Decision Transformer / behaviour cloning run",
+    "external": "a run of another program (dt external)",
+    "ts-baseline": "a time-series baseline run (ts baseline)",
+}
+
+
 def recorded_kind(config: dict | None, metrics: dict | None = None) -> str | None:
     """The family of a run (unicomp.experiments.kinds) from its records: its config.yaml's
     ``kind``; for folders written before runs recorded it, the fields only that family's
@@ -555,7 +566,7 @@ def _task_loads(name: str) -> bool:
     installed here) is left out of the defaults --help states, so that one broken plug-in
     does not break every command's --help; running that task reports the ImportError. A
     built-in task that cannot be imported is a bug of ours: it raises."""
-    from unicomp.registry import TASKS
+    from unicomp.tasks.catalog import TASKS
 
     entry = TASKS.entry(name)
     try:
@@ -577,7 +588,7 @@ def _train_default_text(cls: type, task_defaults: Any) -> Any:
 
     def table() -> dict[str, TrainConfig]:
         if "table" not in cache:
-            from unicomp.registry import TASKS
+            from unicomp.tasks.catalog import TASKS
 
             tasks = [main_task] if fixed else [t for t in TASKS.names() if _task_loads(t)]
             cache["table"] = {t: task_train_defaults(task_defaults, t) for t in tasks}
@@ -692,7 +703,7 @@ def resolve(cls: type, args: argparse.Namespace, task_defaults: Any) -> Any:
     if not isinstance(task, str):
         raise UnicompError(f"{where}: task must be str, got {task!r}")
     if "task_source" in {f.name for f in dataclasses.fields(cls)}:
-        from unicomp.registry import TASK_SHORTHANDS, ensure_task, expand_task
+        from unicomp.tasks.catalog import TASK_SHORTHANDS, ensure_task, expand_task
 
         task_args = dict(data.get("task_args") or {})
         shorthand = TASK_SHORTHANDS.get(task.partition(":")[0]) if ":" in task else None

@@ -52,10 +52,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unicomp.backbones.base import LoadedBackbone
+from unicomp.backbones.catalog import FREEZE_POLICIES
 from unicomp.data import cache_dir
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write
-from unicomp.registry import FREEZE_POLICIES
 from unicomp.tasks.base import Batch, Scored, Task, TensorTask, shard_range
 from unicomp.train import autocast, pick_device, process_rank
 
@@ -302,14 +302,14 @@ def library_versions() -> dict[str, str | None]:
     """The versions that change computed features: torch, transformers, unicomp."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import unicomp
+    from unicomp.version import __version__
 
     try:
         transformers_version = version("transformers")
     except PackageNotFoundError:
         transformers_version = None
     return {"torch": torch.__version__, "transformers": transformers_version,
-            "unicomp": unicomp.__version__}  # fmt: skip
+            "unicomp": __version__}  # fmt: skip
 
 
 def frozen_weights_sha256(model: nn.Module) -> str:

@@ -22,7 +22,7 @@ import re
 from torch import nn
 
 from unicomp.backbones.base import ParameterGroups
-from unicomp.registry import FREEZE_POLICIES
+from unicomp.backbones.catalog import FREEZE_POLICIES
 
 _POS = re.compile(r"(^|\.)(wpe|position_embeddings|embed_positions|pos)(\.|$)")
 _EMBED = re.compile(r"(^|\.)(wte|word_embeddings|token_type_embeddings|embed_tokens|shared)(\.|$)")

@@ -11,9 +11,9 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import unicomp
+from unicomp.version import __version__
 
-_PACKAGE = Path(unicomp.__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def _git(*args: str) -> subprocess.CompletedProcess | None:
@@ -48,7 +48,7 @@ def provenance() -> dict:
         transformers_version = None
     commit, dirty = git_commit()
     return {
-        "unicomp_version": unicomp.__version__,
+        "unicomp_version": __version__,
         "transformers_version": transformers_version,
         "git_commit": commit,
         "git_dirty": dirty,

@@ -55,7 +55,7 @@ class Backbone(Protocol):
 
 @runtime_checkable
 class LoadedBackbone(Backbone, Protocol):
-    """What a loader of :data:`unicomp.registry.BACKBONE_SOURCES` returns: a
+    """What a loader of :data:`unicomp.backbones.loading.BACKBONE_SOURCES` returns: a
     :class:`Backbone` that says what it is, as a run records it."""
 
     name: str  # the name it was loaded by

@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unicomp.backbones.catalog import BACKBONES
 from unicomp.errors import UnicompError, UnknownNameError, WeightsNotFoundError
-from unicomp.registry import BACKBONES
 
 # Encoder families: bidirectional attention (recorded in the run summary).
 _ENCODER_TYPES = {
@@ -282,7 +282,7 @@ def _hub_cache(hub_id: str) -> Path | None:
     return folder if _snapshot_weights(folder) else None
 
 
-def _hub_reachable() -> str | None:
+def hub_reachable() -> str | None:
     """None if the hub may be asked now, else why not: HF_HUB_OFFLINE, or no connection to its
     host within 3 s (behind a proxy the hub client is left to find out)."""
     import socket
@@ -306,7 +306,7 @@ def _hub_download(hub_id: str) -> tuple[Path | None, str]:
     """Download ``hub_id``'s config and weights (safetensors where the repo has them, else its
     .bin files) into the hub cache at the commit the hub names now: (snapshot folder, "") or
     (None, why not)."""
-    why = _hub_reachable()
+    why = hub_reachable()
     if why:
         return None, why
     from huggingface_hub import HfApi, constants, snapshot_download
@@ -381,7 +381,7 @@ def _random_config(name: str, spec: BackboneSpec | None) -> tuple[Any, str]:
         model_type = cfg.pop("model_type")
         return transformers.CONFIG_MAPPING[model_type](**cfg), f"embedded config of {name}"
     try:  # from the hub cache alone where the hub cannot be reached (fails fast, no retries)
-        local = not Path(name).is_dir() and _hub_reachable() is not None
+        local = not Path(name).is_dir() and hub_reachable() is not None
         config = transformers.AutoConfig.from_pretrained(name, local_files_only=local)
         return config, f"config of {name}"
     except OSError as err:

@@ -1,5 +1,6 @@
 """A backbone by name: :func:`load_backbone` finds the loader of the name's prefix in the
-registry ``BACKBONE_SOURCES`` (one ``register`` line each in ``unicomp.catalog``) and calls it.
+registry ``BACKBONE_SOURCES`` (one ``register`` line each: this package's loaders in
+``unicomp/backbones/__init__.py``, ``run:`` in unicomp.experiments.catalog) and calls it.
 
 A name ``<prefix>:<argument>`` goes to the loader registered under ``<prefix>`` (``random:``,
 ``stats:``, ``lstm:``, ``run:``); the bare ``<prefix>`` too where the loader's ``forms`` list
@@ -16,9 +17,18 @@ whole name, its prefix included); what it returns satisfies
 
 from __future__ import annotations
 
-from unicomp.backbones.base import LoadedBackbone
+from typing import TYPE_CHECKING
+
+from unicomp.backbones.catalog import BACKBONES
 from unicomp.errors import UnicompError
-from unicomp.registry import BACKBONE_SOURCES, BACKBONES, Entry
+from unicomp.registry import Entry, Registry
+
+if TYPE_CHECKING:
+    from unicomp.backbones.base import LoadedBackbone
+
+# Backbone loaders by the prefix of a name (``random:``, ``lstm``, ``run:`` ...; one is the
+# fallback for hub ids and folders). This package's are registered by its __init__.
+BACKBONE_SOURCES = Registry("backbone source")
 
 
 def loader_entry(name: str) -> Entry:

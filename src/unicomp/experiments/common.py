@@ -26,8 +26,8 @@ from unicomp.config import (
 from unicomp.errors import RunFolderError, UnicompError, WeightsNotFoundError
 from unicomp.files import atomic_write_json, claim_run_folder
 from unicomp.provenance import provenance
-from unicomp.registry import TASKS, ensure_task, expand_task, task_source
 from unicomp.tasks.base import Task
+from unicomp.tasks.catalog import TASKS, ensure_task, expand_task, task_source
 from unicomp.train import pick_device, process_rank, train
 
 
@@ -121,7 +121,8 @@ def check_run_call(resume: bool, overwrite: bool) -> None:
         )
 
 
-def _is_main() -> bool:
+def is_main_process() -> bool:
+    """Whether this process writes the run folder: rank 0 under torchrun, or the only one."""
     return process_rank() == 0  # under torchrun only rank 0 writes
 
 
@@ -144,7 +145,7 @@ def train_and_record(
     """
     check_config(cfg)  # every value in range before anything is written
     check_run_call(resume, overwrite)
-    is_main = _is_main()
+    is_main = is_main_process()
     changes = check_resume(cfg, out) if resume else {}
     # Claimed (locked) for the run; a new run into a folder holding one is refused before
     # config.yaml is written; a start that fails before its first checkpoint is undone.
@@ -260,7 +261,7 @@ def check_resume(cfg: Any, out: Path) -> dict:
 
 
 # --- reading a finished run folder back ---------------------------------------------------------
-def _best_step(folder: Path, where: str, finished: bool) -> int | None:
+def recorded_best_step(folder: Path, where: str, finished: bool) -> int | None:
     """metrics.json's best_step; without a readable metrics.json an error where ``finished``
     is asked for, else None."""
     import json
@@ -279,7 +280,7 @@ def _best_step(folder: Path, where: str, finished: bool) -> int | None:
     return None
 
 
-def _read_best(folder: Path, where: str = "") -> dict[str, torch.Tensor]:
+def read_best_weights(folder: Path, where: str = "") -> dict[str, torch.Tensor]:
     """A run folder's best.safetensors; a one-line error where it is missing or unreadable."""
     from safetensors.torch import load_file
 
@@ -298,7 +299,7 @@ def _read_best(folder: Path, where: str = "") -> dict[str, torch.Tensor]:
         ) from None
 
 
-def _load_checked(
+def load_checked_weights(
     model: nn.Module, state: dict[str, torch.Tensor], path: str, what: str, trains: str
 ) -> None:
     """Load a run's saved tensors into its rebuilt ``model`` after checking them: every

@@ -11,23 +11,23 @@ from typing import Any
 import torch
 
 from unicomp.backbones.base import LoadedBackbone, truncate_layers
+from unicomp.backbones.catalog import FREEZE_POLICIES
 from unicomp.backbones.loading import load_backbone
-from unicomp.config import FPTConfig, from_dict, load_yaml, recorded_kind, to_dict
+from unicomp.config import KIND_TITLES, FPTConfig, from_dict, load_yaml, recorded_kind, to_dict
 from unicomp.errors import UnicompError, WeightsNotFoundError
 from unicomp.experiments.common import (
-    _best_step,
-    _load_checked,
-    _read_best,
     build_task,
+    load_checked_weights,
+    read_best_weights,
+    recorded_best_step,
     settle_task,
     train_and_record,
 )
-from unicomp.experiments.kinds import KINDS
 from unicomp.freezing import apply_freeze_policy, count_parameters
 from unicomp.models.fpt import FPT
 from unicomp.provenance import provenance
-from unicomp.registry import FREEZE_POLICIES, TASKS, ensure_task
 from unicomp.tasks.base import Task
+from unicomp.tasks.catalog import TASKS, ensure_task
 from unicomp.train import autocast, pick_device, resolve_precision
 
 
@@ -164,9 +164,10 @@ def _run_config(folder: Path, where: str) -> FPTConfig:
     if not config_path.is_file():
         raise WeightsNotFoundError(f"{where}{folder} has no config.yaml (not a unicomp run folder)")
     data = load_yaml(config_path)
-    kind = KINDS.get(recorded_kind(data) or "")
-    if kind is None or kind.config is not FPTConfig:
-        what = f" (it is {kind.title})" if kind else ": its config.yaml is no run's config"
+    kind = recorded_kind(data)
+    if kind != FPTConfig.kind:
+        what = f" (it is {KIND_TITLES[kind]})" if kind in KIND_TITLES else ""
+        what = what or ": its config.yaml is no run's config"
         raise UnicompError(f"{where}{folder} is not an FPT run{what}")
     cfg = from_dict(FPTConfig, data, f"config file {config_path}")
     ensure_task(cfg.task, cfg.task_source, f"{where}{config_path}")
@@ -205,8 +206,8 @@ def rebuild_fpt_run(
     where = f"{where}: " if where else ""
     cfg = _run_config(folder, where)
     best_path = folder / "best.safetensors"
-    state = _read_best(folder, where)
-    best_step = _best_step(folder, where, finished)
+    state = read_best_weights(folder, where)
+    best_step = recorded_best_step(folder, where, finished)
     build = dataclasses.replace(cfg)  # build_fpt reads it; the run's own stays as saved
     if backbone_overrides is None:
         if build.attn_implementation in ATTENTION_CHOSEN_AT_START:  # not again: no training
@@ -220,7 +221,9 @@ def rebuild_fpt_run(
         model, summary = build_fpt(build, task)
     _check_frozen_weights(folder, cfg, summary["frozen_weights_sha256"], where)
     what = f"backbone {cfg.backbone}, task {cfg.task}"
-    _load_checked(model, state, f"{where}{best_path}", what, f"freeze {cfg.freeze} trains them")
+    load_checked_weights(
+        model, state, f"{where}{best_path}", what, f"freeze {cfg.freeze} trains them"
+    )
     return FPTRun(folder, cfg, task, model, summary, sorted(state), best_step)
 
 
@@ -233,7 +236,7 @@ def _check_frozen_weights(folder: Path, cfg: FPTConfig, rebuilt: str, where: str
     try:
         metrics = json.loads((folder / "metrics.json").read_text())
     except (OSError, ValueError):
-        return  # an unfinished run (run: backbones may use one), or _best_step's error
+        return  # an unfinished run (run: backbones may use one), or recorded_best_step's error
     recorded = metrics.get("frozen_weights_sha256")
     if recorded and recorded != rebuilt:
         then, now = metrics.get("transformers_version"), provenance()["transformers_version"]
@@ -270,7 +273,7 @@ def backbone_from_run(
     FPT rebuilt as that run built it (its backbone name, seed, layers and position table
     fitted to its task), with the trained weights of its best.safetensors loaded
     (``rebuild_fpt_run``). ``load_backbone`` finds it through the registry
-    ``BACKBONE_SOURCES`` (unicomp.catalog). ``dropout``: where given (the new run's
+    ``BACKBONE_SOURCES`` (unicomp.experiments.catalog). ``dropout``: where given (the new run's
     ``backbone_dropout``), else the run's own; the weights do not depend on it. ``seed`` is
     unused: the run's own seed rebuilds it."""
     folder_text = name.removeprefix("run:")

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unicomp.config import DTConfig, FPTConfig, PerceiverConfig, load_yaml, recorded_kind
+from unicomp.config import (
+    KIND_TITLES,
+    DTConfig,
+    FPTConfig,
+    PerceiverConfig,
+    load_yaml,
+    recorded_kind,
+)
 from unicomp.errors import UnicompError
 from unicomp.files import read_record
 from unicomp.registry import load_target
@@ -28,8 +35,7 @@ class RunKind:
     """One family of runs. ``run``, ``load`` and ``default_out`` are "module:function"
     names, imported when called (the table is read by ``unicomp report`` without torch)."""
 
-    name: str  # what config.yaml's ``kind`` says
-    title: str  # what messages call its runs: "an FPT run"
+    name: str  # what config.yaml's ``kind`` says (a key of unicomp.config.KIND_TITLES)
     config: type | None  # the config class of its config.yaml (None: a record of its own)
     run: str  # runs one: (cfg, resume, overwrite) -> metrics for config kinds
     default_out: str  # the default run folder, from what the run function takes
@@ -38,6 +44,11 @@ class RunKind:
     evaluations: bool = False  # also each evaluation's scores (runs that act)
     load: str | None = None  # (folder) -> a tuple of ``loads``: None where not loadable
     loads: tuple[str, ...] = ("model", "task", "config")  # as fields of LoadedRun
+
+    @property
+    def title(self) -> str:
+        """What messages call its runs: "an FPT run" (unicomp.config.KIND_TITLES)."""
+        return KIND_TITLES[self.name]
 
     def function(self, which: str) -> Any:
         """The function named by the field ``which`` (run, load, default_out), imported now."""
@@ -61,28 +72,33 @@ def evaluation_summary(evaluation: dict) -> dict[str, Any]:
 _TRAINED = ("steps", "steps_to_target")
 _SIZE = ("trainable_params", "total_params", "train_seconds")
 _REGRESSION = ("test_loss", "test_rmse")
-_E = "unicomp.experiments"
 
 KINDS: dict[str, RunKind] = {
     k.name: k
     for k in (
-        RunKind("fpt", "an FPT run", FPTConfig, f"{_E}.fpt:run_fpt", f"{_E}.fpt:default_out",
+        RunKind("fpt", FPTConfig,
+                "unicomp.experiments.fpt:run_fpt", "unicomp.experiments.fpt:default_out",
                 ("task", "backbone", "freeze", "test_accuracy", *_TRAINED, *_SIZE,
-                 "backbone_source"), _REGRESSION, load=f"{_E}.fpt:load_fpt_run"),
-        RunKind("perceiver", "a Perceiver run", PerceiverConfig, f"{_E}.perceiver:run_perceiver",
-                f"{_E}.perceiver:default_perceiver_out",
+                 "backbone_source"), _REGRESSION,
+                load="unicomp.experiments.fpt:load_fpt_run"),
+        RunKind("perceiver", PerceiverConfig,
+                "unicomp.experiments.perceiver:run_perceiver",
+                "unicomp.experiments.perceiver:default_perceiver_out",
                 ("task", "model", "test_accuracy", *_TRAINED, "num_latents", "flops_per_example",
-                 *_SIZE, "model_source"), _REGRESSION, load=f"{_E}.perceiver:load_perceiver_run"),
-        RunKind("dt", "a Decision Transformer / behaviour cloning run", DTConfig,
-                f"{_E}.dt:run_dt", f"{_E}.dt:dt_default_out",
+                 *_SIZE, "model_source"), _REGRESSION,
+                load="unicomp.experiments.perceiver:load_perceiver_run"),
+        RunKind("dt", DTConfig,
+                "unicomp.experiments.dt:run_dt", "unicomp.experiments.dt:dt_default_out",
                 ("env", "algo", "test_loss", "best_step", "steps", "trainable_params",
-                 "train_seconds"), evaluations=True, load=f"{_E}.dt:load_dt_run",
+                 "train_seconds"), evaluations=True, load="unicomp.experiments.dt:load_dt_run",
                 loads=("model", "config", "metrics")),
-        RunKind("external", "a run of another program (dt external)", None,
-                f"{_E}.external:run_external", f"{_E}.external:default_out",
+        RunKind("external", None,
+                "unicomp.experiments.external:run_external",
+                "unicomp.experiments.external:default_out",
                 ("algo", "env", "train_steps", "return_mean", "normalized_score_mean")),
-        RunKind("ts-baseline", "a time-series baseline run (ts baseline)", None,
-                f"{_E}.timeseries:run_baseline", f"{_E}.timeseries:default_out",
+        RunKind("ts-baseline", None,
+                "unicomp.experiments.timeseries:run_baseline",
+                "unicomp.experiments.timeseries:default_out",
                 ("task", "method", "test_accuracy", "test_mse", "test_mae", "season",
                  "wall_seconds")),
     )

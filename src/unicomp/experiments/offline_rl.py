@@ -4,8 +4,8 @@ a run is shared: the data set as the loop's task, the loop, the run folder and a
 (unicomp.experiments.dt for the methods the loop trains: ``unicomp dt train``).
 
 The methods are registered by name in ``unicomp.registry.OFFLINE_RL_METHODS`` (one line each
-in unicomp.catalog): DT, BC and %BC here; d3rlpy's CQL and IQL, trained by another program
-(``unicomp dt external``, registered with ``external=True``), as adapters in
+in unicomp.experiments.catalog): DT, BC and %BC here; d3rlpy's CQL and IQL, trained by another
+program (``unicomp dt external``, registered with ``external=True``), as adapters in
 unicomp.experiments.external. A new method is one file (a subclass, and an object of it) plus
 one ``OFFLINE_RL_METHODS.register(name, "module:OBJECT", help)`` line; ``--algo NAME`` and
 config.yaml's ``algo`` then accept it.

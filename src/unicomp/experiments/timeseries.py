@@ -39,7 +39,7 @@ METHODS = {"ucr": CLASSIFIERS, "forecast": FORECASTERS}
 
 
 def default_out(task: str, task_args: dict, method: str, seed: int) -> Path:
-    from unicomp.registry import TASKS
+    from unicomp.tasks.catalog import TASKS
 
     label = getattr(TASKS.entry(task).load(), "run_label", None)
     name = label(task_args) if label else task

@@ -593,9 +593,9 @@ def decision_transformer(config: DecisionTransformerConfig) -> DecisionTransform
     trains, by group, in ``trainable_by_group``)."""
     if not config.backbone:
         return DecisionTransformer(config)
+    from unicomp.backbones.catalog import FREEZE_POLICIES
     from unicomp.backbones.loading import load_backbone
     from unicomp.freezing import apply_freeze_policy
-    from unicomp.registry import FREEZE_POLICIES
 
     FREEZE_POLICIES.entry(config.freeze)  # fail on a bad name before loading any weights
     backbone = load_backbone(

@@ -297,7 +297,7 @@ class Task:
         serve``: a :class:`Codec` that encodes natural inputs exactly as this task's data
         pipeline does, rebuilt from its ``state()`` without the data (an adapter file records
         the codec's class and state). None: the task declares none here (the built-in tasks'
-        forms are also in the table ``unicomp.codecs.CODECS``); an adapter of a task with no
+        forms are also in the table ``unicomp.serving.codecs.CODECS``); an adapter of a task with no
         form exports, with a warning, but is not served. For example::
 
             class EightNumbers(Codec):

@@ -1,16 +1,16 @@
 """The claims' evidence, read from a preset's run records: which runs finished with the
 settings the preset asks (:func:`recorded`), the data sets' and CQL's records, and the rows
-:class:`unicomp.claims.Evidence` holds for the verdicts (:func:`read_evidence`)."""
+:class:`unicomp.reports.claims.Evidence` holds for the verdicts (:func:`read_evidence`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from unicomp.claims import Evidence
 from unicomp.errors import UnicompError
-from unicomp.jobs import Cell, config_changes, finished_metrics
-from unicomp.presets import cql_folder
+from unicomp.reports.claims import Evidence
+from unicomp.reports.presets import cql_folder
+from unicomp.tools.jobs import Cell, config_changes, finished_metrics
 
 
 def recorded(cell: Cell) -> bool:

@@ -18,7 +18,7 @@ curve, from ``<records>/collection.json``; ``benchmark``: a table a script under
 measured, with its command, date and machine, from the JSON record it wrote
 (``results/benchmarks/<name>.json``); ``timeseries``: the time-series campaign's
 ``classification``, ``forecasting`` or ``verdicts`` table, from the run folders themselves
-(:mod:`unicomp.tsreport`). ``unicomp reproduce --report-only`` (or ``unicomp ts report``)
+(:mod:`unicomp.reports.tsreport`). ``unicomp reproduce --report-only`` (or ``unicomp ts report``)
 rewrites every block; tests/test_documents.py fails when a document differs from what its
 records produce.
 """
@@ -92,7 +92,7 @@ def render(kind: str, src: str, arg: str | None, root: Path, where: str) -> str:
         path = Path(src)
         return _benchmark(_load(root, str(path.parent), path.name, where))
     if kind == "timeseries":
-        from unicomp import tsreport
+        from unicomp.reports import tsreport
 
         try:
             return tsreport.render(root / src, arg or "")

@@ -3,11 +3,12 @@
     unicomp reproduce --preset tiny|quick|paper [--claims NAME,...] [--out DIR] [--jobs N]
 
 A registry (:data:`CLAIMS`) names each claim of ../shared/MISSION.md with the paper's figure,
-the experiments it needs and a verdict rule. A preset (:func:`preset`, :mod:`unicomp.presets`)
-sizes the experiments:
+the experiments it needs and a verdict rule. A preset (:func:`preset`,
+:mod:`unicomp.reports.presets`) sizes the experiments:
 
 - FPT (``fpt``, ``size``): ``unicomp fpt ablate`` suites written to ``OUT/_suites/`` and run
-  by :mod:`unicomp.ablate` (same cells, same skipping of finished runs, same tables and plots);
+  by :mod:`unicomp.tools.ablate` (same cells, same skipping of finished runs, same tables and
+  plots);
 - Decision Transformer (``dt``): a Key-to-Door data set collected by a random policy
   (:func:`unicomp.rl.collect.collect`), then DT, DT K=1, BC and DT with delayed rewards
   trained and evaluated by :func:`unicomp.experiments.dt.run_dt` (``unicomp dt train``);
@@ -18,11 +19,12 @@ sizes the experiments:
   :func:`unicomp.rl.dqn_training.train_dqn_stream`), then DT (K=30), DT K=1 and BC, each row's
   learning rate chosen on validation loss with the first seed, the other seeds at that rate.
 
-Every run is an ordinary run folder under ``OUT``, trained by :mod:`unicomp.jobs` (a finished
+Every run is an ordinary run folder under ``OUT``, trained by :mod:`unicomp.tools.jobs` (a finished
 one is skipped on a re-run, its config.yaml checked against what the preset asks; a killed
-one resumes). Then the claims are judged on the records (:mod:`unicomp.evidence`) and
+one resumes). Then the claims are judged on the records (:mod:`unicomp.reports.evidence`) and
 ``OUT/report.md``, ``OUT/report.html`` (one self-contained page: images embedded as data:
-URIs, no external resource; :mod:`unicomp.claims_report`) and ``OUT/claims.json`` are written.
+URIs, no external resource; :mod:`unicomp.reports.claims_report`) and ``OUT/claims.json`` are
+written.
 """
 
 from __future__ import annotations
@@ -36,14 +38,12 @@ from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
-from unicomp.ablate import load_suite, report_suite, run_suites
-from unicomp.claims import CLAIM_NAMES, CLAIMS, judge, select_claims
-from unicomp.claims_report import draw_figures, report_blocks, shown, to_html, to_markdown
 from unicomp.errors import UnicompError
-from unicomp.evidence import cql_records, read_collection, read_evidence, recorded
 from unicomp.files import atomic_write_json, atomic_write_text
-from unicomp.jobs import Cell, run_cells
-from unicomp.presets import (
+from unicomp.reports.claims import CLAIM_NAMES, CLAIMS, judge, select_claims
+from unicomp.reports.claims_report import draw_figures, report_blocks, shown, to_html, to_markdown
+from unicomp.reports.evidence import cql_records, read_collection, read_evidence, recorded
+from unicomp.reports.presets import (
     GROUPS,
     PRESETS,
     atari_cells,
@@ -55,7 +55,9 @@ from unicomp.presets import (
     preset,
     suite_file,
 )
-from unicomp.verdicts import VERDICTS
+from unicomp.reports.verdicts import VERDICTS
+from unicomp.tools.ablate import load_suite, report_suite, run_suites
+from unicomp.tools.jobs import Cell, run_cells
 
 __all__ = ["CLAIMS", "CLAIM_NAMES", "PRESETS", "VERDICTS", "preset", "reproduce"]
 
@@ -143,7 +145,7 @@ def _silent(*_args) -> None:
 
 
 def _run_jobs(cells: list[Cell], logs: Path, jobs: int, say) -> None:
-    """Run the DT, Perceiver and MinAtar cells (unicomp.jobs), each one's outcome said as it
+    """Run the DT, Perceiver and MinAtar cells (unicomp.tools.jobs), each one's outcome said as it
     comes."""
     for event in run_cells(cells, logs, jobs):
         cell = event.cell
@@ -222,7 +224,7 @@ def reproduce(
     jobbed = ("dt", "perceiver", "atari")
     cells = job_cells(out, {g: spec[g] for g in jobbed if g in groups})
     if dry_run:
-        from unicomp.ablate import describe
+        from unicomp.tools.ablate import describe
 
         lines = [describe(s) for s in suites.values()]
         lines += [f"  {c.key}: {describe_run(c.cfg)}" for c in cells]

@@ -10,11 +10,11 @@ import html
 import statistics
 from pathlib import Path
 
-from unicomp.ablate import slug
-from unicomp.jobs import Cell, family, finished_metrics
 from unicomp.plots import plot_returns, pyplot, save_figure
+from unicomp.reports.verdicts import VERDICTS
 from unicomp.runs import markdown_table, mean_std
-from unicomp.verdicts import VERDICTS
+from unicomp.tools.ablate import slug
+from unicomp.tools.jobs import Cell, family, finished_metrics
 
 
 def shown(path: str | Path) -> str:
@@ -56,7 +56,7 @@ def draw_figures(
     png = out / "figures" / "attention.png"
     has_weights = (fpt_run / "best.safetensors").is_file()
     if (fpt_run / "metrics.json").is_file() and (png.is_file() or has_weights):
-        from unicomp.attention import attention_command
+        from unicomp.tools.attention import attention_command
 
         if not png.is_file():
             attention_command(fpt_run, example=0, split="test", out=png)

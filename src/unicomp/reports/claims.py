@@ -1,9 +1,9 @@
 """Every claim of the three papers (../shared/MISSION.md) with the paper's figure, the rows
-it reads and how :mod:`unicomp.verdicts` decides it. ``unicomp reproduce`` measures the rows;
-this module only reads them (from run records: nothing here trains).
+it reads and how :mod:`unicomp.reports.verdicts` decides it. ``unicomp reproduce`` measures
+the rows; this module only reads them (from run records: nothing here trains).
 
 Each judge returns (ours, verdict, reason): the measured figures in one line, one of
-:data:`unicomp.verdicts.VERDICTS`, and the rule's parts with yes / no / not measured.
+:data:`unicomp.reports.verdicts.VERDICTS`, and the rule's parts with yes / no / not measured.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unicomp.errors import UnicompError
-from unicomp.verdicts import (
+from unicomp.reports.verdicts import (
     MISSING,
     NOT_MEASURED,
     Figure,

@@ -9,7 +9,7 @@ settings) x seeds on one task, under a named protocol:
   2021 did, arXiv 2107.12460).
 
 Each cell is an ordinary FPT run folder (``unicomp fpt train``), run in a child process by
-:mod:`unicomp.jobs`, two at a time by default. A finished cell is skipped on a re-run (after
+:mod:`unicomp.tools.jobs`, two at a time by default. A finished cell is skipped on a re-run (after
 checking its config.yaml says what the suite asks); a killed one resumes from its checkpoint.
 ``prepare`` runs (e.g. a transformer trained on bit memory, used frozen by another row as
 ``run:@name``) come first, one per seed, in a folder shared by every suite under the same
@@ -33,10 +33,10 @@ from typing import Any
 from unicomp.config import FPTConfig, check_config, from_dict, load_yaml
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_json, atomic_write_text
-from unicomp.jobs import Cell, config_changes, run_cells
 from unicomp.runs import markdown_table, mean_std
+from unicomp.tools.jobs import Cell, config_changes, run_cells
 
-SUITES_DIR = Path(__file__).resolve().parents[2] / "configs" / "suites"
+SUITES_DIR = Path(__file__).resolve().parents[3] / "configs" / "suites"
 PROTOCOLS = ("paper", "sweep")
 # Keys a row (or a prepare entry) may set; everything else in FPTConfig comes from the suite.
 ROW_KEYS = {
@@ -245,7 +245,8 @@ def _read_metrics(cell: Cell) -> dict:
 
 
 def _train(cells: list[Cell], logs: Path, jobs: int, threads: int | None, say) -> None:
-    """Run the cells (unicomp.jobs), each one's outcome said as it comes: ``[3/12] KEY: ...``."""
+    """Run the cells (unicomp.tools.jobs), each one's outcome said as it comes: ``[3/12] KEY:
+    ...``."""
     for count, event in enumerate(run_cells(cells, logs, jobs, threads), 1):
         cell, said = event.cell, f"[{count}/{len(cells)}] {event.cell.key}"
         if event.what == "skipped":
@@ -386,7 +387,7 @@ def _row_summary(title, label, row, chosen: list[Cell], failed: list[str], all_c
         else None,
         "steps_to_target": [x.get("steps_to_target") for x in m],
         "target_accuracy": cfg.train.target_accuracy if cfg else None,
-        # what the verdict rules read (unicomp.verdicts): evaluation noise, floor, budget
+        # what the verdict rules read (unicomp.reports.verdicts): evaluation noise, floor, budget
         "test_elements": [x.get("test_elements") for x in m],
         "test_constant_accuracy": [x.get("test_constant_accuracy") for x in m],
         "train_split_accuracy": [x.get("train_split_accuracy") for x in m],

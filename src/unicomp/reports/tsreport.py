@@ -1,7 +1,7 @@
 """The time-series campaign's tables and verdicts, read from its run folders (nothing here
 trains): every FPT run (``fpt train --task ucr|forecast``) and baseline (``ts baseline``)
 under one folder, grouped by data set and row, mean ± std over seeds, and one verdict per
-comparison under the rules of :mod:`unicomp.verdicts`.
+comparison under the rules of :mod:`unicomp.reports.verdicts`.
 
 Rows: an FPT run is named by its backbone and freeze policy ("FPT minilm-l6", "frozen random
 init (minilm-l6)", "LSTM", "minilm-l6 fully trained", "FPT smollm2-135m (first 6 layers)"), a
@@ -30,8 +30,7 @@ from pathlib import Path
 import yaml
 
 from unicomp.errors import UnicompError
-from unicomp.runs import markdown_table
-from unicomp.verdicts import (
+from unicomp.reports.verdicts import (
     MISSING,
     Figure,
     MissingFigure,
@@ -40,6 +39,7 @@ from unicomp.verdicts import (
     budget_text,
     decide,
 )
+from unicomp.runs import markdown_table
 
 GPT4TS_EPOCHS = {"ucr": 50, "forecast": 10}
 METHOD_LABELS = {

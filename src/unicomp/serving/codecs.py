@@ -330,7 +330,7 @@ CODECS = {
 def codec_for(task: str, task_args: dict[str, Any], spec: TaskSpec) -> Codec:
     """The built-in codec of ``task`` run with ``task_args`` (the task's defaults fill the rest)."""
     from unicomp.experiments.common import task_arguments
-    from unicomp.registry import TASKS
+    from unicomp.tasks.catalog import TASKS
 
     if task not in CODECS:
         raise UnicompError(

@@ -117,7 +117,7 @@ def search_latents(
 ) -> dict:
     """Train ``cfg`` once per latent size; write and return the table and the choice."""
     from unicomp.experiments.perceiver import run_perceiver
-    from unicomp.registry import TASKS
+    from unicomp.tasks.catalog import TASKS
 
     if cfg.pretrained:
         raise UnicompError("search-latents builds from scratch; a checkpoint fixes its latents")

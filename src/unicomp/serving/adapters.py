@@ -85,10 +85,10 @@ def export_adapter(run: str | Path, path: str | Path) -> dict[str, Any]:
 
     from safetensors.torch import save
 
-    from unicomp import __version__
-    from unicomp.codecs import input_form
     from unicomp.experiments.fpt import rebuild_fpt_run
     from unicomp.files import atomic_write
+    from unicomp.serving.codecs import input_form
+    from unicomp.version import __version__
 
     built = rebuild_fpt_run(run)
     cfg, model = built.cfg, built.model
@@ -375,14 +375,14 @@ class Adapter(nn.Module):
     """A task's FPT around a shared backbone: ``predict(inputs)`` on natural inputs.
 
     ``fpt`` is an :class:`unicomp.models.fpt.FPT` whose backbone is a :class:`SharedBackbone`;
-    ``codec`` turns inputs into tokens and logits into outputs (unicomp.codecs); ``meta`` is
+    ``codec`` turns inputs into tokens and logits into outputs (unicomp.serving.codecs); ``meta`` is
     the file's header; ``params`` the parameters the file holds."""
 
     def __init__(
         self, backbone: nn.Module, meta: dict[str, str], tensors: dict[str, torch.Tensor], name: str
     ):
-        from unicomp.codecs import codec_from_header
         from unicomp.models.fpt import FPT
+        from unicomp.serving.codecs import codec_from_header
         from unicomp.tasks.base import TaskSpec
 
         super().__init__()
@@ -425,7 +425,7 @@ class Adapter(nn.Module):
     @torch.inference_mode()
     def predict(self, inputs: Sequence[Any]) -> list[Any]:
         """Natural outputs for a list of natural inputs (see ``describe()``); an input that is
-        not what the task takes raises :class:`unicomp.codecs.InputError` naming it."""
+        not what the task takes raises :class:`unicomp.serving.codecs.InputError` naming it."""
         if isinstance(inputs, str | bytes) or not isinstance(inputs, Sequence):
             raise UnicompError(
                 f"predict takes a list of inputs, got {type(inputs).__name__}; for one input "

@@ -1,6 +1,6 @@
 """``unicomp serve``: many FPT tasks over HTTP from one frozen backbone (FastAPI + uvicorn).
 
-The backbone is loaded once; every adapter file (``*.safetensors``, unicomp.adapters) in the
+The backbone is loaded once; every adapter file (``*.safetensors``, unicomp.serving.adapters) in the
 folder is loaded around that same object, by reference: the frozen weights exist once however
 many tasks are served. Endpoints:
 
@@ -178,8 +178,8 @@ class Server:
     """The backbone, the loaded adapters and their batch queues."""
 
     def __init__(self, cfg: ServeConfig):
-        from unicomp.adapters import backbone_hash
         from unicomp.backbones.loading import load_backbone
+        from unicomp.serving.adapters import backbone_hash
         from unicomp.train import pick_device
 
         if not cfg.adapters.is_dir():
@@ -235,7 +235,7 @@ class Server:
 
     def _read(self, files: list[tuple[str, Path, tuple[int, ...]]]) -> list[tuple]:
         """On the model thread: each file's bytes hashed, and built where they are new."""
-        from unicomp.adapters import load_adapter
+        from unicomp.serving.adapters import load_adapter
 
         done = []
         for name, path, key in files:
@@ -367,7 +367,7 @@ class Server:
     async def _encode(self, adapter, inputs: list[Any]):
         """The inputs checked and encoded once, on a thread (not the event loop's); a bad one
         fails its own request alone."""
-        from unicomp.codecs import InputError
+        from unicomp.serving.codecs import InputError
 
         loop = asyncio.get_running_loop()
         try:

@@ -1,5 +1,5 @@
 """What each preset of ``unicomp reproduce`` runs: its experiments' sizes (:func:`preset`) and
-its runs as job-runner cells (:mod:`unicomp.jobs`).
+its runs as job-runner cells (:mod:`unicomp.tools.jobs`).
 
 - FPT (``fpt``, ``size``): ``unicomp fpt ablate`` suites written to ``OUT/_suites/``
   (:func:`suite_file`);
@@ -20,7 +20,7 @@ import yaml
 
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write_text
-from unicomp.jobs import Cell, finished_metrics
+from unicomp.tools.jobs import Cell, finished_metrics
 
 PRESETS = ("tiny", "quick", "paper", "minatar")
 GROUPS = ("fpt", "size", "dt", "perceiver", "atari")
@@ -275,7 +275,7 @@ def game_slug(env_id: str) -> str:
 def atari_cells(out: Path, a: dict) -> list[Cell]:
     """Per game and row: the first seed at every rate of the grid; the other seeds at the rate
     the first seed's validation loss chose, once those runs are finished (until then they
-    are not cells yet: the second round of :func:`unicomp.reproduce.reproduce`)."""
+    are not cells yet: the second round of :func:`unicomp.reports.reproduce.reproduce`)."""
     cells = []
     first, others = a["seeds"][0], a["seeds"][1:]
     for game in a["games"]:
