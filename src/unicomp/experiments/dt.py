@@ -26,7 +26,7 @@ from torch import nn
 
 from unicomp.config import DTConfig, comma_numbers, from_dict, load_yaml
 from unicomp.errors import UnicompError
-from unicomp.experiments.common import _is_main, _read_best, train_and_record
+from unicomp.experiments.common import read_best, train_and_record
 from unicomp.experiments.offline_rl import data_label, offline_rl_method, run_label
 from unicomp.files import atomic_write_json, read_record
 from unicomp.freezing import count_parameters
@@ -34,7 +34,7 @@ from unicomp.provenance import provenance
 from unicomp.rl.dt_task import DTTask
 from unicomp.rl.envs import register_env_spec
 from unicomp.rl.evaluate import default_targets, evaluate_dt, score_reference
-from unicomp.train import load_trainable_state, pick_device
+from unicomp.train import is_main_process, load_trainable_state, pick_device
 
 
 def dt_task_defaults(name: str) -> dict:
@@ -223,7 +223,7 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
     header = {"task": "dt", "model": summary["policy"], "data": cfg.data}
     metrics = train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
     metrics["train_steps"] = metrics["steps"]
-    if cfg.eval_episodes > 0 and _is_main():
+    if cfg.eval_episodes > 0 and is_main_process():
         metrics["eval"] = act(
             model,
             env_id,
@@ -239,7 +239,7 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
             progress=cfg.train.progress,
         )
         metrics.update(primary_scores(metrics["eval"]))
-    if _is_main():
+    if is_main_process():
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -296,7 +296,7 @@ def load_dt_run(run: str | Path) -> tuple[nn.Module, DTConfig, dict]:
     best = run / "best.safetensors"
     if not best.exists():
         raise UnicompError(f"{best} does not exist: the run saved no weights")
-    load_trainable_state(model, _read_best(run))  # a damaged file: one line naming it
+    load_trainable_state(model, read_best(run))  # a damaged file: one line naming it
     return model.eval(), cfg, metrics
 
 

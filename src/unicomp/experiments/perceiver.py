@@ -12,11 +12,10 @@ from torch import nn
 from unicomp.config import PerceiverConfig, from_dict, load_yaml, recorded_kind
 from unicomp.errors import UnicompError
 from unicomp.experiments.common import (
-    _best_step,
-    _is_main,
-    _load_checked,
-    _read_best,
     build_task,
+    load_checked,
+    read_best,
+    recorded_best_step,
     settle_task,
     task_defaults,
     train_and_record,
@@ -24,6 +23,7 @@ from unicomp.experiments.common import (
 from unicomp.freezing import count_parameters
 from unicomp.registry import ensure_task
 from unicomp.tasks.base import Task
+from unicomp.train import is_main_process
 
 # Training defaults for Perceiver runs where the task's own (tuned for FPT) do not suit; they
 # sit where the task's defaults do, below --config and explicit flags.
@@ -111,13 +111,13 @@ def load_perceiver_run(folder: str | Path) -> tuple[nn.Module, Task, PerceiverCo
         raise UnicompError(f"{folder} is not a Perceiver run (its config.yaml: kind {kind})")
     cfg = from_dict(PerceiverConfig, data, f"config file {config_path}")
     ensure_task(cfg.task, cfg.task_source, f"config file {config_path}")
-    state = _read_best(folder)
-    _best_step(folder, "", finished=True)  # a finished run: metrics.json is there
+    state = read_best(folder)
+    recorded_best_step(folder, "", finished=True)  # a finished run: metrics.json is there
     task = build_task(cfg.task, cfg.task_args)
     with torch.random.fork_rng():  # build_perceiver seeds the global state; the caller's kept
         model, _ = build_perceiver(cfg, task)
     best = str(folder / "best.safetensors")
-    _load_checked(model, state, best, f"task {cfg.task}", "the run trained them")
+    load_checked(model, state, best, f"task {cfg.task}", "the run trained them")
     return model.eval(), task, cfg
 
 
@@ -137,6 +137,6 @@ def run_perceiver(cfg: PerceiverConfig, resume: bool = False, overwrite: bool = 
     model, summary = build_perceiver(cfg, task)
     header = {"task": cfg.task, "model": cfg.model, "pretrained": cfg.pretrained}
     metrics = train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
-    if _is_main() and hasattr(task, "save_examples"):
+    if is_main_process() and hasattr(task, "save_examples"):
         task.save_examples(model, out / "examples.png")  # the selected (best) weights
     return metrics
