@@ -316,7 +316,7 @@ def unicomp_trainer(task, args):
     from unicomp.config import TrainConfig
     from unicomp.models.decision_transformer import build_decision_transformer
     from unicomp.tasks.base import iter_chunks
-    from unicomp.train import _lr_lambda, make_optimizer
+    from unicomp.train import lr_lambda, make_optimizer
 
     cfg = TrainConfig(
         steps=10**9,
@@ -333,7 +333,7 @@ def unicomp_trainer(task, args):
     torch.manual_seed(args.seed)
     model = build_decision_transformer(task.spec.d_in, task.act_dim)  # the paper's gym DT
     opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     trainable = [p for p in model.parameters() if p.requires_grad]
     state = {"step": 0, "loss": 0.0}
 

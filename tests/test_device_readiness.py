@@ -41,14 +41,15 @@ def test_measured_attention_moves_the_whole_probe_batch_to_the_device(tiny_gpt2,
     """The probe's targets went to the loss on the CPU while the model sat on the GPU (a crash
     of the default command on CUDA). On the meta device a tensor left behind fails alike."""
     import unicomp.experiments.fpt as experiments
+    import unicomp.train as loop
 
     meta = torch.device("meta")
-    monkeypatch.setattr(experiments, "pick_device", lambda name: meta)
+    monkeypatch.setattr(loop, "pick_device", lambda name: meta)
     seen = {}
 
-    def probe(model, x, mask, loss_fn, device, precision):
+    def probe(model, x, mask, loss_fn, placement):
         seen["x"] = x.device
-        logits = torch.empty(x.shape[0], 5, 2, device=device)  # (B, n_out, classes)
+        logits = torch.empty(x.shape[0], 5, 2, device=placement.device)  # (B, n_out, classes)
         loss_fn(logits)  # raises on targets left on the CPU
         return "eager (measured per training step: probe)"
 

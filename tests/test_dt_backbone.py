@@ -4,6 +4,7 @@ the run folder reloading for ``dt eval``, and the default DT unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -196,7 +197,7 @@ def test_dt_train_with_a_backbone_then_dt_eval_reloads_it(
     from safetensors.torch import load_file
 
     from unicomp.config import load_yaml
-    from unicomp.experiments.dt import evaluate_run, load_dt_run
+    from unicomp.experiments.dt import DT_EVAL_DEFAULTS, evaluate_run, load_dt_run
 
     prefix, _, fixture = name.rpartition(":")
     backbone = f"{prefix}:" * bool(prefix) + request.getfixturevalue(fixture)
@@ -216,7 +217,7 @@ def test_dt_train_with_a_backbone_then_dt_eval_reloads_it(
     model, _, _ = load_dt_run(run)  # frozen weights rebuilt from the backbone name
     assert model.config.backbone == backbone
     capsys.readouterr()
-    result = evaluate_run(run, episodes=1, max_steps=10)
+    result = evaluate_run(run, dataclasses.replace(DT_EVAL_DEFAULTS, episodes=1, max_steps=10))
     for key in ("return_mean", "return_min", "length_mean"):  # the same actions, step by step
         assert result["eval"][0][key] == metrics["eval"][0][key], key
 

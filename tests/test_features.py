@@ -334,15 +334,15 @@ def test_resume_of_a_cached_run(tiny_gpt2, tmp_path):
 
 
 def test_trained_head_lands_in_the_fpt(tiny_gpt2, tmp_path):
-    from unicomp.train import train
+    from unicomp.train import Placement, train
 
     cfg = _cfg(tiny_gpt2, tmp_path / "r")
     task = build_task(cfg.task, cfg.task_args)
     model, _ = build_fpt(cfg, task)
     frozen = fc.frozen_weights_sha256(model)
     before = model.head.weight.detach().clone()
-    device = torch.device("cpu")
-    prepared = fc.prepare_features(cfg, task, model, device, "fp32", "memory")
+    placement = Placement(torch.device("cpu"), "fp32", "asked for")
+    prepared = fc.prepare_features(cfg, task, model, placement, "memory")
     cached = fc.CachedFeatureTask(task, prepared.features)
     train(fc.HeadOnly(model.head), cached, cfg.train, tmp_path)
     best = load_file(tmp_path / "best.safetensors")

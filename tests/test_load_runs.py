@@ -117,7 +117,7 @@ def test_load_run_gives_back_a_perceiver(tmp_path):
 def test_load_run_gives_back_a_decision_transformer_that_acts_and_scores_as_recorded(tmp_path):
     from unicomp.cli import main
     from unicomp.experiments import load_run, run_kind
-    from unicomp.experiments.dt import act, build_dt_task
+    from unicomp.experiments.dt import EvalSettings, act, build_dt_task
 
     data = tmp_path / "data"
     argv = ["dt", "collect", "--env", "Pendulum-v1", "--policy", "random", "--episodes", "6"]
@@ -139,10 +139,10 @@ def test_load_run_gives_back_a_decision_transformer_that_acts_and_scores_as_reco
     test = evaluate(model, task, task.split("test"), cfg.train, torch.device("cpu"))
     assert test["loss"] == pytest.approx(metrics["test_loss"], abs=1e-5)
     # and the same episodes (same seeds) return what the run recorded
+    assert EvalSettings.of(cfg) == EvalSettings(episodes=2, targets=(-100.0,))
     again = act(
         model, metrics["env"], [-100.0], metrics["normalization"], metrics["reference_scores"],
-        episodes=2, seed=cfg.eval_seed, n_envs=cfg.eval_envs, max_steps=cfg.eval_max_steps,
-        window=cfg.eval_window, sample=cfg.eval_sample, progress=False,
+        EvalSettings.of(cfg), progress=False,
     )  # fmt: skip
     assert again[0]["return_mean"] == pytest.approx(metrics["return_mean"], rel=1e-5)
 

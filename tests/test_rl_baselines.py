@@ -554,6 +554,7 @@ def test_external_policy_is_scored_like_a_dt_run_and_compared(tmp_path, capsys):
     set, then a TorchScript policy in its place acted with by our evaluator; metrics.json
     carries a DT run's score keys and `dt compare` puts it in a row of its own."""
     from unicomp.cli import main
+    from unicomp.experiments.dt import EvalSettings
     from unicomp.experiments.external import export_data, score_run
 
     data, out = tmp_path / "ktd", tmp_path / "cql"
@@ -566,8 +567,9 @@ def test_external_policy_is_scored_like_a_dt_run_and_compared(tmp_path, capsys):
     torch.jit.script(_WalkToTarget()).save(str(out / "policy.pt"))
     (out / "d3rlpy_log.json").write_text(json.dumps({"train_seconds": 1.5, "d3rlpy": "2.8.1"}))
     metrics = score_run(
-        out, "cql", str(data), exported, seed=0, steps=7, wall_seconds=2.0, eval_episodes=40
-    )
+        out, "cql", str(data), exported, seed=0, steps=7, wall_seconds=2.0,
+        evaluation=EvalSettings(episodes=40),
+    )  # fmt: skip
     assert json.loads((out / "metrics.json").read_text()) == metrics
     assert metrics["algo"] == "cql" and metrics["train_steps"] == 7 and metrics["episodes"] == 40
     assert metrics["primary_target"] is None and metrics["eval"][0]["target_return"] is None

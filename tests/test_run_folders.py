@@ -148,7 +148,7 @@ def test_failed_start_leaves_no_folder_and_a_retry_is_accepted(tmp_path, tiny_gp
 
     real_train = ex.train
 
-    def failing_train(model, task, cfg, out, resume=False, run_config=None):
+    def failing_train(model, task, cfg, out, resume=False, run_config=None, placement=None):
         (out / "curve.csv").write_text("step\n")  # what a start writes before failing
         raise UnicompError("the device went away")
 

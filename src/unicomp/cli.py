@@ -395,24 +395,23 @@ def _targets(text: str | None) -> list[float] | None:
 def cmd_dt_eval(args: argparse.Namespace) -> None:
     import torch
 
-    from unicomp.experiments.dt import evaluate_run
+    from unicomp.experiments.dt import EvalSettings, evaluate_run
     from unicomp.experiments.kinds import evaluation_summary
 
     if args.threads is not None and args.threads < 1:
         raise UnicompError(f"dt eval: --threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = evaluate_run(
-        args.run,
+    evaluation = EvalSettings(  # None: the run's own
         episodes=args.eval_episodes,
         seed=args.eval_seed,
-        targets=_targets(args.eval_targets),
         n_envs=args.eval_envs,
-        max_steps=args.eval_max_steps,
+        max_steps=args.eval_max_steps or 0,
         window=args.eval_window,
-        out=args.out,
-        device=args.device,
+        sample=None,
+        targets=tuple(_targets(args.eval_targets) or ()),
     )
+    result = evaluate_run(args.run, evaluation, out=args.out, device=args.device)
     keys = ("env", "algo", "train_steps", "episodes", "return_mean", "normalized_score_mean")
     summary = {k: result[k] for k in (*keys, "success_rate") if k in result}
     summary["eval"] = [evaluation_summary(e) for e in result["eval"]]
@@ -421,6 +420,7 @@ def cmd_dt_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_dt_external(args: argparse.Namespace) -> None:
+    from unicomp.experiments.dt import EvalSettings
     from unicomp.experiments.kinds import KINDS
 
     external = KINDS["external"]
@@ -436,10 +436,12 @@ def cmd_dt_external(args: argparse.Namespace) -> None:
         env=args.env,
         steps=args.steps,
         seed=args.seed,
-        eval_episodes=args.eval_episodes,
-        eval_seed=args.eval_seed,
-        eval_envs=args.eval_envs,
-        eval_max_steps=args.eval_max_steps,
+        evaluation=EvalSettings(
+            episodes=args.eval_episodes,
+            seed=args.eval_seed,
+            n_envs=args.eval_envs,
+            max_steps=args.eval_max_steps,
+        ),
         python=args.d3rlpy_python,
         device=args.device,
         delayed_reward=args.delayed_reward,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections import OrderedDict
@@ -57,7 +56,7 @@ from unicomp.data import cache_dir
 from unicomp.errors import UnicompError
 from unicomp.files import atomic_write
 from unicomp.tasks.base import Batch, Scored, Task, TensorTask, shard_range
-from unicomp.train import autocast, pick_device, process_rank
+from unicomp.train import Placement, autocast, is_main_process
 
 MODES = ("auto", "off", "memory", "disk")
 FORMAT = "1"  # bump when the file layout or what the key covers changes
@@ -456,24 +455,6 @@ def clear_memory() -> None:
 
 
 # --- one call for run_fpt -----------------------------------------------------------------------
-def run_device(device_name: str) -> torch.device:
-    """The device ``unicomp.train.train`` will use for ``device_name`` (per rank under torchrun)."""
-    device = pick_device(device_name)
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return device
-
-
-def resolved_precision(device: torch.device, requested: str) -> str:
-    """``bf16`` or ``fp32``: ``requested``, with ``auto`` resolved as the training loop does."""
-    from unicomp import train as loop
-
-    resolve = getattr(loop, "resolve_precision", None)
-    if resolve is not None:
-        return resolve(device, requested)[0]
-    return "fp32" if requested == "auto" else requested
-
-
 @dataclass
 class Prepared:
     features: dict[str, Batch]
@@ -486,20 +467,20 @@ def prepare_features(
     cfg: Any,
     task: TensorTask,
     model: nn.Module,
-    device: torch.device,
-    precision: str,
+    placement: Placement,
     mode: str,
 ) -> Prepared:
     """The features of ``model`` (an FPT whose freeze policy trains only ``head``) on every
     example of ``task``: from this process's memory, the disk cache (``mode`` ``disk`` or
-    ``auto``) or computed (and then kept there). ``precision``: the resolved one."""
+    ``auto``) or computed (and then kept there), on the run's device in its precision
+    (``placement``, the one the loop trains the head with)."""
     t0 = time.perf_counter()
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if not trainable or any(not n.startswith("head.") for n in trainable):
         raise UnicompError(
             f"cached features need a model where only head.* trains; trainable: {trainable[:4]}"
         )
-    key, description = feature_key(cfg, task, model, precision, device)
+    key, description = feature_key(cfg, task, model, placement.precision, placement.device)
     sizes = {s: len(task.data[s]) for s in SPLITS}
 
     def done(features: dict[str, Batch], report: str) -> Prepared:
@@ -520,14 +501,14 @@ def prepare_features(
     features = extract_features(
         model,
         task,
-        device,
-        precision,
+        placement.device,
+        placement.precision,
         chunk_size=cfg.train.eval_batch_size,
         progress=cfg.train.progress,
     )
     if not use_disk:
         return done(features, f"computed, kept in memory (key {key})")
-    if process_rank() != 0:  # under torchrun rank 0 writes the cache
+    if not is_main_process():  # under torchrun rank 0 writes the cache
         return done(features, f"computed (rank 0 writes {path})")
     try:
         save_features(path, key, description, features)

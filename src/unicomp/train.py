@@ -40,9 +40,19 @@ CURVE_FIELDS = ["step", "train_loss", "train_accuracy", "val_loss", "val_accurac
 
 
 def pick_device(name: str) -> torch.device:
+    """The device ``name`` names; ``auto``: a GPU where there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def run_device(name: str) -> torch.device:
+    """The device a run computes on for ``name``: :func:`pick_device`'s, and under
+    ``torchrun`` this rank's own GPU (``$LOCAL_RANK``) where that is a GPU."""
+    device = pick_device(name)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
 
 
 def autocast(device: torch.device, precision: str):
@@ -111,7 +121,10 @@ def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     model.load_state_dict(state, strict=False)
 
 
-def _lr_lambda(cfg: TrainConfig):
+def lr_lambda(cfg: TrainConfig):
+    """The learning-rate factor of each step (warm-up, then ``cfg.schedule``), for
+    ``torch.optim.lr_scheduler.LambdaLR``."""
+
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
@@ -159,6 +172,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 def process_rank() -> int:
     """This process's rank under ``torchrun`` (``$RANK``), else 0: only rank 0 writes files."""
     return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the run's files: rank 0 under ``torchrun``, else always."""
+    return process_rank() == 0
 
 
 class Dist:
@@ -223,6 +241,42 @@ class Dist:
             import torch.distributed as td
 
             td.barrier()
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one run computes, decided once (:meth:`resolve`) and passed to everything that
+    computes for it (the attention probe, feature extraction, the loop): its processes
+    (``dist``), this process's device, the precision every rank agreed on (``bf16`` or
+    ``fp32``, never ``auto``) and why (metrics.json's ``precision_reason``). The loop closes
+    ``dist``'s process group when its run ends."""
+
+    device: torch.device
+    precision: str
+    reason: str
+    dist: Dist = dataclasses.field(default_factory=Dist.single, compare=False, repr=False)
+
+    @classmethod
+    def resolve(cls, cfg: TrainConfig) -> Placement:
+        """``cfg.device`` and ``cfg.precision`` resolved for this machine (:func:`run_device`,
+        :func:`resolve_precision`); under ``torchrun`` the process group is opened and the
+        ranks agree (fp32 everywhere where they measured differently). fp32 on a GPU with
+        TF32 cores switches on TF32 matmuls, as the reason records."""
+        device = run_device(cfg.device)
+        dist = Dist(device)
+        precision, why = resolve_precision(device, cfg.precision)
+        if dist.sum([float(precision == "bf16")])[0] not in (0, dist.world):  # ranks must agree
+            precision, why = "fp32", "ranks measured differently; fp32 everywhere"
+        if precision == "fp32" and device.type == "cuda" and tf32_capable(device):
+            # fp32 asked on Ampere or newer: matmuls in TF32 (10-bit mantissa inputs, fp32
+            # accumulation), as PyTorch's own fp32 default once was; recorded
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+            why += "; matmuls in TF32"
+        return cls(device, precision, why, dist)
+
+    def autocast(self):
+        """The run's autocast context: bf16, or nothing for fp32."""
+        return autocast(self.device, self.precision)
 
 
 @torch.inference_mode()
@@ -401,6 +455,7 @@ def train(
     out: Path,
     resume: bool = False,
     run_config: dict | None = None,
+    placement: Placement | None = None,
 ) -> dict:
     """Train ``model`` on ``task``; return metrics of the validation-selected checkpoint.
 
@@ -408,27 +463,18 @@ def train(
     the best validation step), curve.csv (the learning curve), and with ``cfg.track`` the
     tracker's files (unicomp.tracking; ``run_config`` is what it records as the config).
     Under ``torchrun`` it trains with DistributedDataParallel and rank 0 writes the files.
+    ``placement``: the run's, where its caller resolved it already (else resolved here).
     """
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    dist = Dist(device)
-    precision, precision_why = resolve_precision(device, cfg.precision)
-    if dist.sum([float(precision == "bf16")])[0] not in (0, dist.world):  # ranks must agree
-        precision, precision_why = "fp32", "ranks measured differently; fp32 everywhere"
-    cfg = dataclasses.replace(cfg, precision=precision)
-    if precision == "fp32" and device.type == "cuda" and tf32_capable(device):
-        # fp32 asked on Ampere or newer: matmuls in TF32 (10-bit mantissa inputs, fp32
-        # accumulation), as PyTorch's own fp32 default once was; recorded
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        precision_why += "; matmuls in TF32"
+    placement = placement or Placement.resolve(cfg)
+    device, dist = placement.device, placement.dist
+    cfg = dataclasses.replace(cfg, precision=placement.precision)
     warnings = schedule_warnings(cfg)
     for warning in warnings if dist.is_main else ():
         print(f"unicomp: warning: {warning}", file=sys.stderr, flush=True)
     model.to(device)
     data_on = task.place(device)  # after the model: the memory rule counts what is left
     opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     ckpt_path, best_path, curve_path = (
         out / "checkpoint.pt",
         out / "best.safetensors",
@@ -509,7 +555,7 @@ def train(
                 if dist.enabled and i < cfg.grad_accum - 1:
                     sync = net.no_sync()  # all-reduce gradients once, after the last micro-batch
                 with sync:
-                    with autocast(device, cfg.precision):
+                    with placement.autocast():
                         logits = net(chunk.x, chunk.mask)
                     loss = task.loss(logits, chunk.y, chunk.target_mask)
                     (loss / cfg.grad_accum).backward()
@@ -619,8 +665,8 @@ def train(
         "train_seconds": round(train_seconds, 2),
         "final_train_accuracy": rows[-1]["train_accuracy"] if rows else None,
         "device": str(device),
-        "precision": precision,
-        "precision_reason": precision_why,
+        "precision": placement.precision,
+        "precision_reason": placement.reason,
         "compiled": cfg.compile,
         "data_on": data_on,  # where the task's stored data was: device, pinned or host
         "processes": dist.world,

@@ -302,6 +302,13 @@ def hub_reachable() -> str | None:
     return None
 
 
+def hub_cache_only(location: str) -> bool:
+    """Whether ``location`` (a hub id or a local folder) is to be read from the hub cache
+    alone: a hub id while the hub cannot be reached now, so that loading fails fast where the
+    cache lacks it, with no retries."""
+    return not Path(location).is_dir() and hub_reachable() is not None
+
+
 def _hub_download(hub_id: str) -> tuple[Path | None, str]:
     """Download ``hub_id``'s config and weights (safetensors where the repo has them, else its
     .bin files) into the hub cache at the commit the hub names now: (snapshot folder, "") or
@@ -380,9 +387,10 @@ def _random_config(name: str, spec: BackboneSpec | None) -> tuple[Any, str]:
         cfg = dict(spec.config)
         model_type = cfg.pop("model_type")
         return transformers.CONFIG_MAPPING[model_type](**cfg), f"embedded config of {name}"
-    try:  # from the hub cache alone where the hub cannot be reached (fails fast, no retries)
-        local = not Path(name).is_dir() and hub_reachable() is not None
-        config = transformers.AutoConfig.from_pretrained(name, local_files_only=local)
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            name, local_files_only=hub_cache_only(name)
+        )
         return config, f"config of {name}"
     except OSError as err:
         raise WeightsNotFoundError(

@@ -28,7 +28,7 @@ from unicomp.files import atomic_write_json, claim_run_folder
 from unicomp.provenance import provenance
 from unicomp.tasks.base import Task
 from unicomp.tasks.catalog import TASKS, ensure_task, expand_task, task_source
-from unicomp.train import pick_device, process_rank, train
+from unicomp.train import Placement, is_main_process, train
 
 
 def task_defaults(name: str) -> dict:
@@ -121,11 +121,6 @@ def check_run_call(resume: bool, overwrite: bool) -> None:
         )
 
 
-def is_main_process() -> bool:
-    """Whether this process writes the run folder: rank 0 under torchrun, or the only one."""
-    return process_rank() == 0  # under torchrun only rank 0 writes
-
-
 def train_and_record(
     cfg: Any,
     task: Task,
@@ -135,10 +130,12 @@ def train_and_record(
     out: Path,
     resume: bool,
     overwrite: bool = False,
+    placement: Placement | None = None,
 ) -> dict:
     """The part every ``run_*`` shares: save config.yaml, train, write metrics.json.
     ``resume``: continue the run in ``out``; ``overwrite``: replace the run there (see
-    ``check_run_call``).
+    ``check_run_call``); ``placement``: the run's device and precision where the caller
+    resolved them already (else resolved here, once, for the whole run).
 
     metrics.json: ``header`` (what was run), the seed, the training result, ``summary``
     (what was built), then the data and the machine.
@@ -147,16 +144,19 @@ def train_and_record(
     check_run_call(resume, overwrite)
     is_main = is_main_process()
     changes = check_resume(cfg, out) if resume else {}
+    placement = placement or Placement.resolve(cfg.train)
     # Claimed (locked) for the run; a new run into a folder holding one is refused before
     # config.yaml is written; a start that fails before its first checkpoint is undone.
     with claim_run_folder(out, resume=resume, enabled=is_main, overwrite=overwrite):
         if is_main and (not resume or changes):
             # on resume: the changes applied, recorded; the device ``auto`` picks, as a comment
             # (the setting stays auto, so the file runs again on another machine)
-            used = f"train.device {cfg.train.device}: this run used {pick_device(cfg.train.device)}"
+            used = f"train.device {cfg.train.device}: this run used {placement.device}"
             save_yaml(cfg, out / "config.yaml", comments=[used])
         t0 = time.perf_counter()
-        result = train(model, task, cfg.train, out, resume=resume, run_config=to_dict(cfg))
+        result = train(
+            model, task, cfg.train, out, resume=resume, run_config=to_dict(cfg), placement=placement
+        )
         if is_main:  # the task's own test scores, with the best weights train() left loaded
             result.update(task.test_metrics(model, cfg.train.eval_batch_size))
         metrics = {
@@ -262,8 +262,8 @@ def check_resume(cfg: Any, out: Path) -> dict:
 
 # --- reading a finished run folder back ---------------------------------------------------------
 def recorded_best_step(folder: Path, where: str, finished: bool) -> int | None:
-    """metrics.json's best_step; without a readable metrics.json an error where ``finished``
-    is asked for, else None."""
+    """The run folder's best_step, from its metrics.json; without a readable metrics.json an
+    error where ``finished`` is asked for, else None. ``where`` prefixes the message."""
     import json
 
     path = folder / "metrics.json"
@@ -280,7 +280,7 @@ def recorded_best_step(folder: Path, where: str, finished: bool) -> int | None:
     return None
 
 
-def read_best_weights(folder: Path, where: str = "") -> dict[str, torch.Tensor]:
+def read_best(folder: Path, where: str = "") -> dict[str, torch.Tensor]:
     """A run folder's best.safetensors; a one-line error where it is missing or unreadable."""
     from safetensors.torch import load_file
 
@@ -299,7 +299,7 @@ def read_best_weights(folder: Path, where: str = "") -> dict[str, torch.Tensor]:
         ) from None
 
 
-def load_checked_weights(
+def load_checked(
     model: nn.Module, state: dict[str, torch.Tensor], path: str, what: str, trains: str
 ) -> None:
     """Load a run's saved tensors into its rebuilt ``model`` after checking them: every

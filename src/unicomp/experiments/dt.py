@@ -17,6 +17,7 @@ return, and every target's result under ``eval``.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from torch import nn
 
 from unicomp.config import DTConfig, comma_numbers, from_dict, load_yaml
 from unicomp.errors import UnicompError
-from unicomp.experiments.common import is_main_process, read_best_weights, train_and_record
+from unicomp.experiments.common import read_best, train_and_record
 from unicomp.experiments.offline_rl import data_label, offline_rl_method, run_label
 from unicomp.files import atomic_write_json, read_record
 from unicomp.freezing import count_parameters
@@ -34,7 +35,7 @@ from unicomp.provenance import provenance
 from unicomp.rl.dt_task import DTTask
 from unicomp.rl.envs import register_env_spec
 from unicomp.rl.evaluate import default_targets, evaluate_dt, score_reference
-from unicomp.train import load_trainable_state, pick_device
+from unicomp.train import is_main_process, load_trainable_state, pick_device
 
 
 def dt_task_defaults(name: str) -> dict:
@@ -103,6 +104,49 @@ SCORE_KEYS = (
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How a trained policy is scored by acting in its environment, built once (from a run's
+    config by :meth:`of`, or from a command's flags) and passed whole to :func:`act`,
+    :func:`evaluate_run` and unicomp.experiments.external: ``episodes`` per target return
+    (episode i resets with ``seed + i``), ``n_envs`` environments stepped together, a time
+    limit ``max_steps`` (0: the environment's own), the context past K (``window``: exact or
+    rolling), discrete actions drawn from the predicted distribution (``sample``) and the
+    target returns (``targets``; empty: the defaults). The defaults are DTConfig's; ``dt
+    eval`` leaves ``seed``, ``window`` and ``sample`` None: the run's own."""
+
+    episodes: int = 10
+    seed: int | None = 10_000
+    n_envs: int = 16
+    max_steps: int = 0
+    window: str | None = "exact"
+    sample: bool | None = False
+    targets: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, cfg: DTConfig) -> EvalSettings:
+        """A run's settings: its config's ``eval_*`` fields."""
+        return cls(
+            episodes=cfg.eval_episodes,
+            seed=cfg.eval_seed,
+            n_envs=cfg.eval_envs,
+            max_steps=cfg.eval_max_steps,
+            window=cfg.eval_window,
+            sample=cfg.eval_sample,
+            targets=tuple(comma_numbers(cfg.eval_targets, float, "--eval-targets")),
+        )
+
+    def completed(self, cfg: DTConfig) -> EvalSettings:
+        """These settings with the run's own ``seed``, ``window`` and ``sample`` where they
+        are None (``cfg``: the run's config)."""
+        return dataclasses.replace(
+            self,
+            seed=cfg.eval_seed if self.seed is None else self.seed,
+            window=self.window or cfg.eval_window,
+            sample=cfg.eval_sample if self.sample is None else self.sample,
+        )
+
+
 def primary_scores(evals: list[dict]) -> dict:
     """The first evaluation's scores, for the top level of metrics.json / eval.json."""
     if not evals:
@@ -121,18 +165,13 @@ def act(
     targets: list[float | None],
     norm: dict,
     reference: dict | None,
-    *,
-    episodes: int,
-    seed: int,
-    n_envs: int,
-    max_steps: int | None,
-    window: str,
-    sample: bool,
+    evaluation: EvalSettings,
     progress: bool = True,
 ) -> list[dict]:
     """Act with a trained policy in ``env_id``, once per target return (None: BC, which reads
-    none), as it was trained to (``norm``: the run's normalization); scores against
-    ``reference`` (the data set's random/expert returns) where given, else our table's."""
+    none), as it was trained to (``norm``: the run's normalization), as ``evaluation`` says
+    (its ``targets`` aside: ``targets`` are the ones chosen); scores against ``reference``
+    (the data set's random/expert returns) where given, else our table's."""
     refs = reference and (reference["ref_min_score"], reference["ref_max_score"])
     return [
         evaluate_dt(
@@ -142,13 +181,13 @@ def act(
             norm["state_mean"],
             norm["state_std"],
             norm["rtg_scale"],
-            episodes=episodes,
-            seed=seed,
-            n_envs=n_envs,
-            max_episode_steps=max_steps or None,
-            window=window,
+            episodes=evaluation.episodes,
+            seed=evaluation.seed,
+            n_envs=evaluation.n_envs,
+            max_episode_steps=evaluation.max_steps or None,
+            window=evaluation.window,
             delayed_reward=bool(norm.get("delayed_reward", False)),
-            sample=sample,
+            sample=evaluation.sample,
             ref_scores=refs,
             progress=progress,
         )
@@ -173,18 +212,18 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
         )
     method = offline_rl_method(cfg.algo)
     method.check(cfg)
+    evaluation = EvalSettings.of(cfg)
     task = build_dt_task(cfg)
     env_id = task.env_id
-    if cfg.eval_episodes > 0 and not env_id:
+    if evaluation.episodes > 0 and not env_id:
         raise UnicompError(
             f"{cfg.data} names no environment (D4RL files never do); pass --env, e.g. "
             "--env Hopper-v5, to evaluate in one"
         )
-    if cfg.eval_episodes > 0:
+    if evaluation.episodes > 0:
         check_env_fits_data(env_id, task.dataset, cfg.data)  # before training, not after
-    targets = comma_numbers(cfg.eval_targets, float, "--eval-targets")
     returns = task.dataset.returns()
-    targets = targets or list(
+    targets = list(evaluation.targets) or list(
         default_targets(env_id, float(returns.max()), float(np.median(returns)))
     )
     eval_targets: list[float | None] = list(targets) if method.reads_returns else [None]
@@ -223,20 +262,9 @@ def run_dt(cfg: DTConfig, resume: bool = False, overwrite: bool = False) -> dict
     header = {"task": "dt", "model": summary["policy"], "data": cfg.data}
     metrics = train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
     metrics["train_steps"] = metrics["steps"]
-    if cfg.eval_episodes > 0 and is_main_process():
+    if evaluation.episodes > 0 and is_main_process():
         metrics["eval"] = act(
-            model,
-            env_id,
-            eval_targets,
-            norm,
-            reference,
-            episodes=cfg.eval_episodes,
-            seed=cfg.eval_seed,
-            n_envs=cfg.eval_envs,
-            max_steps=cfg.eval_max_steps,
-            window=cfg.eval_window,
-            sample=cfg.eval_sample,
-            progress=cfg.train.progress,
+            model, env_id, eval_targets, norm, reference, evaluation, progress=cfg.train.progress
         )
         metrics.update(primary_scores(metrics["eval"]))
     if is_main_process():
@@ -296,21 +324,21 @@ def load_dt_run(run: str | Path) -> tuple[nn.Module, DTConfig, dict]:
     best = run / "best.safetensors"
     if not best.exists():
         raise UnicompError(f"{best} does not exist: the run saved no weights")
-    load_trainable_state(model, read_best_weights(run))  # a damaged file: one line naming it
+    load_trainable_state(model, read_best(run))  # a damaged file: one line naming it
     return model.eval(), cfg, metrics
 
 
-def _eval_problems(episodes: int, seed: int | None, n_envs: int, max_steps: int | None) -> str:
+def _eval_problems(evaluation: EvalSettings) -> str:
     """``evaluate_run``'s settings outside their range, named as dt eval's flags ('' if none):
     checked before the run is loaded (0 episodes gave a numpy traceback after loading, a
     negative time limit an endless episode)."""
     from unicomp.config import MAX_EVAL_EPISODES, MAX_SEED, MAX_STEPS
 
     limits = [
-        ("--eval-episodes", episodes, 1, MAX_EVAL_EPISODES),
-        ("--eval-seed", seed, 0, MAX_SEED),
-        ("--eval-envs", n_envs, 1, 1 << 12),
-        ("--eval-max-steps", max_steps, 0, MAX_STEPS),
+        ("--eval-episodes", evaluation.episodes, 1, MAX_EVAL_EPISODES),
+        ("--eval-seed", evaluation.seed, 0, MAX_SEED),
+        ("--eval-envs", evaluation.n_envs, 1, 1 << 12),
+        ("--eval-max-steps", evaluation.max_steps, 0, MAX_STEPS),
     ]
     return "; ".join(
         f"{flag} must be an integer in {low}..{high}, got {value!r}"
@@ -320,28 +348,29 @@ def _eval_problems(episodes: int, seed: int | None, n_envs: int, max_steps: int 
     )
 
 
+# dt eval's defaults: 10 episodes per target, 16 environments, the environment's time limit,
+# and the run's own seed, context window and sampling
+DT_EVAL_DEFAULTS = EvalSettings(seed=None, window=None, sample=None)
+
+
 def evaluate_run(
     run: str | Path,
-    episodes: int = 10,
-    seed: int | None = None,
-    targets: list[float] | None = None,
-    n_envs: int = 16,
-    max_steps: int | None = None,
-    window: str | None = None,
+    evaluation: EvalSettings = DT_EVAL_DEFAULTS,
     out: str | Path | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Act with a run's best weights in its environment: ``episodes`` episodes per target
-    return (episode i resets with ``seed + i``; default the run's ``eval_seed``), many at
-    once in vector environments. Targets default to the ones the run was evaluated with
-    (else the paper's for the environment); BC runs ignore them. Writes ``out``
+    """Act with a run's best weights in its environment as ``evaluation`` says (its None
+    fields: the run's own; :data:`DT_EVAL_DEFAULTS`): its ``episodes`` per target return,
+    many at once in vector environments. Targets default to the ones the run was evaluated
+    with (else the paper's for the environment); BC runs ignore them. Writes ``out``
     (default ``run/eval.json``) and returns its content. ``device``: where the model acts
     (auto: a GPU where there is one); the environments step on the CPU."""
 
-    problems = _eval_problems(episodes, seed, n_envs, max_steps)
+    problems = _eval_problems(evaluation)
     if problems:
         raise UnicompError(f"dt eval: {problems}")
     model, cfg, metrics = load_dt_run(run)
+    evaluation = evaluation.completed(cfg)
     model.to(pick_device(device))
     env_id = metrics.get("env") or cfg.env
     if not env_id:
@@ -352,28 +381,15 @@ def evaluate_run(
     norm = metrics["normalization"]
     if not offline_rl_method(cfg.algo).reads_returns:
         chosen: list[float | None] = [None]
-    elif targets:
-        chosen = list(targets)
+    elif evaluation.targets:
+        chosen = list(evaluation.targets)
     elif metrics.get("eval"):
         chosen = [e["target_return"] for e in metrics["eval"]]
     else:
         data = metrics["data"]  # runs before return_median was recorded: the mean
         typical = data.get("return_median", data["return_mean"])
         chosen = list(default_targets(env_id, float(data["return_max"]), float(typical)))
-    seed = cfg.eval_seed if seed is None else seed
-    evals = act(
-        model,
-        env_id,
-        chosen,
-        norm,
-        reference,
-        episodes=episodes,
-        seed=seed,
-        n_envs=n_envs,
-        max_steps=max_steps,
-        window=window or cfg.eval_window,
-        sample=cfg.eval_sample,
-    )
+    evals = act(model, env_id, chosen, norm, reference, evaluation)
     result = {
         "run": str(run),
         "env": env_id,
@@ -381,7 +397,7 @@ def evaluate_run(
         "label": run_label(metrics, cfg.algo),
         "data_path": cfg.data,
         "seed": cfg.train.seed,
-        "eval_seed": seed,
+        "eval_seed": evaluation.seed,
         "train_steps": metrics.get("steps"),
         "best_step": metrics.get("best_step"),
         **primary_scores(evals),

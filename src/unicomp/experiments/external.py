@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from unicomp.errors import UnicompError
-from unicomp.experiments.dt import primary_scores
+from unicomp.experiments.dt import EvalSettings, primary_scores
 from unicomp.experiments.offline_rl import OfflineRLMethod, data_label
 from unicomp.files import atomic_write_json
 from unicomp.registry import OFFLINE_RL_METHODS
@@ -68,6 +68,11 @@ REPO = Path(__file__).resolve().parents[3]
 TRAIN_SCRIPT = REPO / "scripts" / "d3rlpy_train.py"
 D3RLPY_PYTHON = REPO / ".venv-d3rlpy" / "bin" / "python"
 D3RLPY_INSTALL = "python3 -m venv .venv-d3rlpy && .venv-d3rlpy/bin/pip install torch==2.13.0 d3rlpy"
+
+
+# How an external run's policy acts by default: 10 episodes resetting with seeds 10000, ...,
+# 16 environments at once, the environment's own time limit (as a DT run's defaults)
+EVAL_DEFAULTS = EvalSettings()
 
 
 def default_out(algo: str, data: str, seed: int) -> Path:
@@ -176,14 +181,13 @@ def score_run(
     seed: int,
     steps: int,
     wall_seconds: float,
-    eval_episodes: int = 10,
-    eval_seed: int = 10_000,
-    eval_envs: int = 16,
-    eval_max_steps: int = 0,
+    evaluation: EvalSettings = EVAL_DEFAULTS,
 ) -> dict[str, Any]:
     """Act with out/policy.pt in the exported environment and write out/metrics.json: the
     training record (out/d3rlpy_log.json), the evaluation under ``eval`` and its scores at
-    the top level, as a DT run's (``primary_target`` null: CQL/IQL read no return)."""
+    the top level, as a DT run's (``primary_target`` null: CQL/IQL read no return).
+    ``evaluation``: its episodes, seed, environments and time limit (a Markov policy reads
+    no target return and no context window)."""
     env = exported["env"]
     reference = exported["reference_scores"]
     refs = reference and (reference["ref_min_score"], reference["ref_max_score"])
@@ -191,12 +195,12 @@ def score_run(
     result = run_episodes(
         env,
         TorchScriptAgent(out / "policy.pt", exported["discrete"]),
-        eval_episodes,
-        seed=eval_seed,
-        n_envs=eval_envs,
-        max_episode_steps=eval_max_steps or None,
+        evaluation.episodes,
+        seed=evaluation.seed,
+        n_envs=evaluation.n_envs,
+        max_episode_steps=evaluation.max_steps or None,
     )
-    evaluation = {"target_return": None, "seed": eval_seed, **result.summary(env, refs)}
+    scored = {"target_return": None, "seed": evaluation.seed, **result.summary(env, refs)}
     metrics = {
         "task": "offline-rl",
         "model": f"d3rlpy-{algo}",
@@ -215,8 +219,8 @@ def score_run(
         "d3rlpy_settings": trained.get("settings"),
         "batch_size": trained.get("batch_size"),
         "lr": trained.get("learning_rate"),
-        "eval": [evaluation],
-        **primary_scores([evaluation]),
+        "eval": [scored],
+        **primary_scores([scored]),
     }
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
@@ -230,17 +234,15 @@ def run_external(
     env: str | None = None,
     steps: int = 100_000,
     seed: int = 0,
-    eval_episodes: int = 10,
-    eval_seed: int = 10_000,
-    eval_envs: int = 16,
-    eval_max_steps: int = 0,
+    evaluation: EvalSettings = EVAL_DEFAULTS,
     python: str | Path | None = None,
     device: str = "cpu:0",
     delayed_reward: bool = False,
 ) -> dict[str, Any]:
     """The three stages (module docstring) into the run folder ``out``; returns its
-    metrics.json. ``delayed_reward``: d3rlpy trains on the data with each episode's rewards
-    summed at its last step; acting is unchanged (a Markov policy reads no reward)."""
+    metrics.json. ``evaluation``: how stage 3 acts (:func:`score_run`). ``delayed_reward``:
+    d3rlpy trains on the data with each episode's rewards summed at its last step; acting
+    is unchanged (a Markov policy reads no reward)."""
     if algo not in external_methods():
         choices = ", ".join(external_methods())
         raise UnicompError(f"unknown algorithm {algo!r}; choose from {choices}")
@@ -271,8 +273,5 @@ def run_external(
         seed=seed,
         steps=steps,
         wall_seconds=wall,
-        eval_episodes=eval_episodes,
-        eval_seed=eval_seed,
-        eval_envs=eval_envs,
-        eval_max_steps=eval_max_steps,
+        evaluation=evaluation,
     )

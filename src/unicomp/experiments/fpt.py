@@ -13,12 +13,20 @@ import torch
 from unicomp.backbones.base import LoadedBackbone, truncate_layers
 from unicomp.backbones.catalog import FREEZE_POLICIES
 from unicomp.backbones.loading import load_backbone
-from unicomp.config import KIND_TITLES, FPTConfig, from_dict, load_yaml, recorded_kind, to_dict
+from unicomp.config import (
+    KIND_TITLES,
+    FPTConfig,
+    check_config,
+    from_dict,
+    load_yaml,
+    recorded_kind,
+    to_dict,
+)
 from unicomp.errors import UnicompError, WeightsNotFoundError
 from unicomp.experiments.common import (
     build_task,
-    load_checked_weights,
-    read_best_weights,
+    load_checked,
+    read_best,
     recorded_best_step,
     settle_task,
     train_and_record,
@@ -28,11 +36,13 @@ from unicomp.models.fpt import FPT
 from unicomp.provenance import provenance
 from unicomp.tasks.base import Task
 from unicomp.tasks.catalog import TASKS, ensure_task
-from unicomp.train import autocast, pick_device, resolve_precision
+from unicomp.train import Placement
 
 
-def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
-    """The FPT model with its freeze policy applied, and a summary of what was built."""
+def build_fpt(cfg: FPTConfig, task: Task, placement: Placement | None = None) -> tuple[FPT, dict]:
+    """The FPT model with its freeze policy applied, and a summary of what was built.
+    ``placement``: the run's, where attention ``measure`` times the step (None: resolved
+    from ``cfg.train`` where it is needed)."""
     from unicomp import features as fc
 
     FREEZE_POLICIES.entry(cfg.freeze)  # fail on a bad name before loading any weights
@@ -56,17 +66,15 @@ def build_fpt(cfg: FPTConfig, task: Task) -> tuple[FPT, dict]:
     elif cfg.attn_implementation == "measure":
         # Timed on this run's device, batch and precision (machine load can change the
         # pick: an explicit choice, never the default)
-        device = pick_device(cfg.train.device)
+        placement = placement or Placement.resolve(cfg.train)
         micro = max(1, min(32, cfg.train.batch_size // cfg.train.grad_accum))
-        probe = task.train_batch(0, micro, cfg.train.seed).to(device)
-        precision = resolve_precision(device, cfg.train.precision)[0]
+        probe = task.train_batch(0, micro, cfg.train.seed).to(placement.device)
         attention = choose_attention(
             model,
             probe.x,
             probe.mask,
             lambda out: task.loss(out, probe.y, probe.target_mask),
-            device,
-            precision,
+            placement,
         )
     if chosen_here:  # written into config.yaml: a resumed or repeated run uses the same one
         cfg.attn_implementation = attention.split()[0]
@@ -102,7 +110,9 @@ def run_fpt(cfg: FPTConfig, resume: bool = False, overwrite: bool = False) -> di
     ``overwrite``: replace it; else a folder holding a run is an error). Output-only runs on
     fixed data train the head alone on
     features computed once (unicomp.features; ``cfg.feature_cache``); metrics.json records
-    ``feature_cache`` (what was used, or why not) and ``feature_seconds``."""
+    ``feature_cache`` (what was used, or why not) and ``feature_seconds``. The device and
+    precision are resolved once (``Placement``) for the attention probe, the features and the
+    loop."""
     from unicomp import features as fc
 
     settle_task(cfg)
@@ -114,14 +124,15 @@ def run_fpt(cfg: FPTConfig, resume: bool = False, overwrite: bool = False) -> di
         cfg.attn_implementation = load_yaml(out / "config.yaml").get("attn_implementation")
     task = build_task(cfg.task, cfg.task_args)
     why_not = fc.feature_cache_plan(cfg, task)  # an explicit memory/disk that cannot apply fails
-    model, summary = build_fpt(cfg, task)
+    placement = Placement.resolve(check_config(cfg).train)  # a device this machine has
+    model, summary = build_fpt(cfg, task, placement)
     header = {"task": cfg.task, "backbone": cfg.backbone, "freeze": cfg.freeze}
     if why_not is not None:
         summary["feature_cache"] = f"off: {why_not}"
-        return train_and_record(cfg, task, model, header, summary, out, resume, overwrite)
-    device = fc.run_device(cfg.train.device)
-    precision = fc.resolved_precision(device, cfg.train.precision)
-    prepared = fc.prepare_features(cfg, task, model, device, precision, cfg.feature_cache)
+        return train_and_record(
+            cfg, task, model, header, summary, out, resume, overwrite, placement
+        )
+    prepared = fc.prepare_features(cfg, task, model, placement, cfg.feature_cache)
     summary["feature_cache"] = prepared.report
     summary["feature_seconds"] = prepared.seconds
     summary["feature_key"] = prepared.key
@@ -129,7 +140,7 @@ def run_fpt(cfg: FPTConfig, resume: bool = False, overwrite: bool = False) -> di
     # best.safetensors / checkpoint.pt name them head.weight / head.bias as the FPT does.
     cached = fc.CachedFeatureTask(task, prepared.features)
     head = fc.HeadOnly(model.head)
-    return train_and_record(cfg, cached, head, header, summary, out, resume, overwrite)
+    return train_and_record(cfg, cached, head, header, summary, out, resume, overwrite, placement)
 
 
 # FPTConfig fields whose effect on the model rebuild_fpt_run reproduces (through build_fpt), or
@@ -206,7 +217,7 @@ def rebuild_fpt_run(
     where = f"{where}: " if where else ""
     cfg = _run_config(folder, where)
     best_path = folder / "best.safetensors"
-    state = read_best_weights(folder, where)
+    state = read_best(folder, where)
     best_step = recorded_best_step(folder, where, finished)
     build = dataclasses.replace(cfg)  # build_fpt reads it; the run's own stays as saved
     if backbone_overrides is None:
@@ -221,9 +232,7 @@ def rebuild_fpt_run(
         model, summary = build_fpt(build, task)
     _check_frozen_weights(folder, cfg, summary["frozen_weights_sha256"], where)
     what = f"backbone {cfg.backbone}, task {cfg.task}"
-    load_checked_weights(
-        model, state, f"{where}{best_path}", what, f"freeze {cfg.freeze} trains them"
-    )
+    load_checked(model, state, f"{where}{best_path}", what, f"freeze {cfg.freeze} trains them")
     return FPTRun(folder, cfg, task, model, summary, sorted(state), best_step)
 
 
@@ -334,9 +343,10 @@ def default_attention(model: FPT) -> str:
     return "sdpa (auto: the fused kernel, chosen by rule, not timed)"
 
 
-def choose_attention(model: FPT, x, mask, loss_fn, device: torch.device, precision: str) -> str:
+def choose_attention(model: FPT, x, mask, loss_fn, placement: Placement) -> str:
     """Time a training step (forward, loss, backward) of ``model`` on the batch ``(x, mask)``
-    with each attention implementation; keep the fastest and describe the measurement.
+    with each attention implementation, on the run's device in its precision
+    (``placement``); keep the fastest and describe the measurement.
 
     Which one wins depends on the device, the sizes and the precision (on a 2-core AVX2 CPU in
     fp32 eager was ~4% faster for minilm-l6 at 64 tokens; see docs/benchmarks.md), so it is
@@ -344,6 +354,7 @@ def choose_attention(model: FPT, x, mask, loss_fn, device: torch.device, precisi
     """
     import time
 
+    device = placement.device
     model.to(device)
     x, mask = x.to(device), mask.to(device) if mask is not None else None
     seconds = {}
@@ -352,7 +363,7 @@ def choose_attention(model: FPT, x, mask, loss_fn, device: torch.device, precisi
         best = float("inf")
         for _ in range(3):  # the first call warms up
             t = time.perf_counter()
-            with autocast(device, precision):
+            with placement.autocast():
                 loss = loss_fn(model(x, mask))
             if loss.requires_grad:
                 loss.backward()

@@ -13,9 +13,8 @@ from unicomp.config import PerceiverConfig, from_dict, load_yaml, recorded_kind
 from unicomp.errors import UnicompError
 from unicomp.experiments.common import (
     build_task,
-    is_main_process,
-    load_checked_weights,
-    read_best_weights,
+    load_checked,
+    read_best,
     recorded_best_step,
     settle_task,
     task_defaults,
@@ -24,6 +23,7 @@ from unicomp.experiments.common import (
 from unicomp.freezing import count_parameters
 from unicomp.tasks.base import Task
 from unicomp.tasks.catalog import ensure_task
+from unicomp.train import is_main_process
 
 # Training defaults for Perceiver runs where the task's own (tuned for FPT) do not suit; they
 # sit where the task's defaults do, below --config and explicit flags.
@@ -111,13 +111,13 @@ def load_perceiver_run(folder: str | Path) -> tuple[nn.Module, Task, PerceiverCo
         raise UnicompError(f"{folder} is not a Perceiver run (its config.yaml: kind {kind})")
     cfg = from_dict(PerceiverConfig, data, f"config file {config_path}")
     ensure_task(cfg.task, cfg.task_source, f"config file {config_path}")
-    state = read_best_weights(folder)
+    state = read_best(folder)
     recorded_best_step(folder, "", finished=True)  # a finished run: metrics.json is there
     task = build_task(cfg.task, cfg.task_args)
     with torch.random.fork_rng():  # build_perceiver seeds the global state; the caller's kept
         model, _ = build_perceiver(cfg, task)
     best = str(folder / "best.safetensors")
-    load_checked_weights(model, state, best, f"task {cfg.task}", "the run trained them")
+    load_checked(model, state, best, f"task {cfg.task}", "the run trained them")
     return model.eval(), task, cfg
 
 

@@ -139,12 +139,13 @@ def load_hf_perceiver(name: str) -> tuple[nn.Module, str]:
     saved with) from a known short name, hub id or local folder; and where it came from."""
     import transformers
 
-    from unicomp.backbones.hf import hub_reachable
+    from unicomp.backbones.hf import hub_cache_only
 
     location = KNOWN.get(name, name)
-    try:  # from the hub cache alone where the hub cannot be reached (fails fast, no retries)
-        local = not Path(location).is_dir() and hub_reachable() is not None
-        config = transformers.AutoConfig.from_pretrained(location, local_files_only=local)
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            location, local_files_only=hub_cache_only(location)
+        )
     except OSError as err:
         from huggingface_hub.constants import HF_HUB_CACHE
 

@@ -118,9 +118,13 @@ def _run_cql(out: Path, a: dict, python: str | Path, jobs: int, say) -> None:
     seed on the game's data, evaluated as the DT rows are; a finished run is kept."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from unicomp.experiments.dt import EvalSettings
     from unicomp.experiments.external import run_external
 
     s = a["settings"]
+    evaluation = EvalSettings(
+        episodes=s["eval_episodes"], n_envs=s["eval_envs"], max_steps=s["eval_max_steps"]
+    )
     todo = [(game, seed) for game in a["games"] for seed in a["seeds"]
             if not (cql_folder(out, game, seed) / "metrics.json").is_file()]  # fmt: skip
 
@@ -129,8 +133,7 @@ def _run_cql(out: Path, a: dict, python: str | Path, jobs: int, say) -> None:
         say(f"{folder}: d3rlpy DiscreteCQL, {a['cql']['steps']:,} steps")
         try:
             run_external("cql", str(out / "atari" / game_slug(game)), folder, env=game,
-                         steps=a["cql"]["steps"], seed=seed, eval_episodes=s["eval_episodes"],
-                         eval_envs=s["eval_envs"], eval_max_steps=s["eval_max_steps"],
+                         steps=a["cql"]["steps"], seed=seed, evaluation=evaluation,
                          python=python)  # fmt: skip
             say(f"{folder}: done")
         except UnicompError as err:
