@@ -165,3 +165,34 @@ def test_ts_report_command_prints_the_tables(tmp_path, capsys):
     assert "## classification" in out and "## verdicts" in out and "| Set |" in out
     assert main(["ts", "report", str(tmp_path / "absent")]) == 2
     assert "not a folder of runs" in capsys.readouterr().err
+
+
+def test_the_campaign_script_lists_commands_the_cli_accepts():
+    """scripts/ts_campaign.sh with DRY_RUN=1: every command it would run parses, each run
+    folder is named once, and every set and series aeon ships is in it."""
+    import shlex
+    import subprocess
+    import sys
+
+    pytest.importorskip("aeon")
+    from unicomp.cli import build_parser
+    from unicomp.data import timeseries as ts
+
+    root = Path(__file__).resolve().parents[1]
+    env = {"DRY_RUN": "1", "UNICOMP": f"{sys.executable} -m unicomp", "PATH": "/usr/bin:/bin"}
+    env["PYTHONPATH"] = str(root / "src")
+    lines = subprocess.run(
+        ["bash", str(root / "scripts" / "ts_campaign.sh")],
+        capture_output=True, text=True, check=True, env=env, cwd=root,
+    ).stdout.splitlines()  # fmt: skip
+    outs = []
+    parser = build_parser()
+    for line in lines:
+        argv = shlex.split(line)[3:]  # after "<python> -m unicomp"
+        args = parser.parse_args(argv)
+        outs.append(args.out)
+    assert len(outs) == len(set(outs)) and all(o.startswith("results/timeseries/") for o in outs)
+    text = "\n".join(lines)
+    for name in ts.bundled_classification() + ts.bundled_forecasting():
+        assert f"name={name} " in text
+    assert "--task-arg name=JapaneseVowels --task-arg normalize=none" in text
