@@ -68,3 +68,21 @@ def test_the_readme_api_examples_run_as_written(tmp_path):
     for run in ("api-fpt", "api-perceiver", "api-dt"):
         assert (tmp_path / "runs" / run / "metrics.json").is_file(), run
     assert "DecisionTransformer" in out.stdout and "\nTrue\n" in out.stdout, out.stdout
+
+
+def test_a_module_imported_on_its_own_sees_every_registered_entry():
+    """The offline-RL methods and run: are registered by unicomp.experiments; a module imported
+    on its own (below it, or a tool) must still see them, in a fresh process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from unicomp.config import DTConfig, check_config\n"
+        "check_config(DTConfig(data='x', algo='bc'))\n"
+        "from unicomp.registry import OFFLINE_RL_METHODS\n"
+        "assert {'dt', 'bc', 'pbc'} <= set(OFFLINE_RL_METHODS.names())\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -26,11 +26,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import unicomp.experiments  # noqa: F401  (registers run: and the offline-RL methods; no torch)
 from unicomp.version import __version__
 
-# Where each name lives. Every name is handed out after unicomp.experiments is imported: the
-# highest layer that adds entries to the registries below it (run:, the offline-RL methods).
-_REGISTERS = "unicomp.experiments"
+# Where each name lives. unicomp.experiments, the highest layer that adds entries to the
+# registries below it, is imported with the package (above), so that a module imported on
+# its own (``from unicomp.reports.presets import ...``, ``DTConfig(algo="bc")``) sees them.
 _API = {
     "load_backbone": "unicomp.backbones.loading",
     "export_adapter": "unicomp.serving.adapters",
@@ -54,7 +55,6 @@ __all__ = ["__version__", *_API]
 def __getattr__(name: str) -> Any:
     if name not in _API:
         raise AttributeError(f"module 'unicomp' has no attribute {name!r}")
-    importlib.import_module(_REGISTERS)
     return getattr(importlib.import_module(_API[name]), name)
 
 
