@@ -134,7 +134,12 @@ def test_unreadable_records_and_unknown_parts_are_one_line_errors(tmp_path):
     (tmp_path / "fpt-s0" / "metrics.json").write_text("{not json")
     with pytest.raises(UnicompError, match="fpt-s0: unreadable record"):
         tsreport.load(tmp_path)
+    write_run(tmp_path / "hostile-s0", "Set", 0, 0.9)  # a config nested past YAML's depth rule
+    (tmp_path / "hostile-s0" / "config.yaml").write_text("a: " + "[" * 500 + "]" * 500 + "\n")
     (tmp_path / "fpt-s0" / "metrics.json").unlink()
+    with pytest.raises(UnicompError, match="hostile-s0: unreadable record"):
+        tsreport.load(tmp_path)
+    (tmp_path / "hostile-s0" / "metrics.json").unlink()
     with pytest.raises(UnicompError, match="no finished time-series runs"):
         tsreport.render(tmp_path, "verdicts")
     with pytest.raises(UnicompError, match="not a folder of runs"):

@@ -21,15 +21,13 @@ for forecasting (One Fits All's scripts, DAMO-DI-ML/NeurIPS2023-One-Fits-All).
 
 from __future__ import annotations
 
-import json
-import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from unicomp.config import load_yaml
 from unicomp.errors import UnicompError
+from unicomp.files import read_record
 from unicomp.reports.verdicts import (
     MISSING,
     Figure,
@@ -39,7 +37,7 @@ from unicomp.reports.verdicts import (
     budget_text,
     decide,
 )
-from unicomp.runs import markdown_table
+from unicomp.runs import markdown_table, mean_std
 
 GPT4TS_EPOCHS = {"ucr": 50, "forecast": 10}
 METHOD_LABELS = {
@@ -126,12 +124,12 @@ def load(folder: str | Path) -> list[Run]:
     runs = []
     for metrics_file in sorted(folder.glob("*/metrics.json")):
         run_dir = metrics_file.parent
-        try:
-            metrics = json.loads(metrics_file.read_text())
-            config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        except (OSError, ValueError, yaml.YAMLError) as err:
+        try:  # the project's readers: one-line errors, YAML's depth and duplicate-key rules
+            metrics = read_record(metrics_file)
+            config = load_yaml(run_dir / "config.yaml")
+        except UnicompError as err:
             raise UnicompError(f"ts report: {run_dir}: unreadable record ({err})") from None
-        if not isinstance(config, dict) or config.get("task") not in GPT4TS_EPOCHS:
+        if config.get("task") not in GPT4TS_EPOCHS:
             continue
         seed = config.get("seed", (config.get("train") or {}).get("seed"))
         runs.append(Run(config["task"], _data(config), _row(config), int(seed), metrics,
@@ -200,9 +198,9 @@ def tables(runs: list[Run]) -> list[Table]:
 
 
 def _pm(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    mean = statistics.fmean(values) * scale
-    spread = "" if len(values) < 2 else f" ± {statistics.stdev(values) * scale:.{digits}f}"
-    return f"{mean:.{digits}f}{spread} (n={len(values)})"
+    mean, std = mean_std(values)
+    spread = "" if std is None else f" ± {std * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f}{spread} (n={len(values)})"
 
 
 def _fpt_rows(rows) -> list[str]:
