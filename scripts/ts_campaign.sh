@@ -44,31 +44,30 @@ patching() {  # the long series as at most about 50 tokens (the default patch 8,
 has() { case " $ROWS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 sets=$($UNICOMP ts list | awk '/^classification/{c=1;next} /^forecasting/{c=0} c{print $1}')
 series=$($UNICOMP ts list | awk '/^forecasting/{f=1;next} /^your own/{f=0} f{print $1}')
+fpt_ucr() {  # fpt_ucr ROW BACKBONE SEED NAME EXTRA...: one FPT run on a classification set
+  local row="$1" backbone="$2" seed="$3" name="$4"; shift 4
+  # shellcheck disable=SC2046
+  run "$OUT/ucr-$name-$row-s$seed" $UNICOMP fpt train --task ucr --task-arg "name=$name" \
+    $(patching "$name") --backbone "$backbone" "$@" --seed "$seed" --no-progress \
+    $CLS_TRAIN $FPT_ARGS
+}
+fpt_forecast() {  # fpt_forecast ROW BACKBONE SEED NAME EXTRA...: one FPT run on a series
+  local row="$1" backbone="$2" seed="$3" name="$4"; shift 4
+  run "$OUT/forecast-$name-$row-s$seed" $UNICOMP fpt train --task forecast \
+    --task-arg "name=$name" --backbone "$backbone" "$@" --seed "$seed" --no-progress \
+    $FC_TRAIN $FPT_ARGS
+}
 fpt_rows() {  # fpt_rows ROW BACKBONE EXTRA...: every set and series with one FPT setting
   local row="$1" backbone="$2"; shift 2
   for seed in $SEEDS; do
-    for name in $sets; do
-      # shellcheck disable=SC2046
-      run "$OUT/ucr-$name-$row-s$seed" $UNICOMP fpt train --task ucr --task-arg "name=$name" \
-        $(patching "$name") --backbone "$backbone" "$@" --seed "$seed" --no-progress \
-        $CLS_TRAIN $FPT_ARGS
-    done
-    for name in $series; do
-      run "$OUT/forecast-$name-$row-s$seed" $UNICOMP fpt train --task forecast \
-        --task-arg "name=$name" --backbone "$backbone" "$@" --seed "$seed" --no-progress \
-        $FC_TRAIN $FPT_ARGS
-    done
+    for name in $sets; do fpt_ucr "$row" "$backbone" "$seed" "$name" "$@"; done
+    for name in $series; do fpt_forecast "$row" "$backbone" "$seed" "$name" "$@"; done
   done
 }
 if has fpt || has baselines; then
   for seed in $SEEDS; do
     for name in $sets; do
-      if has fpt; then
-        # shellcheck disable=SC2046
-        run "$OUT/ucr-$name-minilm-l6-s$seed" $UNICOMP fpt train --task ucr \
-          --task-arg "name=$name" $(patching "$name") --backbone minilm-l6 --seed "$seed" \
-          --no-progress $CLS_TRAIN $FPT_ARGS
-      fi
+      if has fpt; then fpt_ucr minilm-l6 minilm-l6 "$seed" "$name"; fi
       if has baselines; then
         for method in minirocket 1nn-dtw; do
           # shellcheck disable=SC2046
@@ -79,11 +78,7 @@ if has fpt || has baselines; then
       fi
     done
     for name in $series; do
-      if has fpt; then
-        run "$OUT/forecast-$name-minilm-l6-s$seed" $UNICOMP fpt train --task forecast \
-          --task-arg "name=$name" --backbone minilm-l6 --seed "$seed" --no-progress \
-          $FC_TRAIN $FPT_ARGS
-      fi
+      if has fpt; then fpt_forecast minilm-l6 minilm-l6 "$seed" "$name"; fi
       if has baselines; then
         for method in naive seasonal-naive; do
           run "$OUT/forecast-$name-$method-s$seed" $UNICOMP ts baseline --task forecast \
